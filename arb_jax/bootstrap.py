@@ -1,0 +1,278 @@
+"""Bootstrap (null) images for ARB — Algorithm 1, step 2 (SPEC §2).
+
+Every sampler maps one normalised image ``(H, W, C)`` float to ``n`` null images
+``(n, H, W, C)`` of the same dtype:
+
+- ``normal`` (parametric, the paper's default): channel c iid N(mean_c, (width·std_c)²), mean and
+  std (ddof=1, as the reference code) of channel c of the image.
+- ``pixel`` (non-parametric, Appendix F): the H·W pixels drawn with replacement, the C values of a
+  pixel kept together.
+- ``patch``: the p×p patches of the image shuffled (a permutation, no replacement).
+- ``uniform``: channel c iid U(min_c, max_c) of the image.
+
+Bootstrap sample ``b`` is drawn with the key ``jax.random.fold_in(key, b)`` and depends on nothing
+else, so ``sample_range`` can draw samples ``start .. start+count-1`` in chunks (``start`` may be
+traced) and get exactly the images of the full draw. All samplers are pure functions of arrays:
+they jit (``n`` static) and vmap over the image and the key.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "SAMPLERS",
+    "get_sampler",
+    "normal",
+    "patch",
+    "pixel",
+    "sample",
+    "sample_range",
+    "uniform",
+]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_image(image: Any) -> jax.Array:
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        raise TypeError(f"image must be an array (H, W, C), got {type(image).__name__}")
+    image = jnp.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(
+            f"image must have shape (H, W, C) (one image, channels last), got shape {image.shape}"
+        )
+    if not jnp.issubdtype(image.dtype, jnp.floating):
+        raise TypeError(f"image must be a float array (normalised pixels), got dtype {image.dtype}")
+    if min(image.shape) < 1:
+        raise ValueError(f"image must not be empty, got shape {image.shape}")
+    return image
+
+
+def _check_count(n: Any, name: str) -> int:
+    if isinstance(n, jax.core.Tracer):
+        raise TypeError(f"{name} must be a static Python int (static under jit), got a tracer")
+    if isinstance(n, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    return n
+
+
+def _check_key(key: Any) -> jax.Array:
+    if not isinstance(key, jax.Array):
+        raise TypeError(
+            f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), "
+            f"got {type(key).__name__}"
+        )
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.ndim != 0:
+            raise ValueError(f"key must be a single PRNG key (shape ()), got shape {key.shape}")
+    elif key.dtype != jnp.uint32 or key.ndim != 1:
+        raise TypeError(
+            "key must be a JAX PRNG key (jax.random.key, or a raw uint32 jax.random.PRNGKey), "
+            f"got dtype {key.dtype} shape {key.shape}"
+        )
+    return key
+
+
+def _check_start(start: Any) -> Any:
+    if isinstance(start, jax.core.Tracer):
+        if not jnp.issubdtype(start.dtype, jnp.integer) or start.ndim != 0:
+            raise TypeError(f"start must be an integer scalar, got {start.dtype}{start.shape}")
+        return start
+    if isinstance(start, bool):
+        raise TypeError("start must be an int, got bool")
+    try:
+        start = operator.index(start)
+    except TypeError:
+        if hasattr(start, "dtype") and getattr(start, "ndim", 1) == 0 and jnp.issubdtype(
+            start.dtype, jnp.integer
+        ):
+            start = int(start)
+        else:
+            raise TypeError(f"start must be an int scalar, got {type(start).__name__}") from None
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    return start
+
+
+def _check_width(width: Any) -> Any:
+    if isinstance(width, int | float) and not width > 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    return width
+
+
+def _check_patch(image: jax.Array, patch: Any) -> int:
+    if patch is None:
+        raise ValueError("the 'patch' sampler needs patch=<side of a patch in pixels>")
+    if isinstance(patch, bool) or not isinstance(patch, int):
+        try:
+            patch = operator.index(patch)
+        except TypeError:
+            raise TypeError(f"patch must be an int, got {type(patch).__name__}") from None
+    if patch < 1:
+        raise ValueError(f"patch must be >= 1, got {patch}")
+    H, W = image.shape[:2]
+    if H % patch or W % patch:
+        raise ValueError(f"image sides {H}x{W} must be multiples of patch={patch}")
+    return patch
+
+
+# ----------------------------------------------------------------------------- one sample
+
+
+def _rounded(x: jax.Array) -> jax.Array:
+    """x materialised (rounded to its dtype) before it is used: stops XLA from fusing a·b + c
+    into one fused multiply-add under jit, so eager, jitted and chunked draws agree bit for bit."""
+    return jax.lax.optimization_barrier(x)
+
+
+def _normal_one(key: jax.Array, image: jax.Array, width: Any) -> jax.Array:
+    if image.shape[0] * image.shape[1] < 2:
+        raise ValueError("the 'normal' sampler needs at least 2 pixels (std with ddof=1)")
+    mean = image.mean(axis=(0, 1))
+    std = image.std(axis=(0, 1), ddof=1)
+    noise = jax.random.normal(key, image.shape, image.dtype)
+    return mean + _rounded((width * std).astype(image.dtype) * noise)
+
+
+def _pixel_one(key: jax.Array, image: jax.Array) -> jax.Array:
+    H, W, C = image.shape
+    idx = jax.random.randint(key, (H * W,), 0, H * W)
+    return image.reshape(H * W, C)[idx].reshape(H, W, C)
+
+
+def _patch_one(key: jax.Array, image: jax.Array, patch: int) -> jax.Array:
+    H, W, C = image.shape
+    nh, nw = H // patch, W // patch
+    tiles = image.reshape(nh, patch, nw, patch, C).transpose(0, 2, 1, 3, 4)
+    tiles = tiles.reshape(nh * nw, patch, patch, C)
+    tiles = tiles[jax.random.permutation(key, nh * nw)]
+    return tiles.reshape(nh, nw, patch, patch, C).transpose(0, 2, 1, 3, 4).reshape(H, W, C)
+
+
+def _uniform_one(key: jax.Array, image: jax.Array) -> jax.Array:
+    lo = image.min(axis=(0, 1))
+    hi = image.max(axis=(0, 1))
+    u = jax.random.uniform(key, image.shape, image.dtype)
+    return jnp.minimum(lo + _rounded((hi - lo) * u), hi)
+
+
+def _draw(one: Callable[[jax.Array], jax.Array], key: jax.Array, start: Any,
+          count: int) -> jax.Array:
+    """Samples start..start+count-1, sample b drawn by ``one(fold_in(key, b))``."""
+    index = start + jnp.arange(count, dtype=jnp.int32)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+    return jax.vmap(one)(keys)
+
+
+def _one_fn(name: str, image: jax.Array, width: Any, patch: Any) -> Callable:
+    if name == "normal":
+        width = _check_width(width)
+        return lambda k: _normal_one(k, image, width)
+    if name == "pixel":
+        return lambda k: _pixel_one(k, image)
+    if name == "patch":
+        p = _check_patch(image, patch)
+        return lambda k: _patch_one(k, image, p)
+    if name == "uniform":
+        return lambda k: _uniform_one(k, image)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def sample_range(name: str, key: jax.Array, image: jax.Array, start: int | jax.Array, count: int,
+                 *, width: float = 1.0, patch: int | None = None) -> jax.Array:
+    """Bootstrap samples ``start .. start+count-1`` of the sampler ``name``.
+
+    Equal, bit for bit, to ``sample(name, key, image, n)[start:start+count]`` for any n covering
+    them: sample b uses only ``jax.random.fold_in(key, b)``.
+
+    Args:
+      name: "normal" | "pixel" | "patch" | "uniform".
+      key: one PRNG key (``jax.random.key`` or raw ``PRNGKey``).
+      image: (H, W, C) float, normalised pixels.
+      start: index of the first sample, int >= 0 (may be a traced int32 scalar).
+      count: number of samples, static int >= 1.
+      width: ``normal`` only, multiplier of each channel's std (> 0).
+      patch: ``patch`` only, side in pixels of the shuffled patches; must divide H and W.
+    Returns:
+      (count, H, W, C), the image's dtype.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    key = _check_key(key)
+    image = _check_image(image)
+    count = _check_count(count, "count")
+    start = _check_start(start)
+    return _draw(_one_fn(name, image, width, patch), key, start, count)
+
+
+def normal(key: jax.Array, image: jax.Array, n: int, width: float = 1.0) -> jax.Array:
+    """Parametric bootstrap: (n, H, W, C), channel c iid N(mean_c, (width·std_c)²).
+
+    mean_c and std_c (ddof=1) are those of channel c of ``image`` (H, W, C) float; ``width``
+    (> 0, default 1) widens or narrows the null (paper, Appendix E).
+    """
+    return sample_range("normal", key, image, 0, n, width=width)
+
+
+def pixel(key: jax.Array, image: jax.Array, n: int) -> jax.Array:
+    """Non-parametric pixel bootstrap: (n, H, W, C), H·W pixels of ``image`` drawn with replacement.
+
+    The C values of a pixel stay together (paper, Appendix F).
+    """
+    return sample_range("pixel", key, image, 0, n)
+
+
+def patch(key: jax.Array, image: jax.Array, n: int, patch: int) -> jax.Array:
+    """Patch shuffle: (n, H, W, C), the ``patch``×``patch`` tiles of ``image`` permuted.
+
+    A permutation (no replacement) of the (H/patch)·(W/patch) tiles; H and W must be multiples
+    of ``patch``.
+    """
+    return sample_range("patch", key, image, 0, n, patch=patch)
+
+
+def uniform(key: jax.Array, image: jax.Array, n: int) -> jax.Array:
+    """Uniform bootstrap: (n, H, W, C), channel c iid U(min_c, max_c) of channel c of ``image``."""
+    return sample_range("uniform", key, image, 0, n)
+
+
+SAMPLERS: dict[str, Callable[..., jax.Array]] = {
+    "normal": normal,
+    "pixel": pixel,
+    "patch": patch,
+    "uniform": uniform,
+}
+
+
+def get_sampler(name: str) -> Callable[..., jax.Array]:
+    """The sampler function registered as ``name`` (see ``SAMPLERS``)."""
+    try:
+        return SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
+
+
+def sample(name: str, key: jax.Array, image: jax.Array, n: int, *, width: float = 1.0,
+           patch: int | None = None) -> jax.Array:
+    """(n, H, W, C) bootstrap images of ``image`` (H, W, C) by the sampler ``name``.
+
+    ``width`` is used by ``normal`` only and ``patch`` by ``patch`` only (required there); each
+    sampler ignores the other's option, so a pipeline may pass both.
+    """
+    return sample_range(name, key, image, 0, n, width=width, patch=patch)

@@ -1,0 +1,18 @@
+"""DINO / DINOv2 vision transformers in Flax: configurations, the model, ready-to-run bundles."""
+
+from arb_jax.models.bundle import ViT, build_vit
+from arb_jax.models.config import CONFIGS, ViTConfig, get_config
+from arb_jax.models.posembed import bicubic_matrix, interpolate_pos_embed
+from arb_jax.models.vit import VisionTransformer, check_images
+
+__all__ = [
+    "CONFIGS",
+    "ViT",
+    "ViTConfig",
+    "VisionTransformer",
+    "bicubic_matrix",
+    "build_vit",
+    "check_images",
+    "get_config",
+    "interpolate_pos_embed",
+]

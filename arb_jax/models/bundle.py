@@ -1,0 +1,189 @@
+"""A ready-to-run ViT: configuration + parameters for one image size + jitted entry points.
+
+``build_vit`` checks a canonical parameter tree (or makes a random-init fixture), resamples the
+position embeddings once to the bundle's image size, and returns a frozen ``ViT``. Its
+``apply(params, images)`` is the pure model function (usable inside other ``jit``/``vmap``);
+``cls_attention`` and ``features`` are jitted conveniences on the bundle's own parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arb_jax.models.config import ViTConfig, get_config
+from arb_jax.models.posembed import interpolate_pos_embed
+from arb_jax.models.vit import VisionTransformer, check_images
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ViT:
+    """A ViT with parameters for one input size.
+
+    Attributes:
+      config: the architecture.
+      params: canonical parameter tree (float32), ``pos_embed`` already resampled to
+        ``image_size``: (1, 1 + h·w, D).
+      image_size: (H, W) in pixels, multiples of the patch.
+      dtype: compute dtype, "float32" (matmuls at HIGHEST precision) or "bfloat16".
+      meta: provenance (source, sha256, ...); ``meta["random_init"]`` is True for fixtures.
+    """
+
+    config: ViTConfig
+    params: dict = dataclasses.field(repr=False)
+    image_size: tuple[int, int]
+    dtype: str = "float32"
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def module(self) -> VisionTransformer:
+        """The linen module (compute dtype and precision set from ``dtype``)."""
+        precision = "highest" if self.dtype == "float32" else None
+        return VisionTransformer(self.config, _DTYPES[self.dtype], precision)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (h, w) = (H/p, W/p)."""
+        return (self.image_size[0] // self.config.patch, self.image_size[1] // self.config.patch)
+
+    @property
+    def patch(self) -> int:
+        return self.config.patch
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.heads
+
+    def apply(self, params: Mapping[str, Any], images: jax.Array) -> dict[str, jax.Array]:
+        """The model as a pure function; see ``VisionTransformer`` for the output dict.
+
+        Args:
+          params: a canonical parameter tree (e.g. ``self.params``).
+          images: (N, H, W, 3) float, ImageNet-normalised, NHWC.
+        """
+        return self.module.apply({"params": params}, images)
+
+    @functools.cached_property
+    def _attn_fn(self):
+        return jax.jit(lambda params, images: self.apply(params, images)["attn"])
+
+    @functools.cached_property
+    def _features_fn(self):
+        return jax.jit(lambda params, images: self.apply(params, images)["features"])
+
+    def cls_attention(self, images: jax.Array) -> jax.Array:
+        """Last-block CLS attention, (N, H, W, 3) → (N, heads, h, w) float32 (jitted)."""
+        self._check(images)
+        return self._attn_fn(self.params, images)
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """CLS features after the final LayerNorm, (N, H, W, 3) → (N, D) float32 (jitted)."""
+        self._check(images)
+        return self._features_fn(self.params, images)
+
+    def _check(self, images) -> None:
+        check_images(images, self.config.patch)
+        if tuple(np.shape(images)[1:3]) != tuple(self.image_size):
+            raise ValueError(
+                f"this ViT was built for images of size {tuple(self.image_size)} (H, W); "
+                f"got {tuple(np.shape(images)[1:3])}. Resize, or build_vit(..., image_size=...)"
+            )
+
+
+def _image_size(image_size, config: ViTConfig) -> tuple[int, int]:
+    if image_size is None:
+        return config.native_size
+    if isinstance(image_size, int | np.integer):
+        image_size = (image_size, image_size)
+    size = tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in size):
+        raise ValueError(
+            f"image_size must be an int or (H, W) of positive ints, got {image_size!r}"
+        )
+    if size[0] % config.patch or size[1] % config.patch:
+        raise ValueError(f"image_size {size} is not a multiple of the patch size {config.patch}")
+    return int(size[0]), int(size[1])
+
+
+def _checked_params(params: Mapping, expected: Mapping, grid: tuple[int, int]) -> dict:
+    """Canonical tree → dict of float32 numpy arrays, checking keys and shapes."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping (canonical tree), got {type(params).__name__}")
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected), sep="/")
+    missing, extra = sorted(set(want) - set(flat)), sorted(set(flat) - set(want))
+    if missing or extra:
+        raise ValueError(f"params do not match the config: missing {missing}, unexpected {extra}")
+    out = {}
+    for key, value in flat.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            raise TypeError(f"params[{key!r}] must be float, got dtype {value.dtype}")
+        shape, target = value.shape, want[key].shape
+        if key == "pos_embed" and shape[:1] + shape[2:] == target[:1] + target[2:]:
+            if shape[1] not in (target[1], 1 + grid[0] * grid[1]):
+                raise ValueError(
+                    f"params['pos_embed'] has {shape[1]} tokens; expected {target[1]} (stored "
+                    f"grid) or {1 + grid[0] * grid[1]} (this image size's grid {grid})"
+                )
+        elif shape != target:
+            raise ValueError(f"params[{key!r}] has shape {shape}, expected {target}")
+        out[key] = value.astype(np.float32)
+    return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+def build_vit(
+    config: ViTConfig | str,
+    params: Mapping[str, Any] | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    dtype: str = "float32",
+    seed: int = 0,
+    meta: Mapping[str, Any] | None = None,
+) -> ViT:
+    """Bundle a configuration and parameters into a ``ViT`` for one image size.
+
+    Args:
+      config: a ``ViTConfig`` or a registered name (``arb_jax.models.CONFIGS``).
+      params: canonical parameter tree; None makes a random-init FIXTURE from ``seed`` (not a
+        pretrained model; ``meta["random_init"]`` is then True).
+      image_size: (H, W) or a side, multiples of the patch; default the native
+        ``pos_grid·patch`` square.
+      dtype: "float32" or "bfloat16" compute.
+      seed: PRNG seed for the random init.
+      meta: provenance to record (source, sha256, ...).
+
+    Returns:
+      A ``ViT`` whose ``pos_embed`` is resampled (DINO's bicubic, once) to ``image_size``.
+    """
+    if isinstance(config, str):
+        config = get_config(config)
+    if not isinstance(config, ViTConfig):
+        raise TypeError(f"config must be a ViTConfig or a name, got {type(config).__name__}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    size = _image_size(image_size, config)
+    grid = (size[0] // config.patch, size[1] // config.patch)
+    module = VisionTransformer(config, _DTYPES[dtype])
+    dummy = jnp.zeros((1, *config.native_size, 3), jnp.float32)
+    if params is None:
+        params = jax.jit(module.init)(jax.random.key(seed), dummy)["params"]
+        params = jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(params))
+        meta = {"source": "random_init", "seed": seed, **(meta or {}), "random_init": True}
+    else:
+        expected = jax.eval_shape(module.init, jax.random.key(0), dummy)["params"]
+        params = _checked_params(params, expected, grid)
+        meta = {"random_init": False, **(meta or {})}
+    pos = params["pos_embed"]
+    if pos.shape[1] != 1 + grid[0] * grid[1]:
+        pos = interpolate_pos_embed(pos, grid)  # numpy in: float64 on the host
+    params = jax.tree_util.tree_map(jnp.asarray, {**params, "pos_embed": pos})
+    return ViT(config, params, size, dtype, dict(meta))

@@ -1,0 +1,280 @@
+"""DINO / DINOv2 vision transformer in Flax linen, returning the last block's CLS attention.
+
+Small modules that read like the architecture: ``PatchEmbed`` → [CLS, registers…, patches…] →
+``Block`` × (L − 1) → ``ClsBlock`` (the last block, CLS query only) → final LayerNorm.
+Parameter names follow the canonical tree of ``arb_jax.models`` (timm/DINO names).
+
+Precision: with ``dtype=jnp.float32`` everything is float32 (pass ``precision="highest"`` to
+keep float32 matmuls exact on accelerators that would otherwise use TF32/bf16 passes). With
+``dtype=jnp.bfloat16`` the matmuls and the patch convolution take bfloat16 inputs and accumulate
+and return float32; parameters, the residual stream, LayerNorm and softmax stay float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arb_jax.models.config import ViTConfig
+from arb_jax.models.posembed import interpolate_pos_embed
+
+Dtype = Any
+F32 = jnp.float32
+
+
+def _matmul(x, kernel, dtype: Dtype):
+    """x @ kernel with inputs cast to ``dtype`` and float32 accumulation and result."""
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=F32)
+
+
+def _dense(features: int, dtype: Dtype, name: str) -> Dense:
+    return Dense(features, dtype, name=name)
+
+
+def _layerscale(config: ViTConfig, name: str):
+    return LayerScale(name=name) if config.layerscale else (lambda y: y)
+
+
+def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
+    # Two-pass variance, as torch.nn.LayerNorm: DINO's residual stream has large channels.
+    return nn.LayerNorm(epsilon=eps, dtype=F32, param_dtype=F32, use_fast_variance=False,
+                        name=name)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p×p patches → tokens: (N, H, W, 3) → (N, H/p · W/p, D) float32.
+
+    A stride-p convolution with kernel (p, p, 3, D) (HWIO), written as one matmul.
+    """
+
+    patch: int
+    dim: int
+    dtype: Dtype = F32
+
+    @nn.compact
+    def __call__(self, x):
+        p, (N, H, W, C) = self.patch, x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, C, self.dim), F32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.dim,), F32)
+        x = x.reshape(N, H // p, p, W // p, p, C).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(N, (H // p) * (W // p), p * p * C)
+        return _matmul(x, kernel.reshape(-1, self.dim), self.dtype) + bias
+
+
+class Dense(nn.Module):
+    """Linear layer (kernel (Din, features), bias): (..., Din) → (..., features) float32."""
+
+    features: int
+    dtype: Dtype = F32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (x.shape[-1], self.features), F32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), F32)
+        return _matmul(x, kernel, self.dtype) + bias
+
+
+class QKV(nn.Module):
+    """Fused q|k|v projection (kernel (D, 3D), bias (3D,)), split into heads.
+
+    ``cls_only=True`` projects the query of token 0 only (keys and values of all tokens).
+    Returns q (N, Tq, heads, d), k and v (N, T, heads, d), in ``dtype``.
+    """
+
+    heads: int
+    dtype: Dtype = F32
+
+    @nn.compact
+    def __call__(self, x, cls_only: bool = False):
+        D = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (D, 3 * D), F32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (3 * D,), F32)
+
+        def project(tokens, cols):
+            y = _matmul(tokens, kernel[:, cols], self.dtype) + bias[cols]
+            return y.reshape(*y.shape[:2], -1, D // self.heads).astype(self.dtype)
+
+        q = project(x[:, :1] if cls_only else x, slice(0, D))
+        k, v = jnp.split(project(x, slice(D, 3 * D)), 2, axis=2)
+        return q, k, v
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention of all tokens (fused kernel): (N, T, D) → (N, T, D)."""
+
+    heads: int
+    dtype: Dtype = F32
+
+    @nn.compact
+    def __call__(self, x):
+        q, k, v = QKV(self.heads, self.dtype, name="qkv")(x)
+        y = jax.nn.dot_product_attention(q, k, v)  # softmax in float32
+        return _dense(x.shape[-1], self.dtype, "proj")(y.reshape(x.shape))
+
+
+class ClsAttention(nn.Module):
+    """Attention of the CLS query only: (N, T, D) → CLS output (N, D), probabilities (N, heads, T).
+
+    The probabilities are softmax(q_cls·kᵀ/√d) over all T keys, computed in float32.
+    """
+
+    heads: int
+    dtype: Dtype = F32
+
+    @nn.compact
+    def __call__(self, x):
+        q, k, v = QKV(self.heads, self.dtype, name="qkv")(x, cls_only=True)
+        logits = jnp.einsum("nhd,nthd->nht", q[:, 0], k, preferred_element_type=F32)
+        probs = jax.nn.softmax(logits.astype(F32) / np.sqrt(q.shape[-1]), axis=-1)
+        y = jnp.einsum("nht,nthd->nhd", probs.astype(self.dtype), v, preferred_element_type=F32)
+        return _dense(x.shape[-1], self.dtype, "proj")(y.reshape(x.shape[0], -1)), probs
+
+
+class Mlp(nn.Module):
+    """fc1 → exact (erf) GELU → fc2: (..., D) → (..., D)."""
+
+    hidden: int
+    dtype: Dtype = F32
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.gelu(_dense(self.hidden, self.dtype, "fc1")(x), approximate=False)
+        return _dense(x.shape[-1], self.dtype, "fc2")(y)
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale ``gamma`` (DINOv2): (..., D) → (..., D)."""
+
+    @nn.compact
+    def __call__(self, x):
+        return x * self.param("gamma", nn.initializers.ones_init(), (x.shape[-1],), F32)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); (N, T, D)."""
+
+    config: ViTConfig
+    dtype: Dtype = F32
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        y = Attention(c.heads, self.dtype, name="attn")(_layer_norm(c.eps, "norm1")(x))
+        x = x + _layerscale(c, "ls1")(y)
+        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(_layer_norm(c.eps, "norm2")(x))
+        return x + _layerscale(c, "ls2")(y)
+
+
+class ClsBlock(nn.Module):
+    """The last block for the CLS token only: (N, T, D) → CLS (N, D), attention (N, heads, T).
+
+    Same parameters and result (for the CLS token) as ``Block``; the other query rows and
+    their MLP are never computed.
+    """
+
+    config: ViTConfig
+    dtype: Dtype = F32
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        y, probs = ClsAttention(c.heads, self.dtype, name="attn")(_layer_norm(c.eps, "norm1")(x))
+        cls = x[:, 0] + _layerscale(c, "ls1")(y)
+        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(_layer_norm(c.eps, "norm2")(cls))
+        return cls + _layerscale(c, "ls2")(y), probs
+
+
+def check_images(images: Any, patch: int) -> tuple[int, int]:
+    """Validate an image batch at the Python level; returns the patch grid (h, w).
+
+    Raises ``ValueError`` unless ``images`` is (N, H, W, 3) float with H and W multiples of
+    ``patch``.
+    """
+    shape, dtype = np.shape(images), getattr(images, "dtype", None)
+    if len(shape) != 4:
+        raise ValueError(f"images must be 4-D (N, H, W, 3) NHWC, got shape {shape}")
+    if shape[-1] != 3:
+        raise ValueError(f"images must have 3 channels (NHWC), got {shape[-1]} in shape {shape}")
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"images must be float (ImageNet-normalised), got dtype {dtype}; "
+            "convert and normalise integer images first"
+        )
+    H, W = shape[1], shape[2]
+    if H % patch or W % patch or H == 0 or W == 0:
+        raise ValueError(
+            f"image height {H} and width {W} must be positive multiples of the patch size {patch}"
+        )
+    return H // patch, W // patch
+
+
+class VisionTransformer(nn.Module):
+    """DINO / DINOv2 ViT returning the last block's CLS attention and the CLS feature.
+
+    Input: (N, H, W, 3) float, ImageNet-normalised, NHWC; H, W multiples of the patch.
+    ``__call__`` returns a dict:
+      "attn": (N, heads, H/p, W/p) float32, the last block's CLS-query softmax over the patch
+        keys (CLS and register columns dropped, not renormalised);
+      "features": (N, D) float32, the CLS token after the final LayerNorm;
+      "logits": (N, n_classes) float32, only when ``config.n_classes > 0``.
+
+    The ``pos_embed`` parameter is used as is when it has 1 + h·w tokens for the input's
+    h×w patch grid, else interpolated from the stored M×M grid (M = ``config.pos_grid``) at
+    trace time.
+    """
+
+    config: ViTConfig
+    dtype: Dtype = F32
+    precision: str | None = None  # matmul precision for the whole forward, e.g. "highest"
+
+    @nn.compact
+    def __call__(self, images) -> dict[str, jax.Array]:
+        c = self.config
+        h, w = check_images(images, c.patch)
+        ctx = (jax.default_matmul_precision(self.precision) if self.precision
+               else contextlib.nullcontext())
+        with ctx:
+            x = PatchEmbed(c.patch, c.dim, self.dtype, name="patch_embed")(images)
+            x = jnp.concatenate([self._cls_token(x.shape[0]), x], axis=1)
+            x = x + self._pos_embed(h, w)
+            if c.n_registers:
+                reg = self.param("reg_tokens", nn.initializers.normal(0.02),
+                                 (1, c.n_registers, c.dim), F32)
+                x = jnp.concatenate(
+                    [x[:, :1], jnp.broadcast_to(reg, (x.shape[0], *reg.shape[1:])), x[:, 1:]],
+                    axis=1)
+            for i in range(c.depth - 1):
+                x = Block(c, self.dtype, name=f"block_{i}")(x)
+            cls, probs = ClsBlock(c, self.dtype, name=f"block_{c.depth - 1}")(x)
+            out = {
+                "attn": probs[:, :, 1 + c.n_registers:].reshape(-1, c.heads, h, w),
+                "features": _layer_norm(c.eps, "norm")(cls),
+            }
+            if c.n_classes:
+                out["logits"] = _dense(c.n_classes, self.dtype, "head")(out["features"])
+        return out
+
+    def _cls_token(self, n: int):
+        cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.config.dim), F32)
+        return jnp.broadcast_to(cls, (n, 1, self.config.dim))
+
+    def _pos_embed(self, h: int, w: int):
+        c = self.config
+        native = 1 + c.pos_grid * c.pos_grid
+        n_pos = (self.get_variable("params", "pos_embed").shape[1]
+                 if self.has_variable("params", "pos_embed") else native)
+        pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, n_pos, c.dim), F32)
+        if n_pos == 1 + h * w:
+            return pos
+        if n_pos != native:
+            raise ValueError(
+                f"pos_embed has {n_pos} tokens: neither 1 + {h}*{w} for this input's patch grid "
+                f"nor 1 + {c.pos_grid}^2 for the stored grid of config.pos_grid={c.pos_grid}"
+            )
+        return interpolate_pos_embed(pos, (h, w))

@@ -1,0 +1,381 @@
+"""Shrinkage of attention maps by their bootstrap statistics (SPEC §4, eqs. 6–7).
+
+Every rule starts from z-thresholding, A_z = A · 1[z ≥ z_th] (z_th = 0 by default):
+
+- ``z_threshold``:    A_z
+- ``p_threshold``:    A_p = A_z · 1[p ≤ α]           (eq. 6; reference default α = 0.3)
+- ``lfdr_threshold``: A_l = A_z · 1[lfdr ≤ β]        (eq. 7; reference default β = 0.3)
+- ``pi0_threshold``:  A_π = A_z · 1[p ≤ t], t = numpy ``percentile(p, 100·(1 − π₀))`` (linear)
+- ``bh_threshold``:   A_z · 1[Benjamini–Hochberg rejects at FDR level q]  (beyond the paper)
+- ``soft_shrink``:    A · (1 − lfdr), posterior weighting                  (beyond the paper)
+
+The statistics z, p, lfdr, π₀ come from ``arb_jax.stats``; here they are only consumed.
+
+Maps and batches. All arrays of one call share one shape. By default the whole array is one map
+(any shape: a flat (n,) vector of patches or an (h, w) grid). With ``map_ndim=k`` the last k axes
+form a map and the leading axes are a batch of maps; every per-map statistic (the π₀ threshold,
+a ``Percentile`` threshold, BH) is then computed for each map separately, and π₀ and numeric
+thresholds may be scalars or have the batch shape.
+
+Thresholds α, β and z_th are numbers or ``Percentile(q)``: the q-th percentile (0–100, numpy's
+linear interpolation) of that statistic over the map, or over the ROI pixels when a boolean
+``roi`` mask is given (e.g. the paper's Fig. 2: α = the 10th percentile of p in the ROI).
+
+All functions are pure ``jnp`` functions: they jit (``Percentile`` is a pytree whose q may be
+traced) and keep the dtype of ``attn``. Masked-out entries are set to exactly 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Percentile",
+    "bh_threshold",
+    "lfdr_threshold",
+    "map_percentile",
+    "p_threshold",
+    "pi0_threshold",
+    "shrink_all",
+    "soft_shrink",
+    "z_threshold",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Percentile:
+    """A threshold given as the q-th percentile (0 <= q <= 100) of its statistic over the map.
+
+    ``alpha=Percentile(10)`` keeps the 10% smallest p-values of each map (or of its ROI, when a
+    ``roi`` mask is given). Percentiles use numpy's default (linear) interpolation.
+    """
+
+    q: Any
+
+    def __post_init__(self):
+        q = self.q
+        if isinstance(q, jax.core.Tracer):
+            return  # traced under jit: checked where it is used, if concrete
+        if isinstance(q, bool) or not isinstance(q, int | float | np.ndarray | np.generic
+                                                   | jax.Array):
+            raise TypeError(f"Percentile q must be a number in [0, 100], got {q!r}")
+        qa = np.asarray(q)
+        if qa.dtype.kind not in "iuf":
+            raise TypeError(f"Percentile q must be a number in [0, 100], got {q!r}")
+        if not bool(((qa >= 0) & (qa <= 100)).all()):
+            raise ValueError(f"Percentile q must lie in [0, 100], got {q!r}")
+
+
+def _percentile_unflatten(_: None, children: Any) -> Percentile:
+    obj = object.__new__(Percentile)  # leaves may be tracers or placeholders: no validation
+    object.__setattr__(obj, "q", children[0])
+    return obj
+
+
+jax.tree_util.register_pytree_node(Percentile, lambda t: ((t.q,), None), _percentile_unflatten)
+
+Threshold = float | jax.Array | Percentile
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _as_array(x: Any, name: str) -> jax.Array:
+    if isinstance(x, str | bytes) or x is None:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    try:
+        x = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from err
+    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
+        raise TypeError(f"{name} must be a real-valued array, got dtype {x.dtype}")
+    return x
+
+
+def _check_map_ndim(map_ndim: Any, ndim: int) -> int:
+    if ndim < 1:
+        raise ValueError("attn must have at least one axis (a map), got a scalar")
+    if map_ndim is None:
+        return ndim
+    if isinstance(map_ndim, bool):
+        raise TypeError("map_ndim must be an int or None, got bool")
+    try:
+        map_ndim = operator.index(map_ndim)
+    except TypeError:
+        raise TypeError(f"map_ndim must be an int or None, got {type(map_ndim).__name__}") from None
+    if not 1 <= map_ndim <= ndim:
+        raise ValueError(f"map_ndim must lie in [1, {ndim}] for rank-{ndim} arrays, got {map_ndim}")
+    return map_ndim
+
+
+def _prepare(attn: Any, stats: dict[str, Any], map_ndim: Any,
+             roi: Any = None) -> tuple[jax.Array, dict[str, jax.Array], int, jax.Array | None]:
+    """Validate attn and the statistics (same shape), map_ndim and an optional boolean ROI."""
+    attn = _as_array(attn, "attn")
+    if not jnp.issubdtype(attn.dtype, jnp.floating):
+        raise TypeError(f"attn must be a float array, got dtype {attn.dtype}")
+    map_ndim = _check_map_ndim(map_ndim, attn.ndim)
+    if math.prod(attn.shape[attn.ndim - map_ndim:]) == 0:
+        raise ValueError(f"maps must not be empty, got attn of shape {attn.shape}")
+    out = {}
+    for name, x in stats.items():
+        x = _as_array(x, name)
+        if x.shape != attn.shape:
+            raise ValueError(f"{name} has shape {x.shape} but attn has shape {attn.shape}")
+        out[name] = x
+    if roi is not None:
+        roi = _as_array(roi, "roi") if not hasattr(roi, "dtype") else jnp.asarray(roi)
+        if roi.dtype != jnp.bool_:
+            raise TypeError(f"roi must be a boolean mask, got dtype {roi.dtype}")
+        try:
+            shape = jnp.broadcast_shapes(roi.shape, attn.shape)
+        except ValueError:
+            shape = None
+        if shape != attn.shape:
+            raise ValueError(f"roi of shape {roi.shape} does not broadcast to the maps' shape "
+                             f"{attn.shape}")
+        roi = jnp.broadcast_to(roi, attn.shape)
+        if _is_concrete(roi):
+            counts = roi.reshape(attn.shape[: attn.ndim - map_ndim] + (-1,)).sum(-1)
+            if bool((counts == 0).any()):
+                raise ValueError("roi selects no entry of some map: its percentiles are undefined")
+    return attn, out, map_ndim, roi
+
+
+def _per_map(value: Any, batch_shape: tuple[int, ...], map_ndim: int, name: str) -> jax.Array:
+    """A scalar or batch-shaped value, reshaped to batch_shape + (1,) * map_ndim."""
+    value = _as_array(value, name)
+    try:
+        ok = jnp.broadcast_shapes(value.shape, batch_shape) == batch_shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a scalar or have the batch shape {batch_shape} "
+                         f"(one value per map), got shape {value.shape}")
+    value = jnp.broadcast_to(value, batch_shape)
+    return value.reshape(batch_shape + (1,) * map_ndim)
+
+
+def _check_range(x: jax.Array, lo: float, hi: float, name: str) -> None:
+    if _is_concrete(x) and not bool(((x >= lo) & (x <= hi)).all()):
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got {x}")
+
+
+# ----------------------------------------------------------------------------- percentiles
+
+
+def _percentile_1d(x: jax.Array, q: jax.Array, valid: jax.Array) -> jax.Array:
+    """numpy ``percentile(x[valid], q)`` (method "linear") of one flat map; NaN if none valid."""
+    k = valid.sum()
+    xs = jnp.sort(jnp.where(valid, x, jnp.inf))
+    vi = (q / 100) * (k - 1).astype(x.dtype)       # numpy: virtual index (n - 1)·q
+    lo = jnp.floor(vi)
+    t = vi - lo
+    lo_i = jnp.clip(lo.astype(jnp.int32), 0, k - 1)
+    hi_i = jnp.clip(lo_i + 1, 0, k - 1)
+    a, b = xs[lo_i], xs[hi_i]
+    d = b - a                                        # numpy's _lerp: exact when a == b
+    out = jnp.where(t >= 0.5, b - d * (1 - t), a + d * t)
+    bad = (k == 0) | jnp.isnan(jnp.where(valid, x, 0)).any()
+    return jnp.where(bad, jnp.nan, out)
+
+
+def map_percentile(x: Any, q: Any, *, map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+    """q-th percentile of each map of ``x``, as numpy ``percentile(..., method="linear")``.
+
+    Args:
+      x: (*batch, *map) real array; the last ``map_ndim`` axes form a map (None: all axes).
+      q: percent in [0, 100]; a scalar or one per map (batch shape); may be traced.
+      roi: optional boolean mask broadcastable to x.shape: only its entries of each map count.
+    Returns:
+      (*batch) float array: the percentile of each map (NaN where a map contains NaN).
+
+    Interpolates as numpy's ``_lerp`` (a + (b − a)·t, or b − (b − a)·(1 − t) for t ≥ 0.5), so a
+    percentile that falls between equal values is exactly that value, as in numpy;
+    ``jnp.percentile`` does not guarantee this, and ties are the rule for bootstrap p-values.
+    """
+    attn_like = _as_array(x, "x")
+    if not jnp.issubdtype(attn_like.dtype, jnp.floating):
+        attn_like = attn_like.astype(jnp.float32)
+    x, _, map_ndim, roi = _prepare(attn_like, {}, map_ndim, roi)
+    return _map_percentile(x, q, map_ndim, roi)
+
+
+def _map_percentile(x: jax.Array, q: Any, map_ndim: int, roi: jax.Array | None) -> jax.Array:
+    batch = x.shape[: x.ndim - map_ndim]
+    q = _as_array(q, "q")
+    _check_range(q, 0.0, 100.0, "percentile q")
+    q = _per_map(q, batch, map_ndim, "q").reshape(-1).astype(x.dtype)
+    flat = x.reshape((-1, math.prod(x.shape[x.ndim - map_ndim:])))
+    valid = jnp.ones(flat.shape, bool) if roi is None else roi.reshape(flat.shape)
+    return jax.vmap(_percentile_1d)(flat, q, valid).reshape(batch)
+
+
+def _threshold(th: Any, stat: jax.Array, name: str, map_ndim: int,
+               roi: jax.Array | None) -> jax.Array:
+    """A threshold broadcastable against the maps: per-map percentile or the given value(s)."""
+    batch = stat.shape[: stat.ndim - map_ndim]
+    if isinstance(th, Percentile):
+        t = _map_percentile(stat, th.q, map_ndim, roi)
+        return t.reshape(batch + (1,) * map_ndim)
+    if isinstance(th, bool):
+        raise TypeError(f"{name} must be a number, an array or a Percentile, got bool")
+    try:
+        return _per_map(th, batch, map_ndim, name)
+    except TypeError:
+        raise TypeError(f"{name} must be a number, an array or a Percentile, got "
+                        f"{type(th).__name__}") from None
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def _keep(attn: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.where(mask, attn, jnp.zeros((), attn.dtype))
+
+
+def _z_mask(z: jax.Array, z_th: Threshold, map_ndim: int, roi: jax.Array | None) -> jax.Array:
+    return z >= _threshold(z_th, z, "z_th", map_ndim, roi)
+
+
+def z_threshold(attn: Any, z: Any, z_th: Threshold = 0.0, *, map_ndim: int | None = None,
+                roi: Any = None) -> jax.Array:
+    """z-thresholding A_z = A · 1[z ≥ z_th] (the start of every ARB rule, SPEC §4).
+
+    attn: attention map(s), float, any shape; z: bootstrap z-scores, same shape. z_th: a number,
+    one per map, or a ``Percentile`` of z. Returns attn's shape and dtype.
+    """
+    attn, s, map_ndim, roi = _prepare(attn, {"z": z}, map_ndim, roi)
+    return _keep(attn, _z_mask(s["z"], z_th, map_ndim, roi))
+
+
+def p_threshold(attn: Any, z: Any, p: Any, alpha: Threshold = 0.3, z_th: Threshold = 0.0, *,
+                map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+    """p-thresholding (paper eq. 6): A_p = A_z · 1[p ≤ α].
+
+    attn, z, p: same shape (p: empirical bootstrap p-values in [0, 1]). alpha: a number
+    (reference code 0.3), one per map, or a ``Percentile`` of p (Fig. 2: ``Percentile(10)`` with
+    the ROI as ``roi``). Returns attn's shape and dtype.
+    """
+    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "p": p}, map_ndim, roi)
+    mask = _z_mask(s["z"], z_th, map_ndim, roi)
+    mask &= s["p"] <= _threshold(alpha, s["p"], "alpha", map_ndim, roi)
+    return _keep(attn, mask)
+
+
+def lfdr_threshold(attn: Any, z: Any, lfdr: Any, beta: Threshold = 0.3, z_th: Threshold = 0.0, *,
+                   map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+    """LFDR-thresholding (paper eq. 7): A_l = A_z · 1[lfdr ≤ β].
+
+    attn, z, lfdr: same shape (lfdr: local false discovery rates in [0, 1]). beta: a number
+    (reference code 0.3), one per map, or a ``Percentile`` of lfdr. Returns attn's shape and dtype.
+    """
+    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "lfdr": lfdr}, map_ndim, roi)
+    mask = _z_mask(s["z"], z_th, map_ndim, roi)
+    mask &= s["lfdr"] <= _threshold(beta, s["lfdr"], "beta", map_ndim, roi)
+    return _keep(attn, mask)
+
+
+def _pi0_cut(p: jax.Array, pi0: Any, map_ndim: int) -> jax.Array:
+    batch = p.shape[: p.ndim - map_ndim]
+    pi0 = _as_array(pi0, "pi0")
+    _check_range(pi0, 0.0, 1.0, "pi0")
+    pi0 = _per_map(pi0, batch, map_ndim, "pi0").reshape(batch)
+    t = _map_percentile(p, 100 * (1 - pi0.astype(p.dtype)), map_ndim, None)
+    return t.reshape(batch + (1,) * map_ndim)
+
+
+def pi0_threshold(attn: Any, z: Any, p: Any, pi0: Any, z_th: Threshold = 0.0, *,
+                  map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+    """π₀-thresholding (SPEC §4): A_π = A_z · 1[p ≤ t], t = percentile(p, 100·(1 − π₀)).
+
+    t is numpy's linear-interpolation percentile of all p-values of the map (the fraction 1 − π₀
+    of smallest p-values is kept; no hand-set threshold). attn, z, p: same shape. pi0: Storey's
+    π₀ in [0, 1], a scalar or one per map. ``roi`` only matters for a ``Percentile`` z_th.
+    Returns attn's shape and dtype.
+    """
+    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "p": p}, map_ndim, roi)
+    mask = _z_mask(s["z"], z_th, map_ndim, roi)
+    mask &= s["p"] <= _pi0_cut(s["p"], pi0, map_ndim)
+    return _keep(attn, mask)
+
+
+def soft_shrink(attn: Any, lfdr: Any) -> jax.Array:
+    """Soft shrinkage A · (1 − lfdr): each score weighted by its posterior probability of signal.
+
+    attn, lfdr: same shape (lfdr in [0, 1], as ``arb_jax.stats`` clips it). No z-threshold.
+    Returns attn's shape and dtype.
+    """
+    attn, s, _, _ = _prepare(attn, {"lfdr": lfdr}, None)
+    return attn * (1 - s["lfdr"]).astype(attn.dtype)
+
+
+def _bh_reject(p: jax.Array, q: jax.Array, map_ndim: int) -> jax.Array:
+    """Benjamini–Hochberg (1995) step-up rejections of each map's p-values at FDR level q."""
+    m = math.prod(p.shape[p.ndim - map_ndim:])
+    flat = p.reshape(-1, m)
+    ps = jnp.sort(flat, axis=-1)
+    ranks = jnp.arange(1, m + 1, dtype=jnp.int32)
+    crit = (ranks.astype(ps.dtype) / m) * q.reshape(-1, 1).astype(ps.dtype)
+    k = jnp.max(jnp.where(ps <= crit, ranks, 0), axis=-1)           # number of rejections
+    cut = jnp.take_along_axis(ps, jnp.maximum(k - 1, 0)[:, None], axis=-1)
+    cut = jnp.where(k[:, None] > 0, cut, -jnp.inf)
+    return (flat <= cut).reshape(p.shape)
+
+
+def bh_threshold(attn: Any, z: Any, p: Any, q: Any = 0.1, z_th: Threshold = 0.0, *,
+                 map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+    """A_z · 1[p rejected by Benjamini–Hochberg at FDR level q], per map.
+
+    Benjamini & Hochberg (1995) step-up on all n p-values of a map: with p_(1) ≤ … ≤ p_(n) and
+    k the largest i with p_(i) ≤ (i/n)·q, keep the entries with p ≤ p_(k) (none if no such i);
+    the same rejections as ``statsmodels.stats.multitest.multipletests(method="fdr_bh")``.
+    attn, z, p: same shape. q: FDR level in (0, 1], a scalar or one per map. ``roi`` only
+    matters for a ``Percentile`` z_th. Returns attn's shape and dtype.
+    """
+    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "p": p}, map_ndim, roi)
+    batch = attn.shape[: attn.ndim - map_ndim]
+    q = _as_array(q, "q")
+    _check_range(q, 0.0, 1.0, "q")
+    q = _per_map(q, batch, map_ndim, "q").reshape(batch)
+    mask = _z_mask(s["z"], z_th, map_ndim, roi) & _bh_reject(s["p"], q, map_ndim)
+    return _keep(attn, mask)
+
+
+def shrink_all(attn: Any, z: Any, p: Any, lfdr: Any, pi0: Any, *, alpha: Threshold = 0.3,
+               beta: Threshold = 0.3, z_th: Threshold = 0.0, q: Any = None,
+               map_ndim: int | None = None, roi: Any = None) -> dict[str, jax.Array]:
+    """Every shrinkage rule at once, as the pipeline uses them.
+
+    attn, z, p, lfdr: same shape; pi0: scalar or one per map. Returns a dict of arrays of attn's
+    shape: "z" (A_z), "p" (A_p at alpha), "lfdr" (A_l at beta), "pi0" (A_π), "soft"
+    (A·(1 − lfdr)), and "bh" (BH at FDR level q) when q is given.
+    """
+    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "p": p, "lfdr": lfdr}, map_ndim, roi)
+    z, p, lfdr = s["z"], s["p"], s["lfdr"]
+    zmask = _z_mask(z, z_th, map_ndim, roi)
+    out = {
+        "z": _keep(attn, zmask),
+        "p": _keep(attn, zmask & (p <= _threshold(alpha, p, "alpha", map_ndim, roi))),
+        "lfdr": _keep(attn, zmask & (lfdr <= _threshold(beta, lfdr, "beta", map_ndim, roi))),
+        "pi0": _keep(attn, zmask & (p <= _pi0_cut(p, pi0, map_ndim))),
+        "soft": attn * (1 - lfdr).astype(attn.dtype),
+    }
+    if q is not None:
+        batch = attn.shape[: attn.ndim - map_ndim]
+        qa = _as_array(q, "q")
+        _check_range(qa, 0.0, 1.0, "q")
+        qa = _per_map(qa, batch, map_ndim, "q").reshape(batch)
+        out["bh"] = _keep(attn, zmask & _bh_reject(p, qa, map_ndim))
+    return out
