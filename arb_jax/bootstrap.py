@@ -18,6 +18,7 @@ they jit (``n`` static) and vmap over the image and the key.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -132,19 +133,11 @@ def _check_patch(image: jax.Array, patch: Any) -> int:
 # ----------------------------------------------------------------------------- one sample
 
 
-def _rounded(x: jax.Array) -> jax.Array:
-    """x materialised (rounded to its dtype) before it is used: stops XLA from fusing a·b + c
-    into one fused multiply-add under jit, so eager, jitted and chunked draws agree bit for bit."""
-    return jax.lax.optimization_barrier(x)
-
-
 def _normal_one(key: jax.Array, image: jax.Array, width: Any) -> jax.Array:
-    if image.shape[0] * image.shape[1] < 2:
-        raise ValueError("the 'normal' sampler needs at least 2 pixels (std with ddof=1)")
     mean = image.mean(axis=(0, 1))
     std = image.std(axis=(0, 1), ddof=1)
     noise = jax.random.normal(key, image.shape, image.dtype)
-    return mean + _rounded((width * std).astype(image.dtype) * noise)
+    return mean + (width * std).astype(image.dtype) * noise
 
 
 def _pixel_one(key: jax.Array, image: jax.Array) -> jax.Array:
@@ -166,29 +159,32 @@ def _uniform_one(key: jax.Array, image: jax.Array) -> jax.Array:
     lo = image.min(axis=(0, 1))
     hi = image.max(axis=(0, 1))
     u = jax.random.uniform(key, image.shape, image.dtype)
-    return jnp.minimum(lo + _rounded((hi - lo) * u), hi)
+    return jnp.minimum(lo + (hi - lo) * u, hi)
 
 
-def _draw(one: Callable[[jax.Array], jax.Array], key: jax.Array, start: Any,
-          count: int) -> jax.Array:
-    """Samples start..start+count-1, sample b drawn by ``one(fold_in(key, b))``."""
-    index = start + jnp.arange(count, dtype=jnp.int32)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
-    return jax.vmap(one)(keys)
-
-
-def _one_fn(name: str, image: jax.Array, width: Any, patch: Any) -> Callable:
+def _one_fn(name: str, image: jax.Array, width: Any, patch: int | None) -> Callable:
     if name == "normal":
-        width = _check_width(width)
         return lambda k: _normal_one(k, image, width)
     if name == "pixel":
         return lambda k: _pixel_one(k, image)
     if name == "patch":
-        p = _check_patch(image, patch)
-        return lambda k: _patch_one(k, image, p)
-    if name == "uniform":
-        return lambda k: _uniform_one(k, image)
-    raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+        return lambda k: _patch_one(k, image, patch)
+    return lambda k: _uniform_one(k, image)
+
+
+@functools.partial(jax.jit, static_argnames=("name", "count", "patch"))
+def _draw(name: str, key: jax.Array, image: jax.Array, start: Any, count: int, width: Any,
+          patch: int | None) -> jax.Array:
+    """Samples start..start+count-1, sample b drawn with the key ``fold_in(key, b)``.
+
+    Always compiled (inlined when the caller is jitted), so that eager and jitted calls run the
+    same fused arithmetic (XLA contracts a·b + c to a fused multiply-add under jit) and agree
+    bit for bit.
+    """
+    one = _one_fn(name, image, width, patch)
+    index = start + jnp.arange(count, dtype=jnp.int32)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+    return jax.vmap(one)(keys)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -218,7 +214,12 @@ def sample_range(name: str, key: jax.Array, image: jax.Array, start: int | jax.A
     image = _check_image(image)
     count = _check_count(count, "count")
     start = _check_start(start)
-    return _draw(_one_fn(name, image, width, patch), key, start, count)
+    if name == "normal":
+        width = _check_width(width)
+        if image.shape[0] * image.shape[1] < 2:
+            raise ValueError("the 'normal' sampler needs at least 2 pixels (std with ddof=1)")
+    patch = _check_patch(image, patch) if name == "patch" else None
+    return _draw(name, key, image, start, count, width, patch)
 
 
 def normal(key: jax.Array, image: jax.Array, n: int, width: float = 1.0) -> jax.Array:

@@ -23,7 +23,7 @@ Backgrounds (`BACKGROUNDS`): ``brick``, ``grass``, ``gravel``, ``camera``, ``moo
 colour-jittered.
 
 The generator is pure numpy + Pillow and deterministic given the seed (``numpy.random.
-default_rng(seed)``); about 2,000 images of 64 px per second on one CPU core.
+default_rng(seed)``); about 1,000 images of 64 px per second on one CPU core.
 """
 
 from __future__ import annotations

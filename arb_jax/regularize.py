@@ -21,13 +21,23 @@ Thresholds α, β and z_th are numbers or ``Percentile(q)``: the q-th percentile
 linear interpolation) of that statistic over the map, or over the ROI pixels when a boolean
 ``roi`` mask is given (e.g. the paper's Fig. 2: α = the 10th percentile of p in the ROI).
 
-All functions are pure ``jnp`` functions: they jit (``Percentile`` is a pytree whose q may be
-traced) and keep the dtype of ``attn``. Masked-out entries are set to exactly 0.
+Percentiles (``map_percentile``, also for the π₀ threshold) follow numpy's "linear" method
+including its interpolation formula, which is exact between tied values (bootstrap p-values are
+heavily tied, and a threshold one ulp below a tie would drop the whole tie group). The virtual
+index is float32 here (float64 in numpy) and snapped to an integer within 8 ulps; a mask can
+then differ from numpy's only when (n − 1)·q/100 is within ~1e-6 relative of an integer without
+being one (numpy then drops the tie group at the next order statistic, we keep it).
+
+BH uses ``arb_jax.stats.bh_reject``. All functions validate their inputs in Python (clear
+``ValueError``/``TypeError``), then run one compiled ``jnp`` function; they also work under the
+caller's jit/vmap (``Percentile`` is a pytree whose q may be traced) and keep the dtype of
+``attn``. Masked-out entries are set to exactly 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 from typing import Any
@@ -35,6 +45,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from arb_jax import stats
 
 __all__ = [
     "Percentile",
@@ -119,7 +131,7 @@ def _check_map_ndim(map_ndim: Any, ndim: int) -> int:
     return map_ndim
 
 
-def _prepare(attn: Any, stats: dict[str, Any], map_ndim: Any,
+def _prepare(attn: Any, arrays: dict[str, Any], map_ndim: Any,
              roi: Any = None) -> tuple[jax.Array, dict[str, jax.Array], int, jax.Array | None]:
     """Validate attn and the statistics (same shape), map_ndim and an optional boolean ROI."""
     attn = _as_array(attn, "attn")
@@ -129,7 +141,7 @@ def _prepare(attn: Any, stats: dict[str, Any], map_ndim: Any,
     if math.prod(attn.shape[attn.ndim - map_ndim:]) == 0:
         raise ValueError(f"maps must not be empty, got attn of shape {attn.shape}")
     out = {}
-    for name, x in stats.items():
+    for name, x in arrays.items():
         x = _as_array(x, name)
         if x.shape != attn.shape:
             raise ValueError(f"{name} has shape {x.shape} but attn has shape {attn.shape}")
@@ -153,33 +165,59 @@ def _prepare(attn: Any, stats: dict[str, Any], map_ndim: Any,
     return attn, out, map_ndim, roi
 
 
-def _per_map(value: Any, batch_shape: tuple[int, ...], map_ndim: int, name: str) -> jax.Array:
-    """A scalar or batch-shaped value, reshaped to batch_shape + (1,) * map_ndim."""
+def _check_per_map(value: Any, name: str, batch: tuple[int, ...],
+                   bounds: tuple[float, float] | None = None) -> jax.Array:
+    """A number or an array of one value per map (broadcastable to ``batch``), within bounds."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or an array, got bool")
     value = _as_array(value, name)
     try:
-        ok = jnp.broadcast_shapes(value.shape, batch_shape) == batch_shape
+        ok = jnp.broadcast_shapes(value.shape, batch) == batch
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"{name} must be a scalar or have the batch shape {batch_shape} "
+        raise ValueError(f"{name} must be a scalar or have the batch shape {batch} "
                          f"(one value per map), got shape {value.shape}")
-    value = jnp.broadcast_to(value, batch_shape)
-    return value.reshape(batch_shape + (1,) * map_ndim)
+    if bounds is not None and _is_concrete(value):
+        lo, hi = bounds
+        if not bool(((value >= lo) & (value <= hi)).all()):
+            raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value}")
+    return value
 
 
-def _check_range(x: jax.Array, lo: float, hi: float, name: str) -> None:
-    if _is_concrete(x) and not bool(((x >= lo) & (x <= hi)).all()):
-        raise ValueError(f"{name} must lie in [{lo}, {hi}], got {x}")
+def _check_threshold(th: Any, name: str, batch: tuple[int, ...]) -> Threshold:
+    """A threshold: a number, one value per map, or a ``Percentile`` (q in [0, 100])."""
+    if isinstance(th, Percentile):
+        return Percentile(_check_per_map(th.q, f"{name} Percentile q", batch, (0.0, 100.0)))
+    try:
+        return _check_per_map(th, name, batch)
+    except TypeError:
+        raise TypeError(f"{name} must be a number, an array or a Percentile, got "
+                        f"{type(th).__name__}") from None
+
+
+def _per_map(value: jax.Array, batch: tuple[int, ...], map_ndim: int) -> jax.Array:
+    """A (validated) scalar or batch-shaped value, reshaped to batch + (1,) * map_ndim."""
+    return jnp.broadcast_to(value, batch).reshape(batch + (1,) * map_ndim)
 
 
 # ----------------------------------------------------------------------------- percentiles
 
 
-def _percentile_1d(x: jax.Array, q: jax.Array, valid: jax.Array) -> jax.Array:
-    """numpy ``percentile(x[valid], q)`` (method "linear") of one flat map; NaN if none valid."""
+def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array) -> jax.Array:
+    """numpy ``percentile(x[valid], 100·num/den)`` (method "linear") of one flat map.
+
+    NaN if no entry is valid or a valid entry is NaN. The virtual index (n − 1)·num/den is
+    computed in float32 (numpy: float64) and snapped to the nearest integer when within 8 ulps
+    of it, so that integer indices (which select one order statistic exactly) stay integers.
+    """
+    dt = jnp.promote_types(x.dtype, jnp.float32)
+    x = x.astype(dt)
     k = valid.sum()
     xs = jnp.sort(jnp.where(valid, x, jnp.inf))
-    vi = (q / 100) * (k - 1).astype(x.dtype)       # numpy: virtual index (n - 1)·q
+    vi = num.astype(dt) * (k - 1).astype(dt) / den
+    r = jnp.round(vi)
+    vi = jnp.where(jnp.abs(vi - r) <= 8 * jnp.finfo(dt).eps * jnp.maximum(r, 1), r, vi)
     lo = jnp.floor(vi)
     t = vi - lo
     lo_i = jnp.clip(lo.astype(jnp.int32), 0, k - 1)
@@ -205,48 +243,103 @@ def map_percentile(x: Any, q: Any, *, map_ndim: int | None = None, roi: Any = No
     percentile that falls between equal values is exactly that value, as in numpy;
     ``jnp.percentile`` does not guarantee this, and ties are the rule for bootstrap p-values.
     """
-    attn_like = _as_array(x, "x")
-    if not jnp.issubdtype(attn_like.dtype, jnp.floating):
-        attn_like = attn_like.astype(jnp.float32)
-    x, _, map_ndim, roi = _prepare(attn_like, {}, map_ndim, roi)
+    x = _as_array(x, "x")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
+    x, _, map_ndim, roi = _prepare(x, {}, map_ndim, roi)
+    q = _check_per_map(q, "percentile q", x.shape[: x.ndim - map_ndim], (0.0, 100.0))
+    return _map_percentile_jit(x, q, roi, map_ndim=map_ndim)
+
+
+def _map_percentile(x: jax.Array, q: jax.Array, map_ndim: int, roi: jax.Array | None,
+                    den: float = 100.0) -> jax.Array:
+    """(*batch) percentiles 100·q/den of each map; q (validated) scalar or batch-shaped."""
+    batch = x.shape[: x.ndim - map_ndim]
+    q = jnp.broadcast_to(jnp.asarray(q, jnp.promote_types(x.dtype, jnp.float32)), batch)
+    flat = x.reshape((-1, math.prod(x.shape[x.ndim - map_ndim:])))
+    valid = jnp.ones(flat.shape, bool) if roi is None else roi.reshape(flat.shape)
+    pct = jax.vmap(_percentile_1d, in_axes=(0, 0, None, 0))(flat, q.reshape(-1), den, valid)
+    return pct.reshape(batch)
+
+
+@functools.partial(jax.jit, static_argnames="map_ndim")
+def _map_percentile_jit(x: jax.Array, q: jax.Array, roi: jax.Array | None, *,
+                        map_ndim: int) -> jax.Array:
     return _map_percentile(x, q, map_ndim, roi)
 
 
-def _map_percentile(x: jax.Array, q: Any, map_ndim: int, roi: jax.Array | None) -> jax.Array:
-    batch = x.shape[: x.ndim - map_ndim]
-    q = _as_array(q, "q")
-    _check_range(q, 0.0, 100.0, "percentile q")
-    q = _per_map(q, batch, map_ndim, "q").reshape(-1).astype(x.dtype)
-    flat = x.reshape((-1, math.prod(x.shape[x.ndim - map_ndim:])))
-    valid = jnp.ones(flat.shape, bool) if roi is None else roi.reshape(flat.shape)
-    return jax.vmap(_percentile_1d)(flat, q, valid).reshape(batch)
-
-
-def _threshold(th: Any, stat: jax.Array, name: str, map_ndim: int,
-               roi: jax.Array | None) -> jax.Array:
-    """A threshold broadcastable against the maps: per-map percentile or the given value(s)."""
+def _threshold(th: Threshold, stat: jax.Array, map_ndim: int, roi: jax.Array | None) -> jax.Array:
+    """A (validated) threshold, broadcastable against the maps: per-map percentile or value(s)."""
     batch = stat.shape[: stat.ndim - map_ndim]
     if isinstance(th, Percentile):
-        t = _map_percentile(stat, th.q, map_ndim, roi)
-        return t.reshape(batch + (1,) * map_ndim)
-    if isinstance(th, bool):
-        raise TypeError(f"{name} must be a number, an array or a Percentile, got bool")
-    try:
-        return _per_map(th, batch, map_ndim, name)
-    except TypeError:
-        raise TypeError(f"{name} must be a number, an array or a Percentile, got "
-                        f"{type(th).__name__}") from None
+        return _map_percentile(stat, th.q, map_ndim, roi).reshape(batch + (1,) * map_ndim)
+    return _per_map(jnp.asarray(th), batch, map_ndim)
 
 
-# ----------------------------------------------------------------------------- rules
+def _pi0_cut(p: jax.Array, pi0: jax.Array, map_ndim: int) -> jax.Array:
+    """Per-map π₀ threshold t = percentile(p, 100·(1 − π₀)), shaped batch + (1,) * map_ndim."""
+    batch = p.shape[: p.ndim - map_ndim]
+    frac = 1 - jnp.asarray(pi0, jnp.promote_types(p.dtype, jnp.float32))   # q / 100, unrounded
+    return _map_percentile(p, frac, map_ndim, None, den=1.0).reshape(batch + (1,) * map_ndim)
+
+
+def _bh_reject(p: jax.Array, q: jax.Array, map_ndim: int) -> jax.Array:
+    """Benjamini–Hochberg rejections of each map's p-values (``arb_jax.stats.bh_reject``)."""
+    batch = p.shape[: p.ndim - map_ndim]
+    flat = p.reshape(batch + (math.prod(p.shape[p.ndim - map_ndim:]),))
+    q = jnp.broadcast_to(jnp.asarray(q, p.dtype), batch)
+    return stats.bh_reject(flat, q).reshape(p.shape)
 
 
 def _keep(attn: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask, attn, jnp.zeros((), attn.dtype))
 
 
-def _z_mask(z: jax.Array, z_th: Threshold, map_ndim: int, roi: jax.Array | None) -> jax.Array:
-    return z >= _threshold(z_th, z, "z_th", map_ndim, roi)
+@functools.partial(jax.jit, static_argnames=("rules", "map_ndim"))
+def _shrink(attn: jax.Array, z: Any, p: Any, lfdr: Any, pi0: Any, alpha: Any, beta: Any,
+            z_th: Any, q: Any, roi: Any, *, rules: tuple[str, ...],
+            map_ndim: int) -> dict[str, jax.Array]:
+    """The requested rules on validated arrays (unused statistics are None)."""
+    out = {}
+    zmask = None if z is None else z >= _threshold(z_th, z, map_ndim, roi)
+    if "z" in rules:
+        out["z"] = _keep(attn, zmask)
+    if "p" in rules:
+        out["p"] = _keep(attn, zmask & (p <= _threshold(alpha, p, map_ndim, roi)))
+    if "lfdr" in rules:
+        out["lfdr"] = _keep(attn, zmask & (lfdr <= _threshold(beta, lfdr, map_ndim, roi)))
+    if "pi0" in rules:
+        out["pi0"] = _keep(attn, zmask & (p <= _pi0_cut(p, pi0, map_ndim)))
+    if "soft" in rules:
+        out["soft"] = attn * (1 - lfdr).astype(attn.dtype)
+    if "bh" in rules:
+        out["bh"] = _keep(attn, zmask & _bh_reject(p, q, map_ndim))
+    return out
+
+
+def _run(rules: tuple[str, ...], attn: Any, arrays: dict[str, Any], map_ndim: Any, roi: Any, *,
+         pi0: Any = None, alpha: Any = None, beta: Any = None, z_th: Any = None,
+         q: Any = None) -> dict[str, jax.Array]:
+    """Validate everything in Python (clear errors, before jit), then run the compiled rules."""
+    attn, s, map_ndim, roi = _prepare(attn, arrays, map_ndim, roi)
+    batch = attn.shape[: attn.ndim - map_ndim]
+    if z_th is not None:
+        z_th = _check_threshold(z_th, "z_th", batch)
+    if alpha is not None:
+        alpha = _check_threshold(alpha, "alpha", batch)
+    if beta is not None:
+        beta = _check_threshold(beta, "beta", batch)
+    if pi0 is not None:
+        pi0 = _check_per_map(pi0, "pi0", batch, (0.0, 1.0))
+    if q is not None:
+        q = _check_per_map(q, "q", batch, (0.0, 1.0))
+        if _is_concrete(s["p"]) and not bool(((s["p"] >= 0) & (s["p"] <= 1)).all()):
+            raise ValueError("p-values must lie in [0, 1] for Benjamini–Hochberg")
+    return _shrink(attn, s.get("z"), s.get("p"), s.get("lfdr"), pi0, alpha, beta, z_th, q, roi,
+                   rules=rules, map_ndim=map_ndim)
+
+
+# ----------------------------------------------------------------------------- rules
 
 
 def z_threshold(attn: Any, z: Any, z_th: Threshold = 0.0, *, map_ndim: int | None = None,
@@ -256,8 +349,7 @@ def z_threshold(attn: Any, z: Any, z_th: Threshold = 0.0, *, map_ndim: int | Non
     attn: attention map(s), float, any shape; z: bootstrap z-scores, same shape. z_th: a number,
     one per map, or a ``Percentile`` of z. Returns attn's shape and dtype.
     """
-    attn, s, map_ndim, roi = _prepare(attn, {"z": z}, map_ndim, roi)
-    return _keep(attn, _z_mask(s["z"], z_th, map_ndim, roi))
+    return _run(("z",), attn, {"z": z}, map_ndim, roi, z_th=z_th)["z"]
 
 
 def p_threshold(attn: Any, z: Any, p: Any, alpha: Threshold = 0.3, z_th: Threshold = 0.0, *,
@@ -268,10 +360,7 @@ def p_threshold(attn: Any, z: Any, p: Any, alpha: Threshold = 0.3, z_th: Thresho
     (reference code 0.3), one per map, or a ``Percentile`` of p (Fig. 2: ``Percentile(10)`` with
     the ROI as ``roi``). Returns attn's shape and dtype.
     """
-    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "p": p}, map_ndim, roi)
-    mask = _z_mask(s["z"], z_th, map_ndim, roi)
-    mask &= s["p"] <= _threshold(alpha, s["p"], "alpha", map_ndim, roi)
-    return _keep(attn, mask)
+    return _run(("p",), attn, {"z": z, "p": p}, map_ndim, roi, alpha=alpha, z_th=z_th)["p"]
 
 
 def lfdr_threshold(attn: Any, z: Any, lfdr: Any, beta: Threshold = 0.3, z_th: Threshold = 0.0, *,
@@ -281,19 +370,8 @@ def lfdr_threshold(attn: Any, z: Any, lfdr: Any, beta: Threshold = 0.3, z_th: Th
     attn, z, lfdr: same shape (lfdr: local false discovery rates in [0, 1]). beta: a number
     (reference code 0.3), one per map, or a ``Percentile`` of lfdr. Returns attn's shape and dtype.
     """
-    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "lfdr": lfdr}, map_ndim, roi)
-    mask = _z_mask(s["z"], z_th, map_ndim, roi)
-    mask &= s["lfdr"] <= _threshold(beta, s["lfdr"], "beta", map_ndim, roi)
-    return _keep(attn, mask)
-
-
-def _pi0_cut(p: jax.Array, pi0: Any, map_ndim: int) -> jax.Array:
-    batch = p.shape[: p.ndim - map_ndim]
-    pi0 = _as_array(pi0, "pi0")
-    _check_range(pi0, 0.0, 1.0, "pi0")
-    pi0 = _per_map(pi0, batch, map_ndim, "pi0").reshape(batch)
-    t = _map_percentile(p, 100 * (1 - pi0.astype(p.dtype)), map_ndim, None)
-    return t.reshape(batch + (1,) * map_ndim)
+    return _run(("lfdr",), attn, {"z": z, "lfdr": lfdr}, map_ndim, roi, beta=beta,
+                z_th=z_th)["lfdr"]
 
 
 def pi0_threshold(attn: Any, z: Any, p: Any, pi0: Any, z_th: Threshold = 0.0, *,
@@ -305,10 +383,7 @@ def pi0_threshold(attn: Any, z: Any, p: Any, pi0: Any, z_th: Threshold = 0.0, *,
     π₀ in [0, 1], a scalar or one per map. ``roi`` only matters for a ``Percentile`` z_th.
     Returns attn's shape and dtype.
     """
-    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "p": p}, map_ndim, roi)
-    mask = _z_mask(s["z"], z_th, map_ndim, roi)
-    mask &= s["p"] <= _pi0_cut(s["p"], pi0, map_ndim)
-    return _keep(attn, mask)
+    return _run(("pi0",), attn, {"z": z, "p": p}, map_ndim, roi, pi0=pi0, z_th=z_th)["pi0"]
 
 
 def soft_shrink(attn: Any, lfdr: Any) -> jax.Array:
@@ -317,21 +392,7 @@ def soft_shrink(attn: Any, lfdr: Any) -> jax.Array:
     attn, lfdr: same shape (lfdr in [0, 1], as ``arb_jax.stats`` clips it). No z-threshold.
     Returns attn's shape and dtype.
     """
-    attn, s, _, _ = _prepare(attn, {"lfdr": lfdr}, None)
-    return attn * (1 - s["lfdr"]).astype(attn.dtype)
-
-
-def _bh_reject(p: jax.Array, q: jax.Array, map_ndim: int) -> jax.Array:
-    """Benjamini–Hochberg (1995) step-up rejections of each map's p-values at FDR level q."""
-    m = math.prod(p.shape[p.ndim - map_ndim:])
-    flat = p.reshape(-1, m)
-    ps = jnp.sort(flat, axis=-1)
-    ranks = jnp.arange(1, m + 1, dtype=jnp.int32)
-    crit = (ranks.astype(ps.dtype) / m) * q.reshape(-1, 1).astype(ps.dtype)
-    k = jnp.max(jnp.where(ps <= crit, ranks, 0), axis=-1)           # number of rejections
-    cut = jnp.take_along_axis(ps, jnp.maximum(k - 1, 0)[:, None], axis=-1)
-    cut = jnp.where(k[:, None] > 0, cut, -jnp.inf)
-    return (flat <= cut).reshape(p.shape)
+    return _run(("soft",), attn, {"lfdr": lfdr}, None, None)["soft"]
 
 
 def bh_threshold(attn: Any, z: Any, p: Any, q: Any = 0.1, z_th: Threshold = 0.0, *,
@@ -341,16 +402,10 @@ def bh_threshold(attn: Any, z: Any, p: Any, q: Any = 0.1, z_th: Threshold = 0.0,
     Benjamini & Hochberg (1995) step-up on all n p-values of a map: with p_(1) ≤ … ≤ p_(n) and
     k the largest i with p_(i) ≤ (i/n)·q, keep the entries with p ≤ p_(k) (none if no such i);
     the same rejections as ``statsmodels.stats.multitest.multipletests(method="fdr_bh")``.
-    attn, z, p: same shape. q: FDR level in (0, 1], a scalar or one per map. ``roi`` only
+    attn, z, p: same shape. q: FDR level in [0, 1], a scalar or one per map. ``roi`` only
     matters for a ``Percentile`` z_th. Returns attn's shape and dtype.
     """
-    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "p": p}, map_ndim, roi)
-    batch = attn.shape[: attn.ndim - map_ndim]
-    q = _as_array(q, "q")
-    _check_range(q, 0.0, 1.0, "q")
-    q = _per_map(q, batch, map_ndim, "q").reshape(batch)
-    mask = _z_mask(s["z"], z_th, map_ndim, roi) & _bh_reject(s["p"], q, map_ndim)
-    return _keep(attn, mask)
+    return _run(("bh",), attn, {"z": z, "p": p}, map_ndim, roi, q=q, z_th=z_th)["bh"]
 
 
 def shrink_all(attn: Any, z: Any, p: Any, lfdr: Any, pi0: Any, *, alpha: Threshold = 0.3,
@@ -362,20 +417,6 @@ def shrink_all(attn: Any, z: Any, p: Any, lfdr: Any, pi0: Any, *, alpha: Thresho
     shape: "z" (A_z), "p" (A_p at alpha), "lfdr" (A_l at beta), "pi0" (A_π), "soft"
     (A·(1 − lfdr)), and "bh" (BH at FDR level q) when q is given.
     """
-    attn, s, map_ndim, roi = _prepare(attn, {"z": z, "p": p, "lfdr": lfdr}, map_ndim, roi)
-    z, p, lfdr = s["z"], s["p"], s["lfdr"]
-    zmask = _z_mask(z, z_th, map_ndim, roi)
-    out = {
-        "z": _keep(attn, zmask),
-        "p": _keep(attn, zmask & (p <= _threshold(alpha, p, "alpha", map_ndim, roi))),
-        "lfdr": _keep(attn, zmask & (lfdr <= _threshold(beta, lfdr, "beta", map_ndim, roi))),
-        "pi0": _keep(attn, zmask & (p <= _pi0_cut(p, pi0, map_ndim))),
-        "soft": attn * (1 - lfdr).astype(attn.dtype),
-    }
-    if q is not None:
-        batch = attn.shape[: attn.ndim - map_ndim]
-        qa = _as_array(q, "q")
-        _check_range(qa, 0.0, 1.0, "q")
-        qa = _per_map(qa, batch, map_ndim, "q").reshape(batch)
-        out["bh"] = _keep(attn, zmask & _bh_reject(p, qa, map_ndim))
-    return out
+    rules = ("z", "p", "lfdr", "pi0", "soft") + (() if q is None else ("bh",))
+    return _run(rules, attn, {"z": z, "p": p, "lfdr": lfdr}, map_ndim, roi, pi0=pi0,
+                alpha=alpha, beta=beta, z_th=z_th, q=q)

@@ -54,7 +54,6 @@ __all__ = [
 PVALUE_METHODS = ("upper", "plus_one", "two_sided", "attnreg")
 PI0_METHODS = ("smoother", "bootstrap")
 LFDR_NULLS = ("theoretical", "empirical")
-_MAX_HALVINGS = 30  # IRLS step halvings tried per iteration in local_fdr
 # R qvalue's default λ grid, seq(0.05, 0.95, 0.05): from + (0:n)·by, then pmin(·, to).
 DEFAULT_LAMBDAS = tuple(float(v) for v in np.minimum(0.05 + np.arange(19) * 0.05, 0.95))
 
@@ -130,6 +129,16 @@ def _flat_null(obs: jax.Array, null: jax.Array, obs_name: str, null_name: str) -
                      f"of {obs_name} {obs.shape}; got {null.shape}")
 
 
+def _div(a: jax.Array, b: Any) -> jax.Array:
+    """a / b, correctly rounded also for a scalar or constant b.
+
+    XLA rewrites x / broadcast(b) and x / constant as x · (1/b), off by an ulp for about a third
+    of the values; a divisor that depends on a (b + 0·a, finite a) keeps the true division, so
+    counts/m here equal numpy's (and R's) bit for bit.
+    """
+    return a / (b + 0 * a)
+
+
 def _batched(fn: Callable, n_batch: int) -> Callable:
     """fn vmapped over n_batch leading axes of every argument."""
     for _ in range(n_batch):
@@ -149,8 +158,8 @@ def _zstat(attn: jax.Array, attn_null: jax.Array):
     axes = tuple(range(attn.ndim - 1, attn_null.ndim))
     mu0 = jnp.mean(log_0, axis=axes)
     sigma0 = jnp.sqrt(jnp.mean(jnp.square(log_0 - jnp.expand_dims(mu0, axes)), axis=axes))
-    z = (log_a - mu0[..., None]) / sigma0[..., None]
-    z_null = (log_0 - jnp.expand_dims(mu0, axes)) / jnp.expand_dims(sigma0, axes)
+    z = _div(log_a - mu0[..., None], sigma0[..., None])
+    z_null = _div(log_0 - jnp.expand_dims(mu0, axes), jnp.expand_dims(sigma0, axes))
     return z, z_null, mu0, sigma0
 
 
@@ -206,16 +215,16 @@ def _count_geq(sorted_ref: jax.Array, x: jax.Array) -> jax.Array:
 def _pvalues_1d(z: jax.Array, z_null: jax.Array, method: str) -> jax.Array:
     m = z_null.shape[0]
     if method == "upper":
-        return _count_geq(jnp.sort(z_null), z) / m
+        return _div(_count_geq(jnp.sort(z_null), z), m)
     if method == "plus_one":
-        return (1 + _count_geq(jnp.sort(z_null), z)) / (1 + m)
+        return _div(1 + _count_geq(jnp.sort(z_null), z), 1 + m)
     if method == "two_sided":
-        return _count_geq(jnp.sort(jnp.abs(z_null)), jnp.abs(z)) / m
-    # attnreg: 1 - ECDF of the pool |z| ∪ |z⁰| at |z_i| (ECDF counts v <= x)
+        return _div(_count_geq(jnp.sort(jnp.abs(z_null)), jnp.abs(z)), m)
+    # attnreg: 1 − ECDF(pool)(|z_i|) = #{v in pool: v > |z_i|} / |pool|, pool = |z| ∪ |z⁰|
     az = jnp.abs(z)
     pool = jnp.sort(jnp.concatenate([az, jnp.abs(z_null)]))
-    below_or_eq = jnp.searchsorted(pool, az, side="right").astype(z.dtype)
-    return 1 - below_or_eq / pool.shape[0]
+    n_above = pool.shape[0] - jnp.searchsorted(pool, az, side="right")
+    return _div(n_above.astype(z.dtype), pool.shape[0])
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
@@ -235,7 +244,8 @@ def empirical_pvalues(z: Any, z_null: Any, method: str = "upper") -> jax.Array:
         - "plus_one" (Phipson & Smyth 2010): (1 + #{z⁰ >= z_i}) / (1 + m), never 0.
         - "two_sided": #{|z⁰| >= |z_i|} / m.
         - "attnreg" (the authors' reference code): pool = |z| ∪ |z⁰| (n + m values),
-          p_i = 1 − #{v in pool: v <= |z_i|} / (n + m); the largest |z| gets p = 0.
+          p_i = 1 − #{v in pool: v <= |z_i|} / (n + m), computed as #{v in pool: v > |z_i|} /
+          (n + m) (no rounding of 1 − x); the largest |z| gets p = 0.
 
     Returns
     -------
@@ -244,7 +254,8 @@ def empirical_pvalues(z: Any, z_null: Any, method: str = "upper") -> jax.Array:
     Notes
     -----
     Ties count as "at least as extreme" (>=). Sort + binary search (``jnp.searchsorted``):
-    O((n + m) log(n + m)) time and O(n + m) memory per map, never an n × m matrix.
+    O((n + m) log(n + m)) time and O(n + m) memory per map, never an n × m matrix. The values
+    equal the count definitions computed in numpy bit for bit (float32 and float64).
     """
     _check_option(method, PVALUE_METHODS, "p-value method")
     z = _as_float(z, "z")
@@ -290,48 +301,63 @@ def _fit_log_density(x: jax.Array, deg: int, nbins: int, n_iter: int):
 
     As ``statsmodels.stats.multitest.local_fdr``: edges = numpy ``linspace(min x, max x, nbins)``
     (same arithmetic), ``numpy.histogram`` counts (last bin closed), log-polynomial of degree deg
-    fitted by Poisson regression (IRLS from the least-squares fit of log(1 + counts)),
-    f(v) = fitted mean at v / (len(x) · bin width).
+    fitted by Poisson regression (Newton = IRLS from the least-squares fit of log(1 + counts),
+    safeguarded, see ``local_fdr``), f(v) = fitted mean at v / (len(x) · bin width).
     """
     dtype = x.dtype
     n = x.shape[0]
     lo, hi = jnp.min(x), jnp.max(x)
-    step = (hi - lo) / (nbins - 1)
-    edges = (jnp.arange(nbins, dtype=dtype) * step + lo).at[-1].set(hi)
-    xs = jnp.sort(x)
-    cum = jnp.concatenate([jnp.searchsorted(xs, edges[:-1], side="left"),
-                           jnp.searchsorted(xs, edges[-1:], side="right")])
-    counts = jnp.diff(cum).astype(dtype)
+    # numpy's linspace arithmetic, lo + k·step, bit for bit (values tied on an edge must land in
+    # the same bin): an exact division, and a sort (a no-op, k·step is non-decreasing) between
+    # the multiply and the add so XLA cannot contract them into an FMA, which rounds once.
+    step = _div(hi - lo, nbins - 1)
+    edges = (jnp.sort(jnp.arange(nbins, dtype=dtype) * step) + lo).at[-1].set(hi)
+    # numpy.histogram counts: [e_k, e_k+1) and the last bin closed; #{x < e_0} = 0 and
+    # #{x <= e_last} = n, so only the inner edges need counting (O(n · nbins), no sort).
+    below = jnp.sum(x[:, None] < edges[None, 1:-1], axis=0)
+    counts = jnp.diff(jnp.concatenate([jnp.zeros(1, below.dtype), below,
+                                       jnp.full(1, n, below.dtype)])).astype(dtype)
     width = edges[1] - edges[0]
 
     q_np, rinv_np = _poisson_basis(deg, nbins)
     q = jnp.asarray(q_np, dtype)
-    log_tiny = jnp.log(jnp.finfo(dtype).tiny)
     beta0 = q.T @ jnp.log1p(counts)                          # OLS start (orthonormal design)
 
     def neg_loglik(eta):                                     # Poisson, up to a constant
         return jnp.sum(jnp.exp(eta) - counts * eta, axis=-1)
 
-    halvings = 2.0 ** -jnp.arange(_MAX_HALVINGS, dtype=dtype)
+    eps = jnp.finfo(dtype).eps
+    log_tiny = jnp.log(jnp.finfo(dtype).tiny)
+    damping = jnp.concatenate([jnp.zeros(1, dtype), 10.0 ** jnp.arange(-10, 3, dtype=dtype)])
 
-    def irls_step(_, beta):
+    def newton_step(_, beta):
         eta = q @ beta
-        eta_c = jnp.maximum(eta, log_tiny)                    # keep mu > 0 in empty bins
-        sqrt_mu = jnp.exp(eta_c / 2)
-        a = sqrt_mu[:, None] * q                              # sqrt(W) X
-        b = sqrt_mu * eta_c + (counts - jnp.exp(eta_c)) / sqrt_mu  # sqrt(W) (working response)
-        qa, ra = jnp.linalg.qr(a)
-        newton = jax.scipy.linalg.solve_triangular(ra, qa.T @ b, lower=False) - beta
-        # Step halving, a guard against divergence only: the full IRLS step unless it raises
-        # -loglik by more than rounding (then the longest halved step that does not).
+        mu = jnp.exp(eta)
+        # Hessian H = Xᵀ diag(mu) X = aᵀa, a = diag(sqrt(mu)) X: the SVD of a gives H's eigenpairs
+        # to full precision (forming H would square its condition number); the gradient of the
+        # loglik, g = Xᵀ(counts − mu), is formed directly.
+        sqrt_mu = jnp.exp(jnp.maximum(eta, log_tiny) / 2)
+        _, sv, vt = jnp.linalg.svd(sqrt_mu[:, None] * q, full_matrices=False)
+        g_v = vt @ (q.T @ (counts - mu))
+        # Candidate steps (H + λI)⁻¹ g for λ = 0 (the Newton = IRLS step; singular values below
+        # rounding dropped) and λ = s_max² · 10^k: the first that achieves >= 1/10 of its
+        # predicted gain in loglik is taken (the Newton step once its predicted gain is at
+        # rounding level: converged), else the best one.
+        ev = sv ** 2
+        lam = damping * ev[0]
+        keep = (lam[:, None] > 0) | (sv > eps * sv[0])
+        inv = jnp.where(keep, 1 / jnp.where(keep, ev + lam[:, None], 1), 0)   # (K, p)
+        steps = (inv * g_v) @ vt                          # (K, p)
+        pred = jnp.sum(inv * g_v ** 2, -1) - 0.5 * jnp.sum(ev * (inv * g_v) ** 2, -1)
         cur = neg_loglik(eta)
-        slack = 100 * jnp.finfo(dtype).eps * jnp.sum(jnp.exp(eta) + counts * jnp.abs(eta))
-        trial = neg_loglik((beta[None, :] + halvings[:, None] * newton[None, :]) @ q.T)
-        ok = trial <= cur + slack                             # False for NaN / inf
-        t = jnp.where(jnp.any(ok), halvings[jnp.argmax(ok)], 0)
-        return beta + t * newton
+        new = neg_loglik(eta + steps @ q.T)               # NaN/inf for overflowing steps
+        slack = 100 * eps * jnp.sum(mu + counts * jnp.abs(eta))
+        ok = (new <= cur + slack) & ((cur - new >= 0.1 * pred) | (pred[0] <= slack))
+        best = jnp.argmin(jnp.where(jnp.isnan(new), jnp.inf, new))
+        k = jnp.where(jnp.any(ok), jnp.argmax(ok), best)
+        return jnp.where(jnp.any(ok) | (new[k] < cur), beta + steps[k], beta)
 
-    beta = jax.lax.fori_loop(0, n_iter, irls_step, beta0)
+    beta = jax.lax.fori_loop(0, n_iter, newton_step, beta0)
     coef = jnp.asarray(rinv_np, dtype) @ beta                 # Legendre coefficients
     centre, half = (lo + hi) / 2, (hi - lo) / 2
     log_norm = jnp.log(n * width)
@@ -358,7 +384,7 @@ def _local_fdr(z, pi0, z_null, deg, nbins, n_iter):
 
 
 def local_fdr(z: Any, pi0: Any = 1.0, null: str = "theoretical", z_null: Any = None,
-              deg: int = 7, nbins: int = 30, n_iter: int = 30) -> jax.Array:
+              deg: int = 7, nbins: int = 30, n_iter: int = 50) -> jax.Array:
     """Efron's local false discovery rate lfdr(z) = π₀ f₀(z) / f(z), clipped to [0, 1] (eq. 5).
 
     The same estimator as ``statsmodels.stats.multitest.local_fdr(z, null_proportion=pi0,
@@ -381,9 +407,15 @@ def local_fdr(z: Any, pi0: Any = 1.0, null: str = "theoretical", z_null: Any = N
     z_null : (..., B, n) or (..., m), required for null="empirical" only.
     deg : int, static, default 7 — degree of the log-density polynomial; deg + 1 <= nbins − 1.
     nbins : int, static, default 30 — number of bin edges (statsmodels' meaning).
-    n_iter : int, static, default 30 — IRLS (Newton) iterations, a fixed count so the function
-        jits. statsmodels iterates to convergence (deviance change < 1e-8, at most 100); from the
-        least-squares start Newton converges quadratically, in well under 30 steps.
+    n_iter : int, static, default 50 — Newton (IRLS) iterations, a fixed count so the function
+        jits. statsmodels iterates plain IRLS to convergence (deviance change < 1e-8, at most
+        100) and overflows on some heavy-tailed inputs; here each iteration takes the Newton
+        step unless it fails to reduce −loglik, then a Levenberg–Marquardt-damped one, so it
+        converges where statsmodels does (to the same, unique MLE) and also where it diverges.
+        Measured: <= 50 iterations reach float64 precision on normal, t₃, Cauchy and spiked
+        samples of n = 10²…10⁵ whenever the MLE exists (it needs at least deg + 1 non-empty
+        bins; with fewer, statsmodels does not converge either and the result is the last
+        iterate).
 
     Returns
     -------
@@ -394,8 +426,12 @@ def local_fdr(z: Any, pi0: Any = 1.0, null: str = "theoretical", z_null: Any = N
     The Poisson MLE's fitted values depend only on the column space of the design, not on its
     basis; here the design is an orthonormalised Legendre basis on the histogram range instead of
     the std-scaled Vandermonde, with the same span, so the fitted density is the same but the
-    weighted least-squares steps (solved by QR) are well conditioned also in float32.
-    The ratio is formed as exp(log f₀ − log f): no overflow, and f → 0 gives lfdr = 1.
+    Newton steps (from the SVD of diag(√μ)X) are well conditioned also in float32. The histogram
+    edges reproduce numpy's float arithmetic bit for bit, so tied z on an edge fall into the same
+    bin. The ratio is formed as exp(log f₀ − log f): no overflow, and f → 0 gives lfdr = 1.
+    Measured max |lfdr − statsmodels| (n = 10²…10⁵): <= 1.3e-9 in float64 (statsmodels stops
+    at a deviance change of 1e-8); in float32 <= 2.2e-6 on normal mixtures and up to 2.7e-4 for
+    heavy tails whose histogram fills 2 of the 29 bins (large fitted log-polynomial terms).
     """
     _check_option(null, LFDR_NULLS, "local FDR null")
     for value, name in ((deg, "deg"), (nbins, "nbins"), (n_iter, "n_iter")):
@@ -500,8 +536,9 @@ def _pi0est_1d(p, *, lambdas, method, smooth_df):
     dtype = p.dtype
     m = p.shape[0]
     lam = jnp.asarray(lambdas, dtype)
+    one_minus = jnp.asarray(1.0 - np.asarray(lambdas), dtype)  # in float64: exact for float32
     n_geq = _count_geq(jnp.sort(p), lam)                    # W = #{p >= λ}
-    pi0_lambda = n_geq / m / (1 - lam)                      # R: mean(p >= l) / (1 - l)
+    pi0_lambda = _div(n_geq, m * one_minus)                 # as R qvalue 2.30, bit for bit
     if len(lambdas) == 1:
         return Pi0Estimate(jnp.minimum(pi0_lambda[0], 1), pi0_lambda, lam, None)
     if method == "smoother":
@@ -511,7 +548,8 @@ def _pi0est_1d(p, *, lambdas, method, smooth_df):
     lo, hi, h = _type7_quantile_weights(len(lambdas), 0.1)
     srt = jnp.sort(pi0_lambda)
     min_pi0 = jnp.where((h > 0) & (srt[hi] != srt[lo]), (1 - h) * srt[lo] + h * srt[hi], srt[lo])
-    mse = (n_geq / (float(m) ** 2 * (1 - lam) ** 2)) * (1 - n_geq / m) + (pi0_lambda - min_pi0) ** 2
+    mse = (_div(n_geq, float(m) ** 2 * one_minus ** 2) * (1 - _div(n_geq, m))
+           + (pi0_lambda - min_pi0) ** 2)
     best = jnp.min(jnp.where(mse == jnp.min(mse), pi0_lambda, jnp.inf))
     return Pi0Estimate(jnp.minimum(best, 1), pi0_lambda, lam, None)
 
@@ -637,9 +675,9 @@ def qvalues(p: Any, pi0: Any) -> jax.Array:
 
 def _bh_threshold_1d(p, q):
     m = p.shape[0]
-    crit = (jnp.arange(1, m + 1, dtype=p.dtype) / m) * q    # statsmodels: (k/m)·q
+    crit = _div(jnp.arange(1, m + 1, dtype=p.dtype), m) * q  # statsmodels: (k/m)·q
     k_max = jnp.max(jnp.where(jnp.sort(p) <= crit, jnp.arange(1, m + 1), 0))
-    return (k_max.astype(p.dtype) / m) * q
+    return _div(k_max.astype(p.dtype), m) * q
 
 
 @jax.jit
@@ -670,7 +708,7 @@ def bh_reject(p: Any, q: Any) -> jax.Array:
 @jax.jit
 def _srmsd(p):
     n = p.shape[-1]
-    u = (jnp.arange(1, n + 1, dtype=p.dtype) - 0.5) / n
+    u = _div(jnp.arange(1, n + 1, dtype=p.dtype) - 0.5, n)
     rmsd = jnp.sqrt(jnp.mean(jnp.square(u - jnp.sort(p, axis=-1)), axis=-1))
     return jnp.where(jnp.median(p, axis=-1) > 0.5, -rmsd, rmsd)
 

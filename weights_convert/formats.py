@@ -35,6 +35,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import ml_dtypes
 import numpy as np
 
 from arb_jax.models.config import CONFIGS, ViTConfig
@@ -51,7 +52,7 @@ class Conversion(NamedTuple):
     Attributes:
       config: the inferred :class:`ViTConfig`.
       params: the canonical tree (nested dicts of C-contiguous float32 numpy arrays).
-      layout: ``"dino"``, ``"dinov2"``, ``"hf_vit"`` or ``"hf_dinov2"`` (+ naming variant).
+      layout: ``"dino"``, ``"dinov2"``, ``"hf_vit"`` or ``"hf_dinov2"``.
       container: ``"state_dict"``, ``"dino_training[teacher]"``, ``"lightning"``, ``"model"``.
       dropped: known-but-unused tensors, ``"key (why)"`` or ``"prefix.* (n tensors, why)"``.
       notes: other facts worth recording (how heads were chosen, source dtypes, …).
@@ -282,14 +283,14 @@ _HF_ATTN = {
                    "attention.attention.value", "attention.output.dense"),
     "in_memory": ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
 }
-_HF_MLP = {
-    "hf_vit": ("layernorm_before", "layernorm_after", "intermediate.dense", "output.dense"),
-    "hf_dinov2": ("norm1", "norm2", "mlp.fc1", "mlp.fc2"),
-}
+_HF_NORMS = {"hf_vit": ("layernorm_before", "layernorm_after"), "hf_dinov2": ("norm1", "norm2")}
+_HF_MLP = {"serialized": ("intermediate.dense", "output.dense"),  # ViT as saved
+           "fc": ("mlp.fc1", "mlp.fc2")}  # DINOv2, and ViT's transformers 5 in-memory names
 
 
 class _Names(NamedTuple):
     layout: str
+    naming: str
     cls: str
     reg: str
     pos: str
@@ -324,10 +325,14 @@ def _names_for(keys: list[str]) -> _Names:
                 >= _count(r".*\.attention\.q_proj\.", keys) else "in_memory")
         layout = ("hf_vit" if _count(r".*\.layernorm_before\.", keys)
                   >= _count(r".*\.norm1\.", keys) else "hf_dinov2")
+        mlp = ("serialized" if _count(r".*\.intermediate\.dense\.", keys)
+               > _count(r".*\.mlp\.fc1\.", keys) else "fc")
         q, k, v, o = _HF_ATTN[attn]
-        n1, n2, f1, f2 = _HF_MLP[layout]
+        (n1, n2), (f1, f2) = _HF_NORMS[layout], _HF_MLP[mlp]
         return _Names(
-            layout=f"{layout} ({'saved' if attn == 'serialized' else 'in-memory'} names)",
+            layout=layout,
+            naming=("HF names as written by save_pretrained" if attn == "serialized"
+                    else "transformers 5 in-memory names (q_proj/k_proj/v_proj)"),
             cls="embeddings.cls_token", reg="embeddings.register_tokens",
             pos="embeddings.position_embeddings", patch="embeddings.patch_embeddings.projection",
             block=block, norm1=n1, qkv=(q, k, v), proj=o, ls1="layer_scale1.lambda1", norm2=n2,
@@ -336,7 +341,7 @@ def _names_for(keys: list[str]) -> _Names:
                    ("pooler", "HF pooler, not part of the DINO backbone")))
     dinov2 = any(re.match(r"blocks\.\d+\.ls1\.", k) for k in keys) or "register_tokens" in keys
     return _Names(
-        layout="dinov2" if dinov2 else "dino",
+        layout="dinov2" if dinov2 else "dino", naming="DINO / timm names",
         cls="cls_token", reg="register_tokens", pos="pos_embed", patch="patch_embed.proj",
         block="blocks.{i}.", norm1="norm1", qkv=("attn.qkv",), proj="attn.proj", ls1="ls1.gamma",
         norm2="norm2", fc1="mlp.fc1", fc2="mlp.fc2", ls2="ls2.gamma", norm="norm", head="head",
@@ -384,6 +389,17 @@ def _source_shape(kind: str, shape: tuple[int, ...], n: int) -> tuple[int, ...]:
     if kind == "conv":  # canonical HWIO ← torch OIHW
         return (shape[3], shape[2], shape[0], shape[1])
     return (shape[0] // n, *shape[1:])
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """numpy floats and the ml_dtypes ones (bfloat16, float8_*)."""
+    if dtype.kind == "c":
+        return False
+    try:
+        ml_dtypes.finfo(dtype)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _assemble(kind: str, pieces: list[np.ndarray]) -> np.ndarray:
@@ -553,7 +569,7 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
             x = pool[src]
             if tuple(x.shape) != want:
                 misshaped.append(f"{origin[src]}: expected {want}, got {tuple(x.shape)}")
-            elif not np.issubdtype(x.dtype, np.floating):
+            elif not _is_float(x.dtype):
                 misshaped.append(f"{origin[src]}: expected a float tensor, got {x.dtype}")
             else:
                 pieces.append(x)
@@ -567,5 +583,6 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
             f"(dim={config.dim}, depth={config.depth}, patch={config.patch})",
             missing=missing, unexpected=unexpected, misshaped=misshaped)
     dtypes = sorted({str(a.dtype) for a in pool.values()})
-    notes = backbone.notes + head.notes + notes + [f"source dtypes: {', '.join(dtypes)}"]
+    notes = (backbone.notes + head.notes + [f"tensor names: {names.naming}"] + notes
+             + [f"source dtypes: {', '.join(dtypes)}"])
     return Conversion(config, _unflatten(flat), names.layout, container, backbone.dropped, notes)

@@ -82,17 +82,16 @@ def sniff_kind(path: str | os.PathLike) -> str:
             f"{path}: legacy (non-zip) PyTorch serialization (torch < 1.6 or "
             "_use_new_zipfile_serialization=False) is not supported; re-save it with a recent "
             "torch.save")
-    if head.startswith(b"\x80"):
+    if len(head) >= 9 and head[8:9] == b"{":  # u64 little-endian header length, then JSON
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 0 < header_len <= size - 8:
+            return "safetensors"
+        raise CheckpointFormatError(
+            f"{path}: safetensors header of {header_len} bytes does not fit in the "
+            f"{size}-byte file (truncated?)")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise CheckpointFormatError(
             f"{path}: a bare pickle, not a PyTorch zip checkpoint; bare pickles are refused")
-    if len(head) >= 9:
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 0 < header_len <= size - 8:
-            return "safetensors"
-        if head[8:9] == b"{":
-            raise CheckpointFormatError(
-                f"{path}: safetensors header of {header_len} bytes does not fit in the "
-                f"{size}-byte file (truncated?)")
     raise CheckpointFormatError(
         f"{path}: not a checkpoint: neither a PyTorch zip file nor safetensors "
         f"(starts with {head[:8]!r})")

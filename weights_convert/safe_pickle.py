@@ -11,7 +11,7 @@ A pickle can name any global (``os.system``) and call it while it loads. The
 
 * tensor rebuilding: ``torch._utils._rebuild_tensor_v2`` / ``_v3``, ``_rebuild_parameter``
   (``_with_state``), the storage types (``torch.FloatStorage``, ``torch.BFloat16Storage``, …,
-  ``torch.UntypedStorage``) and dtypes (``torch.float32``, …) of the typed-storage path;
+  ``torch.storage.UntypedStorage``) and dtypes (``torch.float32``, …) of the typed-storage path;
 * plain containers: ``collections.OrderedDict``;
 * inert data holders, replaced by :class:`Placeholder` (they keep their arguments and state but
   run nothing): ``argparse.Namespace`` (DINO's ``args``), numpy scalars, dtypes and arrays,
@@ -26,6 +26,7 @@ via ``ml_dtypes``).
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import math
@@ -285,9 +286,17 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._placeholders: dict[str, type[Placeholder]] = {}  # fresh per load
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names written by protocols < 3 (``__builtin__``, ``commands``, …), mapped as
+        # pickle itself maps them, so that the allow-list and the error see Python 3 names.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         full = f"{module}.{name}"
         if full in _REBUILDERS:
             return _Callable(_REBUILDERS[full])
+        if full == "torch.storage.UntypedStorage":  # how _rebuild_tensor_v3 storages are named
+            return _StorageType(name, _STORAGE_DTYPES[name])
         if module == "torch":
             if name in _STORAGE_DTYPES:
                 return _StorageType(name, _STORAGE_DTYPES[name])

@@ -1,6 +1,6 @@
 """DINO / DINOv2 vision transformers in Flax: configurations, the model, ready-to-run bundles."""
 
-from arb_jax.models.bundle import ViT, build_vit
+from arb_jax.models.bundle import ViT, build_vit, random_params
 from arb_jax.models.config import CONFIGS, ViTConfig, get_config
 from arb_jax.models.posembed import bicubic_matrix, interpolate_pos_embed
 from arb_jax.models.vit import VisionTransformer, check_images
@@ -15,4 +15,5 @@ __all__ = [
     "check_images",
     "get_config",
     "interpolate_pos_embed",
+    "random_params",
 ]

@@ -141,6 +141,35 @@ def _checked_params(params: Mapping, expected: Mapping, grid: tuple[int, int]) -
     return flax.traverse_util.unflatten_dict(out, sep="/")
 
 
+def random_params(config: ViTConfig, seed: int = 0) -> dict:
+    """A random-init canonical tree (float32 numpy) for ``config``: a test FIXTURE, not a model.
+
+    Kernels N(0, 1/fan_in), tokens and position embeddings N(0, 0.02²), biases 0, LayerNorm
+    scales and LayerScale gammas 1. Drawn on the host (numpy), deterministic in ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = flax.traverse_util.flatten_dict(_param_shapes(config), sep="/")
+    out = {}
+    for key in sorted(shapes):
+        shape, leaf = shapes[key].shape, key.rsplit("/", 1)[-1]
+        if leaf == "kernel":
+            value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+        elif leaf == "bias":
+            value = np.zeros(shape)
+        elif leaf in ("scale", "gamma"):
+            value = np.ones(shape)
+        else:  # cls_token, reg_tokens, pos_embed
+            value = 0.02 * rng.standard_normal(shape)
+        out[key] = value.astype(np.float32)
+    return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+def _param_shapes(config: ViTConfig) -> dict:
+    """Canonical tree of ``jax.ShapeDtypeStruct`` for ``config`` (stored M×M position grid)."""
+    dummy = jax.ShapeDtypeStruct((1, *config.native_size, 3), jnp.float32)
+    return jax.eval_shape(VisionTransformer(config).init, jax.random.key(0), dummy)["params"]
+
+
 def build_vit(
     config: ViTConfig | str,
     params: Mapping[str, Any] | None = None,
@@ -153,8 +182,8 @@ def build_vit(
 
     Args:
       config: a ``ViTConfig`` or a registered name (``arb_jax.models.CONFIGS``).
-      params: canonical parameter tree; None makes a random-init FIXTURE from ``seed`` (not a
-        pretrained model; ``meta["random_init"]`` is then True).
+      params: canonical parameter tree; None makes a random-init FIXTURE from ``seed``
+        (``random_params``; not a pretrained model, ``meta["random_init"]`` is then True).
       image_size: (H, W) or a side, multiples of the patch; default the native
         ``pos_grid·patch`` square.
       dtype: "float32" or "bfloat16" compute.
@@ -172,15 +201,11 @@ def build_vit(
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     size = _image_size(image_size, config)
     grid = (size[0] // config.patch, size[1] // config.patch)
-    module = VisionTransformer(config, _DTYPES[dtype])
-    dummy = jnp.zeros((1, *config.native_size, 3), jnp.float32)
     if params is None:
-        params = jax.jit(module.init)(jax.random.key(seed), dummy)["params"]
-        params = jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(params))
+        params = random_params(config, seed)
         meta = {"source": "random_init", "seed": seed, **(meta or {}), "random_init": True}
     else:
-        expected = jax.eval_shape(module.init, jax.random.key(0), dummy)["params"]
-        params = _checked_params(params, expected, grid)
+        params = _checked_params(params, _param_shapes(config), grid)
         meta = {"random_init": False, **(meta or {})}
     pos = params["pos_embed"]
     if pos.shape[1] != 1 + grid[0] * grid[1]:

@@ -5,9 +5,9 @@ Small modules that read like the architecture: ``PatchEmbed`` → [CLS, register
 Parameter names follow the canonical tree of ``arb_jax.models`` (timm/DINO names).
 
 Precision: with ``dtype=jnp.float32`` everything is float32 (pass ``precision="highest"`` to
-keep float32 matmuls exact on accelerators that would otherwise use TF32/bf16 passes). With
-``dtype=jnp.bfloat16`` the matmuls and the patch convolution take bfloat16 inputs and accumulate
-and return float32; parameters, the residual stream, LayerNorm and softmax stay float32.
+keep float32 matmuls exact on GPUs/TPUs, which otherwise may use TF32/bf16 passes). With
+``dtype=jnp.bfloat16`` the matmuls (the patch embedding included) take bfloat16 inputs and
+accumulate in float32; parameters, the residual stream, LayerNorm and softmax stay float32.
 """
 
 from __future__ import annotations
@@ -30,10 +30,6 @@ F32 = jnp.float32
 def _matmul(x, kernel, dtype: Dtype):
     """x @ kernel with inputs cast to ``dtype`` and float32 accumulation and result."""
     return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=F32)
-
-
-def _dense(features: int, dtype: Dtype, name: str) -> Dense:
-    return Dense(features, dtype, name=name)
 
 
 def _layerscale(config: ViTConfig, name: str):
@@ -115,7 +111,7 @@ class Attention(nn.Module):
     def __call__(self, x):
         q, k, v = QKV(self.heads, self.dtype, name="qkv")(x)
         y = jax.nn.dot_product_attention(q, k, v)  # softmax in float32
-        return _dense(x.shape[-1], self.dtype, "proj")(y.reshape(x.shape))
+        return Dense(x.shape[-1], self.dtype, name="proj")(y.reshape(x.shape))
 
 
 class ClsAttention(nn.Module):
@@ -131,9 +127,9 @@ class ClsAttention(nn.Module):
     def __call__(self, x):
         q, k, v = QKV(self.heads, self.dtype, name="qkv")(x, cls_only=True)
         logits = jnp.einsum("nhd,nthd->nht", q[:, 0], k, preferred_element_type=F32)
-        probs = jax.nn.softmax(logits.astype(F32) / np.sqrt(q.shape[-1]), axis=-1)
+        probs = jax.nn.softmax(logits * q.shape[-1] ** -0.5, axis=-1)
         y = jnp.einsum("nht,nthd->nhd", probs.astype(self.dtype), v, preferred_element_type=F32)
-        return _dense(x.shape[-1], self.dtype, "proj")(y.reshape(x.shape[0], -1)), probs
+        return Dense(x.shape[-1], self.dtype, name="proj")(y.reshape(x.shape[0], -1)), probs
 
 
 class Mlp(nn.Module):
@@ -144,8 +140,8 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = nn.gelu(_dense(self.hidden, self.dtype, "fc1")(x), approximate=False)
-        return _dense(x.shape[-1], self.dtype, "fc2")(y)
+        y = nn.gelu(Dense(self.hidden, self.dtype, name="fc1")(x), approximate=False)
+        return Dense(x.shape[-1], self.dtype, name="fc2")(y)
 
 
 class LayerScale(nn.Module):
@@ -257,7 +253,7 @@ class VisionTransformer(nn.Module):
                 "features": _layer_norm(c.eps, "norm")(cls),
             }
             if c.n_classes:
-                out["logits"] = _dense(c.n_classes, self.dtype, "head")(out["features"])
+                out["logits"] = Dense(c.n_classes, self.dtype, name="head")(out["features"])
         return out
 
     def _cls_token(self, n: int):

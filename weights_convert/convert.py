@@ -1,0 +1,123 @@
+"""``convert(src, dst)``: a PyTorch / safetensors ViT checkpoint → canonical Flax params → Orbax.
+
+The file is read without running code from it (see :mod:`weights_convert.safe_pickle`), its layout
+and architecture are detected from the tensor names and shapes (see :mod:`weights_convert.formats`),
+and the result is written with :mod:`weights_convert.orbax_io`. ``arb convert SRC DST`` is
+:func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from arb_jax.models.config import ViTConfig
+from weights_convert.errors import CheckpointError
+from weights_convert.formats import to_canonical
+from weights_convert.orbax_io import write_converted
+from weights_convert.readers import flatten_tree, load_tree, resolve_weights_file, sha256_file
+
+__all__ = ["convert", "main", "read_checkpoint"]
+
+
+def _hf_config(weights: Path) -> tuple[dict[str, Any] | None, str | None]:
+    path = weights.parent / "config.json"
+    if not path.is_file():
+        return None, None
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"{path} ignored: not valid JSON ({e})"
+    if not isinstance(config, dict):
+        return None, f"{path} ignored: not a JSON object"
+    return config, None
+
+
+def read_checkpoint(src: str | os.PathLike, *, heads: int | None = None,
+                    which: str = "teacher") -> tuple[ViTConfig, dict[str, Any], dict[str, Any]]:
+    """Read and convert a checkpoint in memory (nothing written).
+
+    Args:
+      src: a ``.pth`` / ``.bin`` / ``.ckpt`` (zip-format ``torch.save``) or ``.safetensors`` file,
+        or an HF model directory (``model.safetensors`` or ``pytorch_model.bin``).
+      heads: number of attention heads (not derivable from shapes); default: ``num_attention_heads``
+        of an HF ``config.json`` beside the file, else the DINO convention ``dim // 64``.
+      which: branch of a DINO training checkpoint: ``"teacher"`` (default) or ``"student"``.
+
+    Returns:
+      ``(config, params, meta)``: the inferred :class:`ViTConfig`, the canonical tree
+      (float32 numpy) and ``meta`` (source name and path, sha256, file kind, detected format,
+      dropped keys, notes).
+
+    Raises:
+      UnsafeCheckpointError, CheckpointFormatError, CheckpointKeysError, FileNotFoundError,
+      ValueError (bad ``heads`` / ``which``).
+    """
+    if which not in ("teacher", "student"):
+        raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
+    weights = resolve_weights_file(src)
+    tree, kind = load_tree(weights)
+    arrays, others = flatten_tree(tree)
+    hf_config, note = _hf_config(weights)
+    result = to_canonical(arrays, others, which=which, heads=heads, hf_config=hf_config)
+    meta = {
+        "source": weights.name,
+        "source_path": str(weights.absolute()),
+        "sha256": sha256_file(weights),
+        "file_kind": kind,
+        "format": f"{result.container}/{result.layout}",
+        "dropped": result.dropped,
+        "notes": result.notes + ([note] if note else []),
+    }
+    return result.config, result.params, meta
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, heads: int | None = None,
+            which: str = "teacher", overwrite: bool = False
+            ) -> tuple[ViTConfig, dict[str, Any]]:
+    """Convert ``src`` and write ``dst/params`` (Orbax) and ``dst/arb_model.json``.
+
+    Args: as :func:`read_checkpoint`; ``dst`` a directory (created); ``overwrite`` replaces an
+    earlier conversion there.
+
+    Returns:
+      ``(config, params)`` as written; read them back with ``load_converted(dst)``.
+    """
+    config, params, meta = read_checkpoint(src, heads=heads, which=which)
+    write_converted(dst, config, params, meta, overwrite=overwrite)
+    return config, params
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``arb convert SRC DST [--heads N] [--which teacher|student] [--overwrite]``."""
+    parser = argparse.ArgumentParser(
+        prog="arb convert",
+        description="Convert a DINO / DINOv2 / timm / HF ViT checkpoint (.pth, .bin, .ckpt, "
+                    ".safetensors or an HF directory) to canonical Flax params saved with Orbax. "
+                    "The file is read without running code from it.")
+    parser.add_argument("src", help="checkpoint file or HF model directory")
+    parser.add_argument("dst", help="output directory (params/ and arb_model.json)")
+    parser.add_argument("--heads", type=int, default=None,
+                        help="attention heads (default: config.json, else dim // 64)")
+    parser.add_argument("--which", choices=("teacher", "student"), default="teacher",
+                        help="branch of a DINO training checkpoint (default: teacher)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion")
+    args = parser.parse_args(argv)
+    try:
+        config, _ = convert(args.src, args.dst, heads=args.heads, which=args.which,
+                            overwrite=args.overwrite)
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"arb convert: error: {e}", file=sys.stderr)
+        return 2
+    meta = json.loads((Path(args.dst) / "arb_model.json").read_text())
+    print(f"{args.src} → {args.dst}: {meta['format']}, {config}")
+    for line in meta["dropped"]:
+        print(f"  dropped {line}")
+    for line in meta["notes"]:
+        print(f"  note: {line}")
+    return 0
