@@ -55,25 +55,36 @@ def _add_regularize(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.set_defaults(func=cmd_regularize)
 
 
-def _read_inputs(items: Sequence[str]) -> list[tuple[str, object]]:
-    """[(name, path-or-array)] for files, folders, globs and skimage:NAME photos."""
+def _read_inputs(items: Sequence[str]) -> tuple[list[tuple[str, object]], list[str]]:
+    """([(name, path-or-array)], [error lines]) for files, folders, globs and skimage:NAME photos.
+
+    Each argument is expanded on its own, so one bad argument is reported and the rest still run.
+    Output names are file stems, made unique with a ``_2``, ``_3``, ... suffix.
+    """
     from arb_jax import images
 
-    out: list[tuple[str, object]] = []
-    files = []
+    found: list[tuple[str, object]] = []
+    errors: list[str] = []
+    photos = None
     for item in items:
         if item.startswith("skimage:"):
             name = item.split(":", 1)[1]
-            photos = images.sample_images()
-            if name not in photos:
-                raise CLIError(f"unknown scikit-image photo {name!r}; known: {', '.join(photos)}")
-            out.append((name, photos[name]))
-        else:
-            files.append(item)
-    if files:
-        for path in images.expand_paths(files):
-            out.append((Path(path).stem, Path(path)))
-    return out
+            photos = photos or images.sample_images()
+            if name in photos:
+                found.append((name, photos[name]))
+            else:
+                errors.append(f"{item}: unknown scikit-image photo {name!r}; known: {', '.join(photos)}")
+            continue
+        try:
+            found.extend((Path(path).stem, Path(path)) for path in images.expand_paths([item]))
+        except (images.ImageError, OSError) as exc:
+            errors.append(str(exc))
+    seen: dict[str, int] = {}
+    unique = []
+    for name, src in found:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append((name if seen[name] == 1 else f"{name}_{seen[name]}", src))
+    return unique, errors
 
 
 def cmd_regularize(args: argparse.Namespace) -> int:
@@ -82,9 +93,11 @@ def cmd_regularize(args: argparse.Namespace) -> int:
 
     from arb_jax import images, loading, pipeline, plotting, simulate
 
-    inputs = _read_inputs(args.images)
+    inputs, input_errors = _read_inputs(args.images)
+    for line in input_errors:
+        print(f"arb: error: {line}", file=sys.stderr)
     if not inputs:
-        raise CLIError("no images found")
+        raise CLIError("no images to process")
     if args.model == loading.DEMO and not args.quiet:
         print("arb: using the demo ViT trained by this project on synthetic composites (not DINO); "
               "pass --model dino_vits8 for the real DINO")
@@ -95,7 +108,7 @@ def cmd_regularize(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     models: dict[tuple[int, int], object] = {}
     key = jax.random.key(args.seed)
-    failures = 0
+    failures = len(input_errors)
     said_crop = False
     for i, (name, src) in enumerate(tqdm(inputs, desc="images", unit="img", disable=args.quiet)):
         t0 = time.perf_counter()
@@ -103,7 +116,7 @@ def cmd_regularize(args: argparse.Namespace) -> int:
             if isinstance(src, Path):
                 img, note = images.read_image(src)
                 if note and not args.quiet:
-                    tqdm.write(f"arb: {name}: {note}")
+                    tqdm.write(f"arb: {name}: converted to RGB ({note})")
             else:
                 img = src
             x = images.prepare(img, size, patch)
@@ -164,21 +177,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from weights_convert import convert
-
-    config = convert(args.src, args.dst, heads=args.num_heads, which=args.which)[0]
-    print(f"converted {args.src} -> {args.dst}: patch {config.patch}, dim {config.dim}, "
-          f"depth {config.depth}, heads {config.heads}, registers {config.n_registers}")
-    return 0
-
-
-def cmd_train_demo(args: argparse.Namespace, rest: list[str]) -> int:
-    from arb_jax import train_demo
-
-    return int(train_demo.main(rest) or 0)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arb", description="Attention Regularization by the Bootstrap for vision transformers.",
@@ -192,32 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", parents=[common], help="known checkpoints, their sources, and the cache",
                        epilog="example:\n  arb models", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=cmd_models)
+    from weights_convert.convert import DESCRIPTION, EPILOG, add_arguments
+    from weights_convert.convert import run as run_convert
+
     p = sub.add_parser("convert", parents=[common], help="PyTorch/safetensors checkpoint -> Orbax + JSON",
-                       epilog="examples:\n  arb convert dino_deitsmall8_pretrain.pth vits8/\n"
-                              "  arb convert hf_model/model.safetensors vit/ --num-heads 6",
+                       description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--num-heads", type=int, default=None, help="override the inferred head count")
-    p.add_argument("--which", default="teacher", choices=["teacher", "student"],
-                   help="network of a DINO training checkpoint")
-    p.set_defaults(func=cmd_convert)
-    p = sub.add_parser("train-demo", parents=[common], add_help=False,
-                       help="train the embedded demo ViT (see arb train-demo --help)")
-    p.set_defaults(func=cmd_train_demo, passthrough=True)
+    add_arguments(p)
+    p.set_defaults(func=run_convert)
+    from arb_jax import report, sweep, train_demo
+
+    for module in (sweep, report, train_demo):
+        module.add_parser(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    debug = getattr(args, "debug", False) or "--debug" in argv
+    args = parser.parse_args(argv)
+    debug = args.debug
     try:
-        if getattr(args, "passthrough", False):
-            return args.func(args, rest)
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args.func(args)
     except KeyboardInterrupt:
         print("arb: interrupted", file=sys.stderr)

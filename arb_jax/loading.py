@@ -32,6 +32,8 @@ def load_vit(name_or_path: str | Path, image_size: int | tuple[int, int] | None 
     """Load a ViT by name or path for inputs of ``image_size`` (int: square; default: training size).
 
     The returned bundle's params hold position embeddings already interpolated to ``image_size``.
+    A model whose record names an ``image_size`` (e.g. one written by ``arb finetune``: the size
+    its head was trained at) defaults to that size.
     """
     from weights_convert import load_converted, read_checkpoint
 
@@ -66,4 +68,6 @@ def load_vit(name_or_path: str | Path, image_size: int | tuple[int, int] | None 
                 f"unknown model {name!r}: not a known name ({', '.join(known_models())}) "
                 "and no such file or folder"
             )
+        if image_size is None and isinstance(meta.get("image_size"), list | tuple):
+            image_size = tuple(int(s) for s in meta["image_size"])
     return build_vit(config, params, image_size=image_size, dtype=dtype, meta=meta)

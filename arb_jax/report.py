@@ -475,19 +475,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m arb_jax.report ...`` (the same as ``arb report ...``)."""
-    parser = argparse.ArgumentParser(prog="arb")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quiet", action="store_true", help="no progress bars or notes")
-    common.add_argument("--debug", action="store_true", help="show Python tracebacks")
-    add_parser(parser.add_subparsers(dest="command", required=True), common)
-    args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"arb: error: {exc}", file=sys.stderr)
-        return 1
+    from arb_jax.cli import main as cli_main
+
+    return cli_main(["report", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -947,22 +947,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m arb_jax.sweep ...`` (the same as ``arb sweep ...``)."""
-    parser = argparse.ArgumentParser(prog="arb")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quiet", action="store_true", help="no progress bars or notes")
-    common.add_argument("--debug", action="store_true", help="show Python tracebacks")
-    add_parser(parser.add_subparsers(dest="command", required=True), common)
-    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("arb: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"arb: error: {exc}", file=sys.stderr)
-        return 1
+    from arb_jax.cli import main as cli_main
+
+    return cli_main(["sweep", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -448,32 +449,42 @@ def load_demo_params(directory: str | Path | None = None) -> tuple[ViTConfig, di
 # --------------------------------------------------------------------------- command line
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="arb train-demo",
+EPILOG = """examples:
+  arb train-demo --out my_demo/            # the full recipe (about 8 minutes on 2 CPU cores)
+  arb train-demo --smoke --out /tmp/x      # a tiny configuration that runs in seconds
+
+The model is NOT DINO: a small ViT trained by this project on procedural composites of
+scikit-image photographs (objects pasted on textures, classified by object). The shipped copy
+lives in arb_jax/assets/; pass --out arb_jax/assets to replace it deliberately.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``arb train-demo`` (options inherit ``common``: --quiet, --debug)."""
+    p = subparsers.add_parser(
+        "train-demo", parents=[common], epilog=EPILOG,
+        help="train the embedded demo ViT (not DINO) offline",
         description="Train the embedded demo ViT (NOT DINO) on procedural composites of "
                     "scikit-image photographs, offline, and write demo_vit.msgpack + .json.",
-        epilog="examples:\n  arb train-demo --out my_demo/\n  arb train-demo --smoke --out /tmp/x",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainSettings()
     p.add_argument("--steps", type=int, default=None, help=f"optimisation steps (default {d.steps})")
-    p.add_argument("--out", default=str(ASSETS),
-                   help="output folder (default: the package's assets, i.e. the shipped model)")
+    p.add_argument("--out", default="demo_vit", help="output folder (default: ./demo_vit)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--smoke", action="store_true",
                    help="tiny configuration that runs in seconds (for tests)")
     p.add_argument("--log-every", type=int, default=0,
                    help="evaluate on 256 held-out images every N steps")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+    p.set_defaults(func=run)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     """``arb train-demo``: train, evaluate, write the files, print the figures. Returns 0."""
-    args = _parser().parse_args(argv)
     base = SMOKE if args.smoke else TrainSettings()
     changes: dict[str, Any] = {"seed": args.seed}
     if args.steps is not None:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
         changes["steps"] = args.steps
         changes["warmup_steps"] = min(base.warmup_steps, max(0, args.steps // 10))
     settings = dataclasses.replace(base, **changes)
@@ -484,6 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"accuracy {ho['accuracy']:.3f}, attention-on-object ratio "
           f"{ho['attention_on_object_ratio']:.2f} (n={ho['n']}); wrote {weights} and {meta}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m arb_jax.train_demo ...`` (the same as ``arb train-demo ...``)."""
+    from arb_jax.cli import main as cli_main
+
+    return cli_main(["train-demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -93,13 +93,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, heads: int | None
     return config, params
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``arb convert SRC DST [--heads N] [--which teacher|student] [--overwrite]``."""
-    parser = argparse.ArgumentParser(
-        prog="arb convert",
-        description="Convert a DINO / DINOv2 / timm / HF ViT checkpoint (.pth, .bin, .ckpt, "
-                    ".safetensors or an HF directory) to canonical Flax params saved with Orbax. "
-                    "The file is read without running code from it.")
+DESCRIPTION = ("Convert a DINO / DINOv2 / timm / HF ViT checkpoint (.pth, .bin, .ckpt, .safetensors or "
+               "an HF directory) to canonical Flax params saved with Orbax. The file is read "
+               "without running code from it.")
+EPILOG = """examples:
+  arb convert dino_deitsmall8_pretrain.pth vits8/
+  arb convert dino_checkpoint.pth vits8_student/ --which student
+  arb convert hf_model/ vit/ --heads 6
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``arb convert`` (shared by ``arb`` and ``python -m weights_convert``)."""
     parser.add_argument("src", help="checkpoint file or HF model directory")
     parser.add_argument("dst", help="output directory (params/ and arb_model.json)")
     parser.add_argument("--heads", type=int, default=None,
@@ -107,13 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--which", choices=("teacher", "student"), default="teacher",
                         help="branch of a DINO training checkpoint (default: teacher)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion")
-    args = parser.parse_args(argv)
-    try:
-        config, _ = convert(args.src, args.dst, heads=args.heads, which=args.which,
-                            overwrite=args.overwrite)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"arb convert: error: {e}", file=sys.stderr)
-        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert ``args.src`` to ``args.dst`` and print what was done; errors propagate."""
+    config, _ = convert(args.src, args.dst, heads=args.heads, which=args.which,
+                        overwrite=args.overwrite)
     meta = json.loads((Path(args.dst) / "arb_model.json").read_text())
     print(f"{args.src} → {args.dst}: {meta['format']}, {config}")
     for line in meta["dropped"]:
@@ -121,3 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in meta["notes"]:
         print(f"  note: {line}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m weights_convert SRC DST [--heads N] [--which teacher|student] [--overwrite]``."""
+    parser = argparse.ArgumentParser(prog="arb convert", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"arb convert: error: {e}", file=sys.stderr)
+        return 2

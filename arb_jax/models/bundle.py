@@ -3,7 +3,10 @@
 ``build_vit`` checks a canonical parameter tree (or makes a random-init fixture), resamples the
 position embeddings once to the bundle's image size, and returns a frozen ``ViT``. Its
 ``apply(params, images)`` is the pure model function (usable inside other ``jit``/``vmap``);
-``cls_attention`` and ``features`` are jitted conveniences on the bundle's own parameters.
+``cls_attention``, ``features`` and (with a linear head) ``logits`` are jitted conveniences on the
+bundle's own parameters. ``with_head`` attaches a linear head ``{kernel (D, K), bias (K,)}`` (the
+one representation of a classifier, as ``weights_convert`` reads it) and ``stored_params`` gives
+the tree back on the stored position grid, ready to save.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ class ViT:
         ``image_size``: (1, 1 + h·w, D).
       image_size: (H, W) in pixels, multiples of the patch.
       dtype: compute dtype, "float32" (matmuls at HIGHEST precision) or "bfloat16".
-      meta: provenance (source, sha256, ...); ``meta["random_init"]`` is True for fixtures.
+      meta: provenance (source, sha256, ...); ``meta["random_init"]`` is True for fixtures;
+        a fine-tuned model also has ``meta["classes"]`` (the K class names, in logit order).
+      pos_embed_stored: ``pos_embed`` as given to ``build_vit``, before resampling (numpy
+        float32); ``stored_params`` puts it back.
     """
 
     config: ViTConfig
@@ -43,6 +49,7 @@ class ViT:
     image_size: tuple[int, int]
     dtype: str = "float32"
     meta: dict = dataclasses.field(default_factory=dict)
+    pos_embed_stored: Any = dataclasses.field(default=None, repr=False)
 
     @functools.cached_property
     def module(self) -> VisionTransformer:
@@ -89,6 +96,63 @@ class ViT:
         """CLS features after the final LayerNorm, (N, H, W, 3) → (N, D) float32 (jitted)."""
         self._check(images)
         return self._features_fn(self.params, images)
+
+    @functools.cached_property
+    def _logits_fn(self):
+        return jax.jit(lambda params, images: self.apply(params, images)["logits"])
+
+    @property
+    def head(self) -> dict | None:
+        """The linear head ``{"kernel": (D, K), "bias": (K,)}``, or None without one."""
+        return self.params.get("head") if self.config.n_classes else None
+
+    def logits(self, images: jax.Array) -> jax.Array:
+        """Class scores ``features(images) @ kernel + bias``, (N, H, W, 3) → (N, K) float32 (jitted).
+
+        Raises:
+          ValueError: the model has no linear head (``config.n_classes == 0``).
+        """
+        if not self.config.n_classes:
+            raise ValueError("this ViT has no classification head (config.n_classes == 0); "
+                             "attach one with with_head() or load a fine-tuned model")
+        self._check(images)
+        return self._logits_fn(self.params, images)
+
+    def with_head(self, kernel: Any, bias: Any, *, meta: Mapping[str, Any] | None = None) -> ViT:
+        """The same backbone with the linear head ``kernel`` (D, K), ``bias`` (K,) (replacing any).
+
+        ``meta`` entries are added to (override) the bundle's ``meta``.
+        """
+        kernel = np.asarray(kernel, dtype=np.float32)
+        bias = np.asarray(bias, dtype=np.float32)
+        D = self.config.dim
+        if kernel.ndim != 2 or kernel.shape[0] != D or kernel.shape[1] < 1:
+            raise ValueError(f"head kernel must have shape (D={D}, K>=1), got {kernel.shape}")
+        if bias.shape != (kernel.shape[1],):
+            raise ValueError(f"head bias must have shape ({kernel.shape[1]},), got {bias.shape}")
+        config = dataclasses.replace(self.config, n_classes=int(kernel.shape[1]))
+        params = {**self.params, "head": {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}}
+        return dataclasses.replace(self, config=config, params=params,
+                                   meta={**self.meta, **(meta or {})})
+
+    def stored_params(self) -> dict:
+        """The parameter tree as numpy float32 with ``pos_embed`` on the stored M×M grid
+        (M = ``config.pos_grid``), i.e. the canonical tree to save (``weights_convert``).
+
+        Raises:
+          ValueError: the bundle was built from a ``pos_embed`` already on another grid.
+        """
+        out = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), self.params)
+        M = self.config.pos_grid
+        pos = self.pos_embed_stored
+        if pos is None and out["pos_embed"].shape[1] == 1 + M * M:
+            pos = out["pos_embed"]
+        if pos is None or np.shape(pos)[1] != 1 + M * M:
+            raise ValueError(
+                f"the stored pos_embed is not on the config's {M}x{M} grid: this bundle was built "
+                "from position embeddings already resampled to another grid")
+        out["pos_embed"] = np.asarray(pos, dtype=np.float32)
+        return out
 
     def _check(self, images) -> None:
         check_images(images, self.config.patch)
@@ -207,8 +271,8 @@ def build_vit(
     else:
         params = _checked_params(params, _param_shapes(config), grid)
         meta = {"random_init": False, **(meta or {})}
-    pos = params["pos_embed"]
+    stored = pos = params["pos_embed"]
     if pos.shape[1] != 1 + grid[0] * grid[1]:
         pos = interpolate_pos_embed(pos, grid)  # numpy in: float64 on the host
     params = jax.tree_util.tree_map(jnp.asarray, {**params, "pos_embed": pos})
-    return ViT(config, params, size, dtype, dict(meta))
+    return ViT(config, params, size, dtype, dict(meta), pos_embed_stored=stored)
