@@ -5,13 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from arb_jax.images import denormalize
 
-from arb_jax.images import denormalize  # noqa: E402
+
+def subplots(*args: Any, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """``(fig, axes)`` like ``pyplot.subplots`` but without pyplot: no global state, no backend change.
+
+    The figure is not registered with pyplot, so nothing needs closing; it still renders inline in
+    Jupyter and saves with ``fig.savefig``.
+    """
+    fig = Figure(figsize=figsize, layout=kwargs.pop("layout", None))
+    return fig, fig.subplots(*args, **kwargs)
+
 
 METHOD_TITLES = {"p": "p-value regularised", "lfdr": "LFDR regularised", "pi0": "π₀ regularised"}
 
@@ -48,7 +56,7 @@ def plot_result(res: Any, images: Any = None, path: str | Path | None = None, in
         img, hw = None, attn.shape
     vmax = float(attn.max()) or 1.0
 
-    fig, axes = plt.subplots(2, 4, figsize=(15, 7.4), constrained_layout=True)
+    fig, axes = subplots(2, 4, figsize=(15, 7.4), layout="constrained")
     ax = axes[0, 0]
     if img is not None:
         ax.imshow(img)
@@ -58,8 +66,11 @@ def plot_result(res: Any, images: Any = None, path: str | Path | None = None, in
     _show_map(axes[0, 1], attn, hw, vmax, "attention (CLS, head mean)", roi)
     for ax, method in zip((axes[0, 2], axes[0, 3], axes[1, 0]), ("p", "lfdr", "pi0"), strict=True):
         m = d[f"map_{method}"]
-        kept = 100.0 * np.mean(m > 0)
-        _show_map(ax, m, hw, vmax, f"{METHOD_TITLES[method]} ({kept:.0f}% kept)", roi)
+        kept = int(np.count_nonzero(m > 0))
+        share = 100.0 * kept / m.size
+        digits = 0 if share >= 10 else 1
+        label = f"{METHOD_TITLES[method]} ({kept}/{m.size} patches, {share:.{digits}f}%)"
+        _show_map(ax, m, hw, vmax, label, roi)
 
     ax = axes[1, 1]
     bins = 40
@@ -69,21 +80,23 @@ def plot_result(res: Any, images: Any = None, path: str | Path | None = None, in
     ax.hist(z.ravel(), bins=bins, density=True, alpha=0.7, color="tab:blue", label="observed z")
     ax.set_title("z-scores", fontsize=10)
     ax.set_xlabel("z")
+    ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax = axes[1, 2]
     ax.hist(p.ravel(), bins=20, range=(0, 1), color="tab:green")
     ax.axhline(pi0 * p.size / 20, color="k", ls="--", lw=1, label=f"π₀ = {pi0:.2f}")
     ax.set_title("p-values", fontsize=10)
     ax.set_xlabel("p")
+    ax.set_ylabel("patches")
     ax.legend(fontsize=8)
     ax = axes[1, 3]
     ax.hist(lfdr.ravel(), bins=20, range=(0, 1), color="tab:orange")
     ax.set_title("local FDR", fontsize=10)
     ax.set_xlabel("lfdr")
+    ax.set_ylabel("patches")
     if title:
         fig.suptitle(title, fontsize=12)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
-        plt.close(fig)
     return fig

@@ -29,9 +29,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 
 from arb_jax import metrics
+from arb_jax.plotting import subplots
 from arb_jax.sweep import COLUMNS, METHODS, read_rows, row_key
 
 __all__ = [
@@ -215,28 +217,17 @@ def summary_markdown(table: Sequence[dict[str, Any]], *, header: str = "") -> st
 # ============================================================================ figures
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _class_colors(classes: Sequence[str]) -> dict[str, Any]:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
     return {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
 
 
 def plot_suppression(table: Sequence[dict[str, Any]], pt: Point, path: Path,
                      methods: Sequence[str] = METHODS) -> Path:
     """Fig. 4: bars of D ± err per class (and all classes), one colour per method."""
-    plt = _plt()
     sel = [t for t in table if (t["n_boot"], t["width"], t["alpha"], t["beta"]) == pt]
     classes = list(dict.fromkeys(t["class"] for t in sel))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(classes)), 3.6))
+    fig, ax = subplots(figsize=(max(5.0, 1.0 + 0.9 * len(classes)), 3.6))
     width = 0.8 / len(methods)
     x = np.arange(len(classes))
     for k, m in enumerate(methods):
@@ -252,16 +243,14 @@ def plot_suppression(table: Sequence[dict[str, Any]], pt: Point, path: Path,
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_before_after(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Fig. 3: mean percentile (top) and non-zero % (bottom) in the ROI, after vs before."""
-    plt = _plt()
     classes = sorted({r["class"] for r in rows})
     colors = _class_colors(classes)
-    fig, axes = plt.subplots(2, len(METHODS), figsize=(3.0 * len(METHODS), 6.0), squeeze=False)
+    fig, axes = subplots(2, len(METHODS), figsize=(3.0 * len(METHODS), 6.0), squeeze=False)
     for k, m in enumerate(METHODS):
         for i, (stat, label) in enumerate((("perc", "mean percentile in ROI"),
                                            ("nonzero", "non-zero % in ROI"))):
@@ -281,7 +270,6 @@ def plot_before_after(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         axes[0, -1].legend(fontsize=6, markerscale=1.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -289,13 +277,12 @@ def plot_sens_spec(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Fig. 5: per image, sensitivity against specificity over the thresholds (α for p, β for
     LFDR); black: the median over images at each threshold; dots: π₀-thresholding; dashed:
     uniform shrinkage (sensitivity = 1 − specificity)."""
-    plt = _plt()
     classes = sorted({r["class"] for r in rows})
     colors = _class_colors(classes)
     by_image: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_image[(r["image_id"], r["seed"])].append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(8.0, 4.0))
+    fig, axes = subplots(1, 2, figsize=(8.0, 4.0))
     for ax, m, th in ((axes[0], "p", "alpha"), (axes[1], "lfdr", "beta")):
         per_t: dict[float, list[tuple[float, float]]] = defaultdict(list)
         for img_rows in by_image.values():
@@ -322,16 +309,14 @@ def plot_sens_spec(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_srmsd(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Fig. S7: sRMSD of the ROI's p-values against the mean percentile in ROI before."""
-    plt = _plt()
     classes = sorted({r["class"] for r in rows})
     colors = _class_colors(classes)
-    fig, ax = plt.subplots(figsize=(5.0, 3.8))
+    fig, ax = subplots(figsize=(5.0, 3.8))
     for c in classes:
         sub = [r for r in rows if r["class"] == c]
         ax.scatter([r["perc_before"] for r in sub], [r["srmsd_roi"] for r in sub], s=8,
@@ -343,7 +328,6 @@ def plot_srmsd(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -351,9 +335,8 @@ def plot_grid(table: Sequence[dict[str, Any]], pt: Point, path: Path,
               methods: Sequence[str] = METHODS) -> Path:
     """Fig. S11: D (all classes) against B at the main width, and against the width at the main
     B, at the main (α, β)."""
-    plt = _plt()
     sel = [t for t in table if t["class"] == ALL and (t["alpha"], t["beta"]) == pt[2:]]
-    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.6))
+    fig, axes = subplots(1, 2, figsize=(8.0, 3.6))
     for ax, key, fixed, label in ((axes[0], "n_boot", ("width", pt[1]), "B (bootstrap images)"),
                                   (axes[1], "width", ("n_boot", pt[0]), "bootstrap width w")):
         for m in methods:
@@ -370,7 +353,6 @@ def plot_grid(table: Sequence[dict[str, Any]], pt: Point, path: Path,
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
