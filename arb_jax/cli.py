@@ -198,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run_convert)
-    from arb_jax import report, sweep, train_demo
+    from arb_jax import finetune, report, sweep, train_demo
 
-    for module in (sweep, report, train_demo):
+    for module in (sweep, report, finetune, train_demo):
         module.add_parser(sub, common)
     return parser
 

@@ -36,7 +36,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def _has_class_folders(folder: Path) -> bool:
                                    for p in folder.iterdir())
 
 
-def _sources(data: str) -> tuple[str, dict[str, Callable[[], Iterator[Item]]], dict[str, Any]]:
+def _sources(data: str) -> tuple[str, dict[str, Callable[[], Iterable[Item]]], dict[str, Any]]:
     """(layout, {"train": items, ["val": items]}, listing fingerprint per split) of ``data``."""
     if data.startswith("tfds:"):
         name, _, split = data[len("tfds:"):].partition(":")
@@ -139,7 +139,7 @@ def _sources(data: str) -> tuple[str, dict[str, Callable[[], Iterator[Item]]], d
                 f"a class: put each class in its own folder ({folders[split]}/CLASS/*.jpg)")
     listing = {k: hashlib.sha256("\n".join(sorted(it.image_id for it in items)).encode()).hexdigest()
                for k, items in lists.items()}
-    return layout, {k: (lambda v=v: iter(v)) for k, v in lists.items()}, listing
+    return layout, {k: (lambda v=v: v) for k, v in lists.items()}, listing
 
 
 def _load(item: Item, size: tuple[int, int], patch: int) -> tuple[np.ndarray | None, str]:
@@ -461,7 +461,8 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
     record: dict[str, Any] = {
         "format": FORMAT, "data": data if data.startswith("tfds:") else str(Path(data).absolute()),
         "layout": layout, "listing": listing, "model": model or vit.meta.get("name") or vit.config.name,
-        "backbone_sha256": backbone_sha256(vit), "backbone_config": vit.config.to_dict(),
+        "backbone_sha256": backbone_sha256(vit),
+        "backbone_config": dataclasses.replace(vit.config, n_classes=0).to_dict(),
         "image_size": list(vit.image_size), "dtype": vit.dtype, "lr": float(lr),
         "batch": int(batch), "seed": int(seed),
         "val_fraction": float(val_fraction) if "val" not in sources else None,
