@@ -21,6 +21,12 @@ Thresholds α, β and z_th are numbers or ``Percentile(q)``: the q-th percentile
 linear interpolation) of that statistic over the map, or over the ROI pixels when a boolean
 ``roi`` mask is given (e.g. the paper's Fig. 2: α = the 10th percentile of p in the ROI).
 
+Pixels. With ``repeat=r`` every map entry stands for r equal pixels (r = p² for a ViT patch grid
+nearest-upsampled to the image): percentiles are then those of the upsampled map, as the reference
+code computes them on pixels (numpy's linear percentile of repeated values differs from the
+percentile of the distinct values: the virtual index is q·(n·r − 1), not q·(n − 1)). Means,
+ECDFs and the z/p/lfdr masks are unchanged by repetition, so only percentiles need it.
+
 Percentiles (``map_percentile``, also for the π₀ threshold) follow numpy's "linear" method
 including its interpolation formula, which is exact between tied values (bootstrap p-values are
 heavily tied, and a threshold one ulp below a tie would drop the whole tie group). The virtual
@@ -204,24 +210,27 @@ def _per_map(value: jax.Array, batch: tuple[int, ...], map_ndim: int) -> jax.Arr
 # ----------------------------------------------------------------------------- percentiles
 
 
-def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array) -> jax.Array:
-    """numpy ``percentile(x[valid], 100·num/den)`` (method "linear") of one flat map.
+def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array,
+                   repeat: int = 1) -> jax.Array:
+    """numpy ``percentile(repeat(x[valid], repeat), 100·num/den)`` (method "linear"), one flat map.
 
-    NaN if no entry is valid or a valid entry is NaN. The virtual index (n − 1)·num/den is
-    computed in float32 (numpy: float64) and snapped to the nearest integer when within 8 ulps
+    NaN if no entry is valid or a valid entry is NaN. The virtual index (n·repeat − 1)·num/den
+    is computed in float32 (numpy: float64) and snapped to the nearest integer when within 8 ulps
     of it, so that integer indices (which select one order statistic exactly) stay integers.
+    Order statistic j of the repeated values is entry j // repeat of the sorted map.
     """
     dt = jnp.promote_types(x.dtype, jnp.float32)
     x = x.astype(dt)
     k = valid.sum()
     xs = jnp.sort(jnp.where(valid, x, jnp.inf))
-    vi = num.astype(dt) * (k - 1).astype(dt) / den
+    vi = num.astype(dt) * (k * repeat - 1).astype(dt) / den
     r = jnp.round(vi)
     vi = jnp.where(jnp.abs(vi - r) <= 8 * jnp.finfo(dt).eps * jnp.maximum(r, 1), r, vi)
     lo = jnp.floor(vi)
     t = vi - lo
-    lo_i = jnp.clip(lo.astype(jnp.int32), 0, k - 1)
-    hi_i = jnp.clip(lo_i + 1, 0, k - 1)
+    lo_j = jnp.clip(lo.astype(jnp.int32), 0, k * repeat - 1)      # index among repeated values
+    lo_i = jnp.clip(lo_j // repeat, 0, k - 1)
+    hi_i = jnp.clip((lo_j + 1) // repeat, 0, k - 1)
     a, b = xs[lo_i], xs[hi_i]
     d = b - a                                        # numpy's _lerp: exact when a == b
     out = jnp.where(t >= 0.5, b - d * (1 - t), a + d * t)
@@ -229,13 +238,15 @@ def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array) -
     return jnp.where(bad, jnp.nan, out)
 
 
-def map_percentile(x: Any, q: Any, *, map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+def map_percentile(x: Any, q: Any, *, map_ndim: int | None = None, roi: Any = None,
+                   repeat: int = 1) -> jax.Array:
     """q-th percentile of each map of ``x``, as numpy ``percentile(..., method="linear")``.
 
     Args:
       x: (*batch, *map) real array; the last ``map_ndim`` axes form a map (None: all axes).
       q: percent in [0, 100]; a scalar or one per map (batch shape); may be traced.
       roi: optional boolean mask broadcastable to x.shape: only its entries of each map count.
+      repeat: each entry counts as this many equal values (pixels per patch), see module notes.
     Returns:
       (*batch) float array: the percentile of each map (NaN where a map contains NaN).
 
@@ -248,39 +259,49 @@ def map_percentile(x: Any, q: Any, *, map_ndim: int | None = None, roi: Any = No
         x = x.astype(jnp.float32)
     x, _, map_ndim, roi = _prepare(x, {}, map_ndim, roi)
     q = _check_per_map(q, "percentile q", x.shape[: x.ndim - map_ndim], (0.0, 100.0))
-    return _map_percentile_jit(x, q, roi, map_ndim=map_ndim)
+    return _map_percentile_jit(x, q, roi, map_ndim=map_ndim, repeat=_check_repeat(repeat))
+
+
+def _check_repeat(repeat: Any) -> int:
+    if isinstance(repeat, bool) or not isinstance(repeat, int | np.integer) or repeat < 1:
+        raise ValueError(f"repeat (pixels per map entry) must be an int >= 1, got {repeat!r}")
+    return int(repeat)
 
 
 def _map_percentile(x: jax.Array, q: jax.Array, map_ndim: int, roi: jax.Array | None,
-                    den: float = 100.0) -> jax.Array:
+                    den: float = 100.0, repeat: int = 1) -> jax.Array:
     """(*batch) percentiles 100·q/den of each map; q (validated) scalar or batch-shaped."""
     batch = x.shape[: x.ndim - map_ndim]
     q = jnp.broadcast_to(jnp.asarray(q, jnp.promote_types(x.dtype, jnp.float32)), batch)
     flat = x.reshape((-1, math.prod(x.shape[x.ndim - map_ndim:])))
     valid = jnp.ones(flat.shape, bool) if roi is None else roi.reshape(flat.shape)
-    pct = jax.vmap(_percentile_1d, in_axes=(0, 0, None, 0))(flat, q.reshape(-1), den, valid)
+    pct = jax.vmap(_percentile_1d, in_axes=(0, 0, None, 0, None))(flat, q.reshape(-1), den, valid,
+                                                                   repeat)
     return pct.reshape(batch)
 
 
-@functools.partial(jax.jit, static_argnames="map_ndim")
+@functools.partial(jax.jit, static_argnames=("map_ndim", "repeat"))
 def _map_percentile_jit(x: jax.Array, q: jax.Array, roi: jax.Array | None, *,
-                        map_ndim: int) -> jax.Array:
-    return _map_percentile(x, q, map_ndim, roi)
+                        map_ndim: int, repeat: int = 1) -> jax.Array:
+    return _map_percentile(x, q, map_ndim, roi, repeat=repeat)
 
 
-def _threshold(th: Threshold, stat: jax.Array, map_ndim: int, roi: jax.Array | None) -> jax.Array:
+def _threshold(th: Threshold, stat: jax.Array, map_ndim: int, roi: jax.Array | None,
+               repeat: int = 1) -> jax.Array:
     """A (validated) threshold, broadcastable against the maps: per-map percentile or value(s)."""
     batch = stat.shape[: stat.ndim - map_ndim]
     if isinstance(th, Percentile):
-        return _map_percentile(stat, th.q, map_ndim, roi).reshape(batch + (1,) * map_ndim)
+        pct = _map_percentile(stat, th.q, map_ndim, roi, repeat=repeat)
+        return pct.reshape(batch + (1,) * map_ndim)
     return _per_map(jnp.asarray(th), batch, map_ndim)
 
 
-def _pi0_cut(p: jax.Array, pi0: jax.Array, map_ndim: int) -> jax.Array:
+def _pi0_cut(p: jax.Array, pi0: jax.Array, map_ndim: int, repeat: int = 1) -> jax.Array:
     """Per-map π₀ threshold t = percentile(p, 100·(1 − π₀)), shaped batch + (1,) * map_ndim."""
     batch = p.shape[: p.ndim - map_ndim]
     frac = 1 - jnp.asarray(pi0, jnp.promote_types(p.dtype, jnp.float32))   # q / 100, unrounded
-    return _map_percentile(p, frac, map_ndim, None, den=1.0).reshape(batch + (1,) * map_ndim)
+    pct = _map_percentile(p, frac, map_ndim, None, den=1.0, repeat=repeat)
+    return pct.reshape(batch + (1,) * map_ndim)
 
 
 def _bh_reject(p: jax.Array, q: jax.Array, map_ndim: int) -> jax.Array:
@@ -295,21 +316,21 @@ def _keep(attn: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask, attn, jnp.zeros((), attn.dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("rules", "map_ndim"))
+@functools.partial(jax.jit, static_argnames=("rules", "map_ndim", "repeat"))
 def _shrink(attn: jax.Array, z: Any, p: Any, lfdr: Any, pi0: Any, alpha: Any, beta: Any,
             z_th: Any, q: Any, roi: Any, *, rules: tuple[str, ...],
-            map_ndim: int) -> dict[str, jax.Array]:
+            map_ndim: int, repeat: int = 1) -> dict[str, jax.Array]:
     """The requested rules on validated arrays (unused statistics are None)."""
     out = {}
-    zmask = None if z is None else z >= _threshold(z_th, z, map_ndim, roi)
+    zmask = None if z is None else z >= _threshold(z_th, z, map_ndim, roi, repeat)
     if "z" in rules:
         out["z"] = _keep(attn, zmask)
     if "p" in rules:
-        out["p"] = _keep(attn, zmask & (p <= _threshold(alpha, p, map_ndim, roi)))
+        out["p"] = _keep(attn, zmask & (p <= _threshold(alpha, p, map_ndim, roi, repeat)))
     if "lfdr" in rules:
-        out["lfdr"] = _keep(attn, zmask & (lfdr <= _threshold(beta, lfdr, map_ndim, roi)))
+        out["lfdr"] = _keep(attn, zmask & (lfdr <= _threshold(beta, lfdr, map_ndim, roi, repeat)))
     if "pi0" in rules:
-        out["pi0"] = _keep(attn, zmask & (p <= _pi0_cut(p, pi0, map_ndim)))
+        out["pi0"] = _keep(attn, zmask & (p <= _pi0_cut(p, pi0, map_ndim, repeat)))
     if "soft" in rules:
         out["soft"] = attn * (1 - lfdr).astype(attn.dtype)
     if "bh" in rules:
@@ -319,7 +340,7 @@ def _shrink(attn: jax.Array, z: Any, p: Any, lfdr: Any, pi0: Any, alpha: Any, be
 
 def _run(rules: tuple[str, ...], attn: Any, arrays: dict[str, Any], map_ndim: Any, roi: Any, *,
          pi0: Any = None, alpha: Any = None, beta: Any = None, z_th: Any = None,
-         q: Any = None) -> dict[str, jax.Array]:
+         q: Any = None, repeat: int = 1) -> dict[str, jax.Array]:
     """Validate everything in Python (clear errors, before jit), then run the compiled rules."""
     attn, s, map_ndim, roi = _prepare(attn, arrays, map_ndim, roi)
     batch = attn.shape[: attn.ndim - map_ndim]
@@ -336,54 +357,60 @@ def _run(rules: tuple[str, ...], attn: Any, arrays: dict[str, Any], map_ndim: An
         if _is_concrete(s["p"]) and not bool(((s["p"] >= 0) & (s["p"] <= 1)).all()):
             raise ValueError("p-values must lie in [0, 1] for Benjamini–Hochberg")
     return _shrink(attn, s.get("z"), s.get("p"), s.get("lfdr"), pi0, alpha, beta, z_th, q, roi,
-                   rules=rules, map_ndim=map_ndim)
+                   rules=rules, map_ndim=map_ndim, repeat=_check_repeat(repeat))
 
 
 # ----------------------------------------------------------------------------- rules
 
 
 def z_threshold(attn: Any, z: Any, z_th: Threshold = 0.0, *, map_ndim: int | None = None,
-                roi: Any = None) -> jax.Array:
+                roi: Any = None, repeat: int = 1) -> jax.Array:
     """z-thresholding A_z = A · 1[z ≥ z_th] (the start of every ARB rule, SPEC §4).
 
     attn: attention map(s), float, any shape; z: bootstrap z-scores, same shape. z_th: a number,
-    one per map, or a ``Percentile`` of z. Returns attn's shape and dtype.
+    one per map, or a ``Percentile`` of z. repeat: pixels per map entry, for ``Percentile``
+    thresholds (module notes). Returns attn's shape and dtype.
     """
-    return _run(("z",), attn, {"z": z}, map_ndim, roi, z_th=z_th)["z"]
+    return _run(("z",), attn, {"z": z}, map_ndim, roi, z_th=z_th, repeat=repeat)["z"]
 
 
 def p_threshold(attn: Any, z: Any, p: Any, alpha: Threshold = 0.3, z_th: Threshold = 0.0, *,
-                map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+                map_ndim: int | None = None, roi: Any = None, repeat: int = 1) -> jax.Array:
     """p-thresholding (paper eq. 6): A_p = A_z · 1[p ≤ α].
 
     attn, z, p: same shape (p: empirical bootstrap p-values in [0, 1]). alpha: a number
     (reference code 0.3), one per map, or a ``Percentile`` of p (Fig. 2: ``Percentile(10)`` with
-    the ROI as ``roi``). Returns attn's shape and dtype.
+    the ROI as ``roi``). repeat: pixels per map entry, for ``Percentile`` thresholds (module
+    notes). Returns attn's shape and dtype.
     """
-    return _run(("p",), attn, {"z": z, "p": p}, map_ndim, roi, alpha=alpha, z_th=z_th)["p"]
+    return _run(("p",), attn, {"z": z, "p": p}, map_ndim, roi, alpha=alpha, z_th=z_th,
+                repeat=repeat)["p"]
 
 
 def lfdr_threshold(attn: Any, z: Any, lfdr: Any, beta: Threshold = 0.3, z_th: Threshold = 0.0, *,
-                   map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+                   map_ndim: int | None = None, roi: Any = None, repeat: int = 1) -> jax.Array:
     """LFDR-thresholding (paper eq. 7): A_l = A_z · 1[lfdr ≤ β].
 
     attn, z, lfdr: same shape (lfdr: local false discovery rates in [0, 1]). beta: a number
-    (reference code 0.3), one per map, or a ``Percentile`` of lfdr. Returns attn's shape and dtype.
+    (reference code 0.3), one per map, or a ``Percentile`` of lfdr. repeat: pixels per map
+    entry, for ``Percentile`` thresholds (module notes). Returns attn's shape and dtype.
     """
     return _run(("lfdr",), attn, {"z": z, "lfdr": lfdr}, map_ndim, roi, beta=beta,
-                z_th=z_th)["lfdr"]
+                z_th=z_th, repeat=repeat)["lfdr"]
 
 
 def pi0_threshold(attn: Any, z: Any, p: Any, pi0: Any, z_th: Threshold = 0.0, *,
-                  map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+                  map_ndim: int | None = None, roi: Any = None, repeat: int = 1) -> jax.Array:
     """π₀-thresholding (SPEC §4): A_π = A_z · 1[p ≤ t], t = percentile(p, 100·(1 − π₀)).
 
     t is numpy's linear-interpolation percentile of all p-values of the map (the fraction 1 − π₀
     of smallest p-values is kept; no hand-set threshold). attn, z, p: same shape. pi0: Storey's
     π₀ in [0, 1], a scalar or one per map. ``roi`` only matters for a ``Percentile`` z_th.
-    Returns attn's shape and dtype.
+    repeat: pixels per map entry (p² for a patch grid): t is then the percentile of the
+    upsampled map, as on pixels (module notes). Returns attn's shape and dtype.
     """
-    return _run(("pi0",), attn, {"z": z, "p": p}, map_ndim, roi, pi0=pi0, z_th=z_th)["pi0"]
+    return _run(("pi0",), attn, {"z": z, "p": p}, map_ndim, roi, pi0=pi0, z_th=z_th,
+                repeat=repeat)["pi0"]
 
 
 def soft_shrink(attn: Any, lfdr: Any) -> jax.Array:
@@ -410,13 +437,15 @@ def bh_threshold(attn: Any, z: Any, p: Any, q: Any = 0.1, z_th: Threshold = 0.0,
 
 def shrink_all(attn: Any, z: Any, p: Any, lfdr: Any, pi0: Any, *, alpha: Threshold = 0.3,
                beta: Threshold = 0.3, z_th: Threshold = 0.0, q: Any = None,
-               map_ndim: int | None = None, roi: Any = None) -> dict[str, jax.Array]:
+               map_ndim: int | None = None, roi: Any = None, repeat: int = 1) -> dict[str, jax.Array]:
     """Every shrinkage rule at once, as the pipeline uses them.
 
     attn, z, p, lfdr: same shape; pi0: scalar or one per map. Returns a dict of arrays of attn's
     shape: "z" (A_z), "p" (A_p at alpha), "lfdr" (A_l at beta), "pi0" (A_π), "soft"
-    (A·(1 − lfdr)), and "bh" (BH at FDR level q) when q is given.
+    (A·(1 − lfdr)), and "bh" (BH at FDR level q) when q is given. repeat: pixels per map entry
+    (p² for a patch grid): the π₀ threshold and ``Percentile`` thresholds are then percentiles
+    of the upsampled map, as the reference code's pixel-level computation (module notes).
     """
     rules = ("z", "p", "lfdr", "pi0", "soft") + (() if q is None else ("bh",))
     return _run(rules, attn, {"z": z, "p": p, "lfdr": lfdr}, map_ndim, roi, pi0=pi0,
-                alpha=alpha, beta=beta, z_th=z_th, q=q)
+                alpha=alpha, beta=beta, z_th=z_th, q=q, repeat=repeat)

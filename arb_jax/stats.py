@@ -532,12 +532,22 @@ def _type7_quantile_weights(n: int, prob: float) -> tuple[int, int, float]:
     return lo - 1, hi - 1, index - lo
 
 
+def _round_up(values: tuple[float, ...], dtype: Any) -> np.ndarray:
+    """Each float64 value rounded up to ``dtype``: the smallest x of that dtype with x >= value."""
+    v = np.asarray(values, np.float64)
+    x = v.astype(dtype)
+    return np.where(x.astype(np.float64) < v, np.nextafter(x, np.asarray(np.inf, dtype)), x)
+
+
 def _pi0est_1d(p, *, lambdas, method, smooth_df):
     dtype = p.dtype
     m = p.shape[0]
     lam = jnp.asarray(lambdas, dtype)
     one_minus = jnp.asarray(1.0 - np.asarray(lambdas), dtype)  # in float64: exact for float32
-    n_geq = _count_geq(jnp.sort(p), lam)                    # W = #{p >= λ}
+    # W = #{p >= λ} with R's float64 λ (0.05 + 14·0.05 = 0.7500000000000001 > 0.75): compared
+    # with the smallest value of p's dtype >= λ, so a float32 p = 0.75 (bootstrap p-values are
+    # often k/m) is not counted, as in R; float32(λ) itself would round down to 0.75.
+    n_geq = _count_geq(jnp.sort(p), jnp.asarray(_round_up(lambdas, dtype), dtype))
     pi0_lambda = _div(n_geq, m * one_minus)                 # as R qvalue 2.30, bit for bit
     if len(lambdas) == 1:
         return Pi0Estimate(jnp.minimum(pi0_lambda[0], 1), pi0_lambda, lam, None)

@@ -139,7 +139,7 @@ def _numpy_metrics(attn, z, p, lfdr, pi0, roi, patch, alpha, beta):
     up = lambda a: np.kron(np.asarray(a, np.float64), np.ones((patch, patch)))  # noqa: E731
     a, z, p, lfdr = up(attn), up(z), up(p), up(lfdr)
     keep_z = z >= 0
-    t = np.percentile(np.asarray(p[::patch, ::patch]), 100 * (1 - pi0))
+    t = np.percentile(p, 100 * (1 - pi0))
     maps = {"p": a * keep_z * (p <= alpha), "lfdr": a * keep_z * (lfdr <= beta),
             "pi0": a * keep_z * (p <= t), "z": a * keep_z}
     out_before = np.sort(a[~roi])
