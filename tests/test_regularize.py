@@ -312,3 +312,24 @@ def test_roi_errors():
         rg.p_threshold(A, z, p, Percentile(10), roi=np.ones((3, 3), bool))
     with pytest.raises(ValueError, match="roi selects no entry"):
         rg.p_threshold(A, z, p, Percentile(10), roi=np.zeros(A.shape, bool))
+
+
+@pytest.mark.parametrize("repeat", [1, 4, 64])
+def test_map_percentile_with_repeat_equals_numpy_on_repeated_pixels(repeat):
+    """A patch grid with ``repeat`` pixels per patch: the percentile of the pixels, exactly."""
+    rng = np.random.default_rng(repeat)
+    for _ in range(40):
+        x = rng.choice(rng.random(5), size=(3, 4)).astype(np.float32)   # many ties, like p-values
+        q = float(rng.uniform(0, 100))
+        want = np.percentile(np.repeat(x.ravel(), repeat).astype(np.float64), q)
+        got = float(rg.map_percentile(jnp.asarray(x), q, repeat=repeat))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    if repeat > 1:  # and it is not the percentile of the patch values themselves
+        x = np.array([0.0, 1.0], np.float32)
+        assert float(rg.map_percentile(x, 50.0, repeat=repeat)) == pytest.approx(0.5)
+        assert float(rg.map_percentile(x, 40.0, repeat=repeat)) == 0.0
+
+
+def test_map_percentile_rejects_bad_repeat():
+    with pytest.raises(ValueError, match="repeat"):
+        rg.map_percentile(jnp.ones(4), 50.0, repeat=0)

@@ -215,3 +215,17 @@ def test_qvalue_properties_and_bh():
 def test_bad_inputs(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_lambda_grid_ties_counted_as_in_r_float64():
+    """R's λ = 0.05 + 14·0.05 is 0.7500000000000001: a p-value of exactly 0.75 is not >= it.
+
+    Bootstrap p-values are often k/m, so exact ties with the grid occur; float32(λ) would round
+    down to 0.75 and count them. Compared with a float64 numpy count over R's own grid.
+    """
+    lambdas = np.arange(0.05, 0.96, 0.05)
+    p = np.array([0.75] * 30 + [0.1] * 10 + [0.95] * 5, np.float32)
+    est = stats.pi0est(jnp.asarray(p), method="bootstrap")
+    want = np.array([(p.astype(np.float64) >= lam).sum() / (p.size * (1 - lam)) for lam in lambdas])
+    np.testing.assert_allclose(np.asarray(est.pi0_lambda), want, rtol=1e-6)
+    assert (p.astype(np.float64) >= lambdas[14]).sum() == 5      # 0.75 is not counted at λ_15
