@@ -16,6 +16,7 @@ _EXPORTS = {
     "ARBOptions": "arb_jax.pipeline",
     "ARBResult": "arb_jax.pipeline",
     "regularize_attention": "arb_jax.pipeline",
+    "image_mesh": "arb_jax.pipeline",
     "ViT": "arb_jax.models",
     "ViTConfig": "arb_jax.models",
     "build_vit": "arb_jax.models",
@@ -25,10 +26,15 @@ _EXPORTS = {
     "plot_result": "arb_jax.plotting",
 }
 
+_SUBMODULES = ("bootstrap", "finetune", "hub", "images", "loading", "metrics", "models", "pipeline",
+               "plotting", "regularize", "report", "simulate", "stats", "sweep")
+
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"arb_jax.{name}")
     raise AttributeError(f"module 'arb_jax' has no attribute {name!r}")
