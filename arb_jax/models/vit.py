@@ -8,11 +8,20 @@ Precision: with ``dtype=jnp.float32`` everything is float32 (pass ``precision="h
 keep float32 matmuls exact on GPUs/TPUs, which otherwise may use TF32/bf16 passes). With
 ``dtype=jnp.bfloat16`` the matmuls (the patch embedding included) take bfloat16 inputs and
 accumulate in float32; parameters, the residual stream, LayerNorm and softmax stay float32.
+
+Attention of the blocks before the last (``attention``): "blocked" on a CPU, XLA's
+``jax.nn.dot_product_attention`` elsewhere, and its cuDNN (flash) kernel on a GPU in bfloat16.
+"blocked" loops over (image, head) pairs and blocks of ``ATTENTION_BLOCK`` queries, so each
+block's (queries × keys) scores stay in cache between the softmax and the product with the
+values; XLA on a CPU otherwise writes and re-reads all N² scores of every head several times
+(2–3× slower per block at 3722 tokens, see ``bench/README.md``). ``ARB_ATTENTION`` in the
+environment (``xla`` | ``blocked`` | ``cudnn``) overrides the automatic choice at trace time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -101,16 +110,88 @@ class QKV(nn.Module):
         return q, k, v
 
 
+ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn")
+ATTENTION_BLOCK = 256  # queries per block of the "blocked" attention
+
+
+def attention_impl(impl: str = "auto", dtype: Dtype = F32) -> str:
+    """The attention implementation ``impl`` resolves to for ``dtype`` on the default backend.
+
+    "auto" (or the ``ARB_ATTENTION`` environment variable, when set): "blocked" on a CPU,
+    "cudnn" on a GPU for bfloat16/float16 inputs, else "xla".
+    """
+    if impl == "auto":
+        impl = os.environ.get("ARB_ATTENTION", "auto") or "auto"
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS} "
+                         "(also for the ARB_ATTENTION environment variable)")
+    if impl != "auto":
+        return impl
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return "blocked"
+    if backend in ("gpu", "cuda", "rocm") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
+def _blocked_attention(q, k, v, block: int):
+    """softmax(q·kᵀ/√d)·v, one (image, head) and ``block`` queries at a time.
+
+    q: (N, T, heads, d), k, v: (N, S, heads, d). Scores and softmax in float32; the
+    unnormalised exp(s − max) multiplies v and the (block, d) result is divided by the row sums.
+    """
+    N, T, H, d = q.shape
+    bs = min(block, T)
+    nb = -(-T // bs)
+    qh = jnp.pad(q, ((0, 0), (0, nb * bs - T), (0, 0), (0, 0)))
+    qh = qh.transpose(0, 2, 1, 3).reshape(N * H, nb, bs, d)
+    kh, vh = (a.transpose(0, 2, 1, 3).reshape(N * H, -1, d) for a in (k, v))
+    scale = d ** -0.5
+
+    def one_head(args):
+        qq, kk, vv = args
+
+        def one_block(qb):
+            s = jnp.dot(qb, kk.T, preferred_element_type=F32) * scale          # (bs, S)
+            e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+            y = jnp.dot(e.astype(vv.dtype), vv, preferred_element_type=F32)   # (bs, d)
+            return (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+
+        return jax.lax.map(one_block, qq)
+
+    y = jax.lax.map(one_head, (qh, kh, vh))                                 # (N·H, nb, bs, d)
+    return y.reshape(N, H, nb * bs, d)[:, :, :T].transpose(0, 2, 1, 3)
+
+
+def attention(q, k, v, impl: str = "auto"):
+    """Multi-head softmax attention: q (N, T, heads, d), k, v (N, S, heads, d) → (N, T, heads, d).
+
+    Scores and softmax in float32 for every ``impl`` (see ``attention_impl``); the result has
+    q's dtype.
+    """
+    impl = attention_impl(impl, q.dtype)
+    if impl == "blocked":
+        return _blocked_attention(q, k, v, ATTENTION_BLOCK)
+    if impl == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+        except (NotImplementedError, RuntimeError, ValueError):  # no usable cuDNN kernel
+            pass
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention of all tokens (fused kernel): (N, T, D) → (N, T, D)."""
+    """Multi-head self-attention of all tokens: (N, T, D) → (N, T, D). See ``attention``."""
 
     heads: int
     dtype: Dtype = F32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         q, k, v = QKV(self.heads, self.dtype, name="qkv")(x)
-        y = jax.nn.dot_product_attention(q, k, v)  # softmax in float32
+        y = attention(q, k, v, self.impl)  # softmax in float32
         return Dense(x.shape[-1], self.dtype, name="proj")(y.reshape(x.shape))
 
 
@@ -157,11 +238,13 @@ class Block(nn.Module):
 
     config: ViTConfig
     dtype: Dtype = F32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         c = self.config
-        y = Attention(c.heads, self.dtype, name="attn")(_layer_norm(c.eps, "norm1")(x))
+        y = Attention(c.heads, self.dtype, self.attention, name="attn")(
+            _layer_norm(c.eps, "norm1")(x))
         x = x + _layerscale(c, "ls1")(y)
         y = Mlp(c.mlp_dim, self.dtype, name="mlp")(_layer_norm(c.eps, "norm2")(x))
         return x + _layerscale(c, "ls2")(y)
@@ -228,6 +311,7 @@ class VisionTransformer(nn.Module):
     config: ViTConfig
     dtype: Dtype = F32
     precision: str | None = None  # matmul precision for the whole forward, e.g. "highest"
+    attention: str = "auto"  # attention of blocks 0 … L−2: see ``attention_impl``
 
     @nn.compact
     def __call__(self, images) -> dict[str, jax.Array]:
@@ -246,7 +330,7 @@ class VisionTransformer(nn.Module):
                     [x[:, :1], jnp.broadcast_to(reg, (x.shape[0], *reg.shape[1:])), x[:, 1:]],
                     axis=1)
             for i in range(c.depth - 1):
-                x = Block(c, self.dtype, name=f"block_{i}")(x)
+                x = Block(c, self.dtype, self.attention, name=f"block_{i}")(x)
             cls, probs = ClsBlock(c, self.dtype, name=f"block_{c.depth - 1}")(x)
             out = {
                 "attn": probs[:, :, 1 + c.n_registers:].reshape(-1, c.heads, h, w),

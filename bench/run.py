@@ -1,0 +1,686 @@
+"""Run a benchmark preset: ours (``regularize_attention``) against the PyTorch baseline.
+
+For each case: build the random-init model, call ``regularize_attention`` once (compile +
+warm-up, excluded), check our statistics against the baseline's on the same null images, time
+``repeats`` calls (median), time the statistics stage alone (ours on the device vs numpy /
+statsmodels on pixels), time the baseline, and derive FLOPs, achieved FLOP/s and MFU against the
+peak measured at the start of the same run. See ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bench import baseline as bl
+from bench import flops as fl
+from bench import machine
+from bench.cases import Ablation, Case, Preset, as_dict
+
+WEIGHTS = "random-init fixture (build_vit(name, None), seed 0): real architecture, not pretrained"
+
+# Our statistics vs the baseline's (float32 both; the baseline's lfdr is statsmodels' float64
+# fit of the float32 z). attn: max |Δ| / max attn. maps: fraction of grid entries that differ
+# by more than 1e-4·max attn (a p or lfdr within rounding of its threshold can flip).
+TOLERANCES = {"attn_rel": 1e-4, "z": 1e-3, "p": 1e-3, "lfdr": 2e-3, "pi0": 1e-3, "maps_frac": 1e-3}
+
+
+class CheckFailedError(AssertionError):
+    """Our statistics differ from the baseline's beyond ``TOLERANCES``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Plumbing: logging, progress, timing, memory
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Context:
+    quiet: bool = False
+    peaks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    torch_device: str = "cpu"
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    def progress(self, total: int, desc: str):
+        """A tqdm bar (or a no-op) for ``total`` steps; call ``.update(k)`` and ``.close()``."""
+        if self.quiet or total < 8:
+            return _NoBar()
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return _NoBar()
+        return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, budget_s: float) -> list[float]:
+    """Wall times of up to ``repeats`` calls of ``fn``, stopping once ``budget_s`` is spent (>= 1)."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max(1, repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start + times[-1] > budget_s:
+            break
+    return times
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so resident-set growth measures a run."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _jax_bytes_in_use() -> tuple[int, int]:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_in_use", 0)), int(stats.get("peak_bytes_in_use", 0))
+
+
+class PeakMemory:
+    """Peak memory of the work inside the block, in bytes.
+
+    "jax" on a GPU: the device's bytes in use sampled every 5 ms (or the allocator's exact peak,
+    when it rose inside the block). "torch" on a GPU: ``torch.cuda.max_memory_allocated``.
+    On a CPU: the process's resident set, sampled every 20 ms, minus its size before.
+    """
+
+    def __init__(self, kind: str):
+        self.kind, self.peak, self._stop = kind, 0, threading.Event()
+
+    def _read(self) -> int:
+        if self.kind == "jax":
+            return _jax_bytes_in_use()[0]
+        return _rss_bytes()
+
+    def __enter__(self) -> PeakMemory:
+        if self.kind == "torch":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        if self.kind == "jax":
+            self._before_peak = _jax_bytes_in_use()[1]
+        else:
+            import gc
+
+            gc.collect()
+            _malloc_trim()
+        self._base = 0 if self.kind == "jax" else self._read()
+        self._max = self._read()
+        interval = 0.005 if self.kind == "jax" else 0.02
+
+        def sample():
+            while not self._stop.wait(interval):
+                self._max = max(self._max, self._read())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.kind == "torch":
+            import torch
+
+            self.peak = int(torch.cuda.max_memory_allocated())
+            return
+        self._stop.set()
+        self._thread.join()
+        self._max = max(self._max, self._read())
+        if self.kind == "jax":
+            after_peak = _jax_bytes_in_use()[1]
+            self.peak = after_peak if after_peak > self._before_peak else self._max
+        else:
+            self.peak = max(0, self._max - self._base)
+
+
+_TRACE, _LOWER, _COMPILE = ("/jax/core/compile/jaxpr_trace_duration",
+                             "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                             "/jax/core/compile/backend_compile_duration")
+
+
+def compile_seconds(events: list[tuple[str, float]]) -> float:
+    """Tracing + lowering + XLA compile time from JAX's monitoring events.
+
+    Nested traces are inside the outermost one, so tracing and lowering count their longest
+    event; every backend compile (one per executable) is added.
+    """
+    longest = lambda name: max((d for e, d in events if e == name), default=0.0)  # noqa: E731
+    return longest(_TRACE) + longest(_LOWER) + sum(d for e, d in events if e == _COMPILE)
+
+
+@contextlib.contextmanager
+def _compile_events():
+    """Collects JAX's compile-stage (event, seconds) pairs inside the block into a list."""
+    import jax
+
+    seconds: list[tuple[str, float]] = []
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if event in (_TRACE, _LOWER, _COMPILE):
+            seconds.append((event, duration))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seconds
+    finally:
+        with contextlib.suppress(Exception):
+            jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _block(tree: Any) -> Any:
+    import jax
+
+    return jax.block_until_ready(tree)
+
+
+def _median(xs: list[float]) -> float:
+    return float(np.median(xs))
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def bench_images(n: int, size: int, patch: int) -> np.ndarray:
+    """(n, size, size, 3) float32 ImageNet-normalised photos (scikit-image's, cycled).
+
+    Without scikit-image: smooth random images (seeded), so the benchmark still runs.
+    """
+    from arb_jax.images import prepare
+
+    try:
+        from arb_jax.images import sample_images
+
+        photos = list(sample_images().values())
+    except ImportError:
+        rng = np.random.default_rng(0)
+        photos = []
+        for _ in range(4):
+            low = rng.uniform(0, 255, (8, 8, 3))
+            photos.append(np.kron(low, np.ones((64, 64, 1))).astype(np.uint8))
+    return np.stack([prepare(photos[i % len(photos)], (size, size), patch) for i in range(n)])
+
+
+# --------------------------------------------------------------------------------------------
+# Peaks
+# --------------------------------------------------------------------------------------------
+
+
+def measure_peaks(preset: Preset, ctx: Context) -> dict[str, Any]:
+    """Peak FLOP/s by dtype from a large JAX matmul (the MFU denominators), torch's for reference."""
+    peaks: dict[str, Any] = {"jax": {}, "torch": {}}
+    for dtype in preset.peak_dtypes:
+        ctx.log(f"peak: {dtype} {preset.peak_n}³ matmul")
+        peaks["jax"][dtype] = fl.jax_matmul_peak(dtype, preset.peak_n)
+        try:
+            peaks["torch"][dtype] = fl.torch_matmul_peak(dtype, preset.peak_n, device=ctx.torch_device)
+        except Exception as e:  # torch is only a reference here
+            peaks["torch"][dtype] = {"error": repr(e)}
+    return peaks
+
+
+def _peak_for(ctx: Context, dtype: str) -> float | None:
+    rec = ctx.peaks.get("jax", {}).get(dtype) or ctx.peaks.get("jax", {}).get("float32")
+    return None if rec is None else rec["flops"]
+
+
+# --------------------------------------------------------------------------------------------
+# One case
+# --------------------------------------------------------------------------------------------
+
+
+def _baseline_batch(case: Case, config, ctx: Context) -> int:
+    if case.baseline_batch is not None:
+        return case.baseline_batch
+    if ctx.torch_device == "cpu":
+        return 1
+    tokens = fl.n_tokens(config, case.image_size)
+    per_image = config.depth * config.heads * tokens * tokens * 4  # output_attentions, float32
+    return int(max(1, min(1 + case.n_boot, (8 << 30) // per_image)))
+
+
+def compare(ours: dict[str, np.ndarray], base: bl.BaselineRun, patch: int) -> dict[str, Any]:
+    """Max differences of one image's statistics, ours (patch grid) vs the baseline's (pixels)."""
+    g = lambda a: np.asarray(a)[..., ::patch, ::patch]  # noqa: E731  pixels → grid
+    s = base.stats
+    amax = float(np.max(ours["attn"]))
+    diff = {
+        "attn_rel": float(np.max(np.abs(ours["attn"] - g(base.attn)))) / amax,
+        "z": float(np.max(np.abs(ours["z"] - g(s["z"])))),
+        "p": float(np.max(np.abs(ours["p"] - g(s["p"])))),
+        "lfdr": float(np.max(np.abs(ours["lfdr"] - g(s["lfdr"])))),
+        "pi0": abs(float(ours["pi0"]) - s["pi0"]),
+        "maps_frac": max(float(np.mean(np.abs(ours[f"map_{k}"] - g(v)) > 1e-4 * amax))
+                         for k, v in s["maps"].items()),
+    }
+    failed = sorted(k for k, v in diff.items() if not v <= TOLERANCES[k])
+    return {"passed": not failed, "failed": failed, "max_diff": diff, "tolerance": dict(TOLERANCES)}
+
+
+def _image0(result) -> dict[str, np.ndarray]:
+    out = result.to_numpy()
+    return {k: v[0] for k, v in out.items()}
+
+
+def run_case(case: Case, ctx: Context) -> dict[str, Any]:
+    """Benchmark one case; returns its JSON record. Raises CheckFailedError if the check fails."""
+    import jax
+
+    from arb_jax import bootstrap
+    from arb_jax.models import build_vit, get_config
+    from arb_jax.pipeline import arb_statistics, image_keys, regularize_attention
+
+    config = get_config(case.model)
+    B, N, p = case.n_boot, case.n_images, config.patch
+    rec: dict[str, Any] = {
+        "case": case.name, "group": case.group, "model": case.model, "weights": WEIGHTS,
+        "image_size": case.image_size, "tokens": fl.n_tokens(config, case.image_size),
+        "n_boot": B, "n_images": N, "dtype": case.dtype, "boot_chunk": case.boot_chunk,
+        "device": machine.describe_device(),
+    }
+    vit = build_vit(case.model, None, image_size=case.image_size, dtype=case.dtype, seed=0)
+    from arb_jax.models.vit import attention_impl
+
+    rec["attention"] = attention_impl("auto", vit.module.dtype)
+    images_np = bench_images(N, case.image_size, p)
+    images = jax.device_put(images_np)
+    key = jax.random.key(1234)
+    opts = {} if case.boot_chunk is None else {"boot_chunk": case.boot_chunk}
+
+    def ours_call():
+        return _block(regularize_attention(vit, images, key, B, **opts))
+
+    # 1. compile + warm-up (excluded from the timings)
+    ctx.log(f"  ours: compile + warm-up ({N} image(s) × (1 + {B}) forwards)")
+    with _compile_events() as compile_events:
+        t0 = time.perf_counter()
+        first = ours_call()
+        first_s = time.perf_counter() - t0
+    rec["ours_compile_s"] = compile_seconds(compile_events)
+
+    # 2. the check, before any timing
+    model = None
+    base_runs: list[bl.BaselineRun] = []
+    base_peak = 0
+    batch = _baseline_batch(case, config, ctx)
+    rec["baseline_batch"] = batch
+    if case.check or case.baseline:
+        model = bl.hf_vit(config, vit.params, case.image_size, ctx.torch_device)
+        bl.warm_up()
+        with contextlib.suppress(Exception):  # warm-up: one forward of the batch size
+            import torch
+
+            bl.hf_cls_attention(model, torch.zeros((min(batch, 1 + B), 3, case.image_size,
+                                                    case.image_size), device=ctx.torch_device))
+    if case.check:
+        b_check = case.check_boot or B
+        if case.dtype == "float32" and b_check == B:
+            ours0 = _image0(first)
+        else:
+            vit32 = build_vit(case.model, None, image_size=case.image_size, dtype="float32", seed=0)
+            ours0 = _image0(regularize_attention(vit32, images[:1], key, b_check, **opts))
+        k0 = image_keys(key, N)[0]
+        nulls = np.asarray(bootstrap.sample_range("normal", k0, images[0], 0, b_check, width=1.0))
+        ctx.log(f"  check: baseline on image 0 with our {b_check} null images")
+        bar = ctx.progress(1 + b_check, "baseline (check)")
+        with PeakMemory("torch" if ctx.torch_device != "cpu" else "rss") as check_mem:
+            run0 = bl.run_baseline(model, images_np[0], b_check, batch=batch, null_images=nulls,
+                                   progress=bar.update)
+        bar.close()
+        check = compare(ours0, run0, p)
+        check.update(n_boot=b_check, dtype="float32")
+        rec["check"] = check
+        if not check["passed"]:
+            raise CheckFailedError(f"{case.name}: ours vs baseline differ in {check['failed']}: "
+                              f"{check['max_diff']} (tolerances {TOLERANCES})")
+        if b_check == B and case.baseline:
+            base_runs.append(run0)  # a complete baseline run of image 0: its first timed run
+            base_peak = check_mem.peak
+    else:
+        rec["check"] = None
+
+    # 3. ours, timed
+    ctx.log(f"  ours: timing up to {case.repeats} run(s)")
+    kind = "jax" if jax.default_backend() != "cpu" else "rss"
+    with PeakMemory(kind) as mem:
+        times = time_calls(ours_call, case.repeats, case.budget_s)
+    ours_s = _median(times) / N
+    rec.update(ours_s_per_image=ours_s, ours_times_s=times, ours_repeats=len(times),
+               ours_first_call_s=first_s,
+               ours_images_per_s=1.0 / ours_s, ours_s_per_forward=ours_s / (1 + B),
+               peak_memory_bytes=mem.peak)
+
+    # 4. the baseline, timed
+    rec.update(baseline_s_per_image=None, baseline_repeats=0, baseline_stage_s=None,
+               baseline_peak_memory_bytes=None, speedup=None, baseline_images_per_s=None)
+    if case.baseline:
+        todo = max(1, case.baseline_repeats) - len(base_runs)
+        ctx.log(f"  baseline: {todo} more run(s), {batch} image(s) per forward")
+        kind = "torch" if ctx.torch_device != "cpu" else "rss"
+        spent = sum(r.seconds["total"] for r in base_runs)
+        with PeakMemory(kind) as bmem:
+            for i in range(todo):
+                if base_runs and spent > case.budget_s:
+                    break
+                bar = ctx.progress(1 + B, "baseline")
+                base_runs.append(bl.run_baseline(model, images_np[(len(base_runs)) % N], B,
+                                                 batch=batch, seed=i, progress=bar.update))
+                bar.close()
+                spent += base_runs[-1].seconds["total"]
+        totals = [r.seconds["total"] for r in base_runs]
+        stages = {k: _median([r.seconds[k] for r in base_runs])
+                  for k in ("sample", "forward", "upsample", "stats")}
+        base_s = _median(totals)
+        rec.update(baseline_s_per_image=base_s, baseline_times_s=totals,
+                   baseline_repeats=len(totals), baseline_stage_s=stages,
+                   baseline_peak_memory_bytes=max(bmem.peak, base_peak) or None,
+                   speedup=base_s / ours_s,
+                   baseline_images_per_s=1.0 / base_s)
+
+    # 5. the statistics stage alone, on the same maps (B bootstrap maps)
+    rec.update(ours_stats_s_per_image=None, baseline_stats_s_per_image=None, stats_speedup=None)
+    if base_runs:
+        run = base_runs[-1]
+        grid_a = jax.device_put(run.attn[::p, ::p])
+        grid_n = jax.device_put(run.null[:, ::p, ::p])
+        stats_call = lambda: _block(arb_statistics(grid_a, grid_n, None, patch=p))  # noqa: E731
+        stats_call()
+        st = time_calls(stats_call, 20, min(10.0, case.budget_s))
+        npst = time_calls(lambda: bl.numpy_statistics(run.attn, run.null), 3, min(10.0, case.budget_s))
+        npst += [r.seconds["stats"] for r in base_runs]
+        rec.update(ours_stats_s_per_image=_median(st), baseline_stats_s_per_image=_median(npst),
+                   stats_speedup=_median(npst) / _median(st))
+
+    # 6. FLOPs and MFU
+    flops = fl.arb_flops_per_image(config, case.image_size, B)
+    peak = _peak_for(ctx, case.dtype)
+    achieved = flops / ours_s
+    rec.update(flops_per_image=flops, flops_per_forward=fl.forward_flops(config, case.image_size),
+               attention_flop_share=fl.attention_share(config, case.image_size),
+               achieved_flops=achieved, peak_flops=peak,
+               peak_flops_source=(f"jax {case.dtype if case.dtype in ctx.peaks.get('jax', {}) else 'float32'}"
+                                  f" matmul, measured in this run"),
+               mfu=None if not peak else achieved / peak)
+    if rec["speedup"] is not None:
+        rec["baseline_achieved_flops"] = flops / rec["baseline_s_per_image"]
+    return rec
+
+
+# --------------------------------------------------------------------------------------------
+# Ablations: what each change bought
+# --------------------------------------------------------------------------------------------
+
+
+def _compiled_forward(module, params, x, key: str = "attn"):
+    import jax
+
+    fn = jax.jit(lambda prm, im: module.apply({"params": prm}, im)[key])
+    t0 = time.perf_counter()
+    compiled = fn.lower(params, x).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _time_compiled(compiled, *args, repeats: int) -> list[float]:
+    _block(compiled(*args))
+    return time_calls(lambda: _block(compiled(*args)), repeats, 1e9)
+
+
+def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
+    """Time one change against its absence; returns one record (several for "profile")."""
+    import jax
+    import jax.numpy as jnp
+
+    from arb_jax.models import build_vit
+    from arb_jax.models.vit import (
+        Block,
+        ClsBlock,
+        VisionTransformer,
+        attention_impl,
+    )
+
+    vit = build_vit(ab.model, None, image_size=ab.image_size, seed=0)
+    c = vit.config
+    base = {"change": ab.change, "model": ab.model, "image_size": ab.image_size, "level": ab.level}
+    gpu = jax.default_backend() != "cpu"
+    dtype = jnp.bfloat16 if gpu else jnp.float32  # the compute dtype the presets use here
+    tokens = fl.n_tokens(c, ab.image_size)
+    t_in = jax.device_put(np.random.default_rng(0).standard_normal((ab.batch, tokens, c.dim))
+                          .astype(np.float32))
+
+    def forward_time(dt, impl):
+        x = jax.device_put(bench_images(ab.batch, ab.image_size, c.patch))
+        module = VisionTransformer(c, dt, "highest" if dt == jnp.float32 else None, attention=impl)
+        compiled, _ = _compiled_forward(module, vit.params, x)
+        return _median(_time_compiled(compiled, vit.params, x, repeats=ab.repeats))
+
+    def module_time(fn, *args):
+        with jax.default_matmul_precision("highest"):
+            compiled = jax.jit(fn).lower(*args).compile()
+            return _median(_time_compiled(compiled, *args, repeats=ab.repeats))
+
+    def block_time(dt, impl, i=0):
+        prm = {"params": vit.params[f"block_{i}"]}
+        return module_time(lambda q, t: Block(c, dt, impl).apply(q, t), prm, t_in)
+
+    timer = forward_time if ab.level == "forward" else block_time
+    what = "one forward" if ab.level == "forward" else "one transformer block"
+    dname = str(jnp.dtype(dtype))
+    if ab.change == "attention":
+        fast = attention_impl("auto", dtype)
+        before, after = timer(dtype, "xla"), timer(dtype, fast)
+        return [dict(base, batch=ab.batch, dtype=dname, before="jax.nn.dot_product_attention "
+                     "(XLA)", after=f"{fast} attention", what=what, before_s=before,
+                     after_s=after, speedup=before / after)]
+    if ab.change == "dtype":
+        before, after = timer(jnp.float32, "auto"), timer(jnp.bfloat16, "auto")
+        return [dict(base, batch=ab.batch, before="float32 matmuls", after="bfloat16 matmuls, "
+                     "float32 accumulation", what=what, before_s=before, after_s=after,
+                     speedup=before / after)]
+    if ab.change == "cls_only":
+        last = {"params": vit.params[f"block_{c.depth - 1}"]}
+        full = module_time(lambda prm, t: Block(c, dtype).apply(prm, t), last, t_in)
+        cls = module_time(lambda prm, t: ClsBlock(c, dtype).apply(prm, t), last, t_in)
+        rec = dict(base, batch=ab.batch, dtype=dname, before="last block in full",
+                   after="last block for the CLS query only", last_block_full_s=full,
+                   last_block_cls_s=cls)
+        if ab.level == "forward":
+            fwd = forward_time(dtype, "auto")
+            return [dict(rec, what="one forward (the full last block's time added back)",
+                         before_s=fwd - cls + full, after_s=fwd, speedup=(fwd - cls + full) / fwd)]
+        return [dict(rec, what="the last block", before_s=full, after_s=cls, speedup=full / cls)]
+    if ab.change == "profile":
+        return _profile(ab, vit, t_in.astype(dtype), module_time, base)
+
+    # pipeline-level changes
+    from arb_jax import bootstrap
+    from arb_jax.pipeline import arb_statistics, image_keys, regularize_attention
+
+    images = jax.device_put(bench_images(1, ab.image_size, c.patch))
+    key = jax.random.key(1234)
+    B = ab.n_boot
+
+    def pipeline_time(**opts):
+        call = lambda: _block(regularize_attention(vit, images, key, B, **opts))  # noqa: E731
+        call()
+        return _median(time_calls(call, ab.repeats, 1e9))
+
+    if ab.change == "boot_chunk":
+        before, after = pipeline_time(boot_chunk=1), pipeline_time()
+        return [dict(base, n_boot=B, before="bootstrap forwards one at a time (boot_chunk=1)",
+                     after=f"all {B} bootstrap images in one batch", what="ARB of one image",
+                     before_s=before, after_s=after, speedup=before / after)]
+    if ab.change == "host_round_trip":
+        fwd = jax.jit(lambda prm, im: vit.apply(prm, im)["attn"].mean(1))
+        draw = jax.jit(lambda k, im: bootstrap.sample_range("normal", k, im, 0, B, width=1.0))
+        k0 = image_keys(key, 1)[0]
+
+        def split():
+            nulls = draw(k0, images[0])
+            maps = np.asarray(fwd(vit.params, jnp.concatenate([images, nulls])))  # to the host
+            out = arb_statistics(maps[0], maps[1:], None, patch=c.patch)        # and back
+            return {k: np.asarray(v) for k, v in out.items() if not isinstance(v, dict)}
+
+        split()
+        before = _median(time_calls(split, ab.repeats, 1e9))
+        after = pipeline_time()
+        return [dict(base, n_boot=B, before="forwards, maps to the host, statistics (3 calls)",
+                     after="one compiled call, maps stay on the device", what="ARB of one image",
+                     before_s=before, after_s=after, speedup=before / after)]
+    raise ValueError(f"unknown ablation {ab.change!r}")
+
+
+def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
+    """Time of each part of one block at this size (t_in's dtype): where a forward's time goes."""
+    import jax
+    import jax.numpy as jnp
+
+    from arb_jax.models.vit import Block, attention, attention_impl
+
+    c = vit.config
+    dt = t_in.dtype
+    b0 = jax.tree.map(lambda a: jnp.asarray(a, dt), vit.params["block_0"])
+    n, T, D = t_in.shape
+    H, d, m = c.heads, c.head_dim, c.mlp_dim
+    impl = attention_impl("auto", dt)
+    qkv = jax.device_put(np.random.default_rng(1).standard_normal((3, n, T, H, d))).astype(dt)
+    f32 = jnp.float32
+
+    def mm(a, w):
+        return jnp.dot(a, w, preferred_element_type=f32)
+
+    parts = {
+        "layernorm ×2": (lambda t: 2 * ((t - t.mean(-1, keepdims=True))
+                                        / jnp.sqrt(t.var(-1, keepdims=True) + 1e-6)),
+                         (t_in.astype(f32),), None),
+        "qkv matmul": (mm, (t_in, b0["attn"]["qkv"]["kernel"]), 2 * n * T * D * 3 * D),
+        f"attention ({impl})": (lambda a: attention(a[0], a[1], a[2], impl), (qkv,), 4 * n * T * T * D),
+        "proj matmul": (mm, (t_in, b0["attn"]["proj"]["kernel"]), 2 * n * T * D * D),
+        "mlp fc1 + gelu + fc2": (
+            lambda t, w1, w2: mm(jax.nn.gelu(mm(t, w1), approximate=False).astype(dt), w2),
+            (t_in, b0["mlp"]["fc1"]["kernel"], b0["mlp"]["fc2"]["kernel"]), 4 * n * T * D * m),
+    }
+    block_s = module_time(lambda prm, t: Block(c, dt).apply(prm, t),
+                          {"params": vit.params["block_0"]}, t_in.astype(f32))
+    out = []
+    for name, (fn, args, f) in parts.items():
+        s = module_time(fn, *args)
+        out.append(dict(base, batch=n, dtype=str(jnp.dtype(dt)), part=name, seconds=s,
+                        share_of_block=s / block_s, flops=f,
+                        achieved_flops=None if f is None else f / s))
+    f = fl.block_flops(c, T) * n
+    out.append(dict(base, batch=n, dtype=str(jnp.dtype(dt)), part="whole block", seconds=block_s,
+                    share_of_block=1.0, flops=f, achieved_flops=f / block_s))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# A preset
+# --------------------------------------------------------------------------------------------
+
+
+def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablations: bool = True,
+               quiet: bool = False) -> dict[str, Any]:
+    """Run ``cases`` (default: the preset's) and its ablations; returns the JSON-able result."""
+    import jax
+
+    ctx = Context(quiet=quiet)
+    if jax.default_backend() != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("JAX runs on a GPU but PyTorch sees no CUDA device: the baseline "
+                               "must run on the same device")
+        ctx.torch_device = "cuda"
+    t_start = time.perf_counter()
+    info = machine.describe()
+    ctx.peaks = measure_peaks(preset, ctx)
+    cases = preset.cases if cases is None else cases
+    records, errors = [], []
+    for i, case in enumerate(cases, 1):
+        ctx.log(f"[{i}/{len(cases)}] {case.name}: {case.model} @ {case.image_size}, B={case.n_boot}, "
+                f"{case.n_images} image(s), {case.dtype}")
+        t0 = time.perf_counter()
+        try:
+            rec = run_case(case, ctx)
+        except CheckFailedError:
+            raise
+        except Exception as e:  # one broken case (e.g. out of memory) must not lose the others
+            errors.append({"case": case.name, "error": f"{type(e).__name__}: {e}"})
+            ctx.log(f"  FAILED: {type(e).__name__}: {e}")
+            continue
+        rec["case_wall_s"] = time.perf_counter() - t0
+        records.append(rec)
+        ctx.log(_summary(rec))
+    ab_records = []
+    if ablations:
+        for ab in preset.ablations:
+            ctx.log(f"ablation: {ab.change} ({ab.model} @ {ab.image_size})")
+            try:
+                ab_records.extend(run_ablation(ab, ctx))
+            except Exception as e:
+                errors.append({"ablation": ab.change, "error": f"{type(e).__name__}: {e}"})
+                ctx.log(f"  FAILED: {type(e).__name__}: {e}")
+    info["load_average_end"] = machine.load_average()
+    return {"preset": preset.name, "description": preset.description, "machine": info,
+            "peaks": ctx.peaks, "tolerances": TOLERANCES, "cases": [as_dict(c) for c in cases],
+            "records": records, "ablations": ab_records, "errors": errors,
+            "wall_s": time.perf_counter() - t_start}
+
+
+def _summary(rec: dict[str, Any]) -> str:
+    s = f"  ours {rec['ours_s_per_image']:.4g} s/image"
+    if rec.get("speedup"):
+        s += f", baseline {rec['baseline_s_per_image']:.4g} s/image, speedup {rec['speedup']:.3g}×"
+    if rec.get("stats_speedup"):
+        s += f", stats {rec['stats_speedup']:.3g}×"
+    if rec.get("mfu") is not None:
+        s += f", MFU {100 * rec['mfu']:.1f} %"
+    return s
+
+
+def jsonable(obj: Any) -> Any:
+    """obj with numpy scalars/arrays turned into Python numbers/lists, NaN/inf into None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,237 @@
+"""The benchmark package: records, the ours-vs-baseline check, the tables; never timings.
+
+The ``smoke`` preset (test_tiny8, random-init fixture, 128 px) runs once through the command
+line; the other tests check the pieces it is made of on tiny inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+# bench/ is a folder of the repository, not part of the installed package: import it from there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from arb_jax import stats  # noqa: E402
+from arb_jax.models import build_vit, get_config  # noqa: E402
+from arb_jax.models import vit as vit_module  # noqa: E402
+from bench import baseline as bl  # noqa: E402
+from bench import cases as bc  # noqa: E402
+from bench import flops as fl  # noqa: E402
+from bench.cli import main  # noqa: E402
+from bench.run import TOLERANCES, compare, jsonable, time_calls  # noqa: E402
+from bench.tables import to_markdown  # noqa: E402
+
+RECORD_FIELDS = (
+    "case", "model", "weights", "image_size", "n_boot", "dtype", "device", "ours_s_per_image",
+    "baseline_s_per_image", "speedup", "stats_speedup", "flops_per_image", "achieved_flops",
+    "peak_flops", "mfu", "peak_memory_bytes", "ours_compile_s", "ours_repeats", "check",
+)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = main(["--preset", "smoke", "--json", str(out / "r.json"), "--md", str(out / "r.md"),
+                 "--quiet"])
+    return code, json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
+
+
+def test_smoke_preset_records(smoke):
+    code, result, _ = smoke
+    assert code == 0 and result["errors"] == []
+    names = [c.name for c in bc.PRESETS["smoke"].cases]
+    assert [r["case"] for r in result["records"]] == names
+    assert any(r["ours_compile_s"] > 0 for r in result["records"])  # compile time is measured
+    for r in result["records"]:
+        missing = [f for f in RECORD_FIELDS if f not in r]
+        assert not missing, (r["case"], missing)
+        assert "random-init" in r["weights"] and "not pretrained" in r["weights"]
+        assert r["ours_s_per_image"] > 0 and r["ours_repeats"] >= 1 and r["ours_compile_s"] >= 0
+        cfg = get_config(r["model"])
+        assert r["flops_per_image"] == (1 + r["n_boot"]) * fl.forward_flops(cfg, r["image_size"])
+        assert r["mfu"] == pytest.approx(r["achieved_flops"] / r["peak_flops"])
+        assert r["achieved_flops"] == pytest.approx(r["flops_per_image"] / r["ours_s_per_image"])
+        if r["baseline_s_per_image"] is not None:
+            assert r["speedup"] == pytest.approx(r["baseline_s_per_image"] / r["ours_s_per_image"])
+            assert set(r["baseline_stage_s"]) == {"sample", "forward", "upsample", "stats"}
+            assert r["stats_speedup"] == pytest.approx(
+                r["baseline_stats_s_per_image"] / r["ours_stats_s_per_image"])
+    by = {r["case"]: r for r in result["records"]}
+    assert by["smoke_size_64"]["baseline_s_per_image"] is None  # a scaling case without baseline
+    assert by["smoke_B3_batched"]["baseline_batch"] == 2
+    m = result["machine"]
+    assert m["cpu_cores"] >= 1 and m["versions"]["jax"] == jax.__version__
+    assert result["peaks"]["jax"]["float32"]["flops"] > 0
+    assert {a["change"] for a in result["ablations"]} == {
+        "profile", "attention", "cls_only", "dtype", "boot_chunk", "host_round_trip"}
+
+
+def test_smoke_check_ran_and_passed(smoke):
+    _, result, _ = smoke
+    checked = [r for r in result["records"] if r["check"] is not None]
+    assert len(checked) == 3
+    for r in checked:
+        c = r["check"]
+        assert c["passed"] and c["failed"] == [] and c["dtype"] == "float32"
+        assert set(c["max_diff"]) == set(TOLERANCES)
+        assert all(c["max_diff"][k] <= TOLERANCES[k] for k in TOLERANCES)
+    bf16 = next(r for r in checked if r["dtype"] == "bfloat16")
+    assert bf16["check"]["n_boot"] == 2  # checked in float32 with check_boot null images
+
+
+def test_smoke_markdown_table(smoke):
+    _, result, md = smoke
+    assert md.startswith("## Benchmark `smoke`")
+    header = next(line for line in md.splitlines() if line.startswith("| case |"))
+    assert "ours s/img" in header and "speedup" in header and "MFU" in header
+    for r in result["records"]:
+        assert f"| {r['case']} |" in md
+    assert "ok (B=3)" in md and "What each change bought" in md
+    assert md == to_markdown(result) + "\n"
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_flop_count_matches_spec():
+    cfg = get_config("dino_vits8")
+    n, d, L = 3722, 384, 12
+    assert fl.n_tokens(cfg, 488) == n
+    spec = 2 * L * (12 * n * d * d + 2 * n * n * d)                   # SPEC §6, all blocks full
+    assert fl.forward_flops(cfg, 488, cls_only_last=False) == spec
+    assert spec == pytest.approx(4.1e11, rel=0.01)
+    last_full = 2 * (12 * n * d * d + 2 * n * n * d)
+    last_cls = 2 * (2 * n * d * d + 2 * n * d + 2 * d * d + 8 * d * d)
+    assert fl.forward_flops(cfg, 488) == spec - last_full + last_cls
+    assert fl.arb_flops_per_image(cfg, 488, 16) == 17 * fl.forward_flops(cfg, 488)
+    assert 0.6 < fl.attention_share(cfg, 488) < 0.65
+    with pytest.raises(ValueError, match="n_boot"):
+        fl.arb_flops_per_image(cfg, 488, 0)
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        fl.n_tokens(cfg, 490)
+
+
+def test_hf_baseline_model_has_our_weights():
+    vit = build_vit("test_tiny8", None, image_size=48, seed=3)
+    model = bl.hf_vit(vit.config, vit.params, 48)
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((2, 48, 48, 3)).astype(np.float32)
+    ours = np.asarray(vit.cls_attention(x)).mean(1)
+    theirs = bl.hf_cls_attention(model, torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="pos_embed has"):
+        bl.hf_vit(vit.config, vit.params, 64)
+    with pytest.raises(ValueError, match="DINO \\(v1\\)"):
+        bl.hf_state_dict(get_config("test_tiny14_reg"), {}, [])
+
+
+def test_numpy_statistics_equal_ours_on_patches():
+    # Every statistic on nearest-upsampled pixels equals ours on the patch grid (SPEC §1).
+    rng = np.random.default_rng(1)
+    attn = rng.dirichlet(np.ones(64) * 0.5).reshape(8, 8).astype(np.float32)
+    null = rng.dirichlet(np.ones(64) * 2.0, size=5).reshape(5, 8, 8).astype(np.float32)
+    up = lambda a: np.repeat(np.repeat(a, 4, -2), 4, -1)  # noqa: E731
+    base = bl.numpy_statistics(up(attn), up(null))
+    z, zn, _, _ = stats.zstat(attn.ravel(), null.reshape(5, -1))
+    p = stats.empirical_pvalues(z, zn)
+    np.testing.assert_allclose(base["z"][::4, ::4].ravel(), z, atol=1e-5)
+    np.testing.assert_allclose(base["p"][::4, ::4].ravel(), p, atol=1e-6)
+    np.testing.assert_allclose(base["lfdr"][::4, ::4].ravel(), stats.local_fdr(z), atol=1e-4)
+    assert base["pi0"] == pytest.approx(float(np.clip(stats.pi0est(p).pi0, 0, 1)), abs=1e-6)
+
+
+def test_storey_pi0_matches_ours():
+    p = np.random.default_rng(2).uniform(size=5000) ** 1.5
+    assert bl.storey_pi0(p) == pytest.approx(float(stats.pi0est(p).pi0), abs=1e-6)
+
+
+def test_compare_flags_a_difference():
+    g = np.random.default_rng(3).uniform(0.1, 1, (4, 4)).astype(np.float32)
+    maps = {k: g for k in ("z", "p", "lfdr", "pi0", "soft")}
+    run = bl.BaselineRun(np.kron(g, np.ones((2, 2))), np.zeros((1, 8, 8)),
+                         {"z": np.kron(g, np.ones((2, 2))), "p": np.kron(g, np.ones((2, 2))),
+                          "lfdr": np.kron(g, np.ones((2, 2))), "pi0": 0.5,
+                          "maps": {k: np.kron(v, np.ones((2, 2))) for k, v in maps.items()}}, {})
+    ours = {"attn": g, "z": g, "p": g, "lfdr": g, "pi0": 0.5, **{f"map_{k}": v for k, v in maps.items()}}
+    assert compare(ours, run, 2)["passed"]
+    bad = compare(dict(ours, z=g + 0.01, pi0=0.6), run, 2)
+    assert not bad["passed"] and bad["failed"] == ["pi0", "z"]
+
+
+def test_baseline_run_uses_given_null_images_and_checks_their_shape():
+    vit = build_vit("test_tiny8", None, image_size=32)
+    model = bl.hf_vit(vit.config, vit.params, 32)
+    image = np.random.default_rng(4).standard_normal((32, 32, 3)).astype(np.float32)
+    nulls = np.random.default_rng(5).standard_normal((3, 32, 32, 3)).astype(np.float32)
+    run = bl.run_baseline(model, image, 3, batch=2, null_images=nulls)
+    expect = np.asarray(vit.cls_attention(nulls)).mean(1)
+    np.testing.assert_allclose(run.null[:, ::8, ::8], expect, atol=1e-6)
+    assert run.attn.shape == (32, 32) and set(run.seconds) >= {"sample", "forward", "stats", "total"}
+    with pytest.raises(ValueError, match="null_images must be"):
+        bl.run_baseline(model, image, 2, null_images=nulls)
+
+
+def test_blocked_attention_equals_xla():
+    rng = np.random.default_rng(6)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 37, 3, 8)), jnp.float32) for _ in range(3))
+    ref = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    for block in (5, 16, 37, 64):  # padded last block, exact fit, one block
+        out = jax.jit(lambda a, b, c, n=block: vit_module._blocked_attention(a, b, c, n))(q, k, v)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
+    assert vit_module.attention_impl("auto") == ("blocked" if jax.default_backend() == "cpu" else "xla")
+    with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
+        vit_module.attention_impl("flash")
+
+
+def test_attention_env_override(monkeypatch):
+    monkeypatch.setenv("ARB_ATTENTION", "xla")
+    assert vit_module.attention_impl("auto") == "xla"
+    assert vit_module.attention_impl("blocked") == "blocked"  # an explicit choice wins
+    monkeypatch.setenv("ARB_ATTENTION", "fast")
+    with pytest.raises(ValueError, match="ARB_ATTENTION"):
+        vit_module.attention_impl("auto")
+
+
+def test_presets_and_bad_input(capsys):
+    for name in ("cpu-quick", "cpu-full", "gpu", "smoke"):
+        preset = bc.get_preset(name)
+        assert preset.cases and preset.ablations
+    paper = [c for c in bc.PRESETS["cpu-quick"].cases if c.group == "paper"]
+    assert {(c.model, c.image_size, c.n_boot) for c in paper} == {("dino_vits8", 488, 1),
+                                                                  ("dino_vits8", 488, 16)}
+    gpu = {(c.model, c.image_size, c.n_boot, c.dtype) for c in bc.PRESETS["gpu"].cases}
+    assert {("dino_vits16", 224, b, "bfloat16") for b in (1, 16, 64, 256, 1024)} <= gpu
+    assert {("dino_vits8", 488, b, "bfloat16") for b in (1, 16)} <= gpu
+    assert bc.PRESETS["gpu"].peak_dtypes == ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="unknown preset 'tpu'"):
+        bc.get_preset("tpu")
+    with pytest.raises(ValueError, match="no case of preset 'smoke' matches 'nope'"):
+        bc.select(bc.PRESETS["smoke"], "nope")
+    assert [c.name for c in bc.select(bc.PRESETS["smoke"], "smoke_B3")] == [
+        "smoke_B3_batched", "smoke_B3_bf16"]
+    with pytest.raises(SystemExit):
+        main(["--preset", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--preset", "smoke", "--json", "/nonexistent/dir/r.json"])
+
+
+def test_list_and_helpers(capsys):
+    assert main(["--preset", "smoke", "--list"]) == 0
+    assert "smoke_B1: test_tiny8 @ 128" in capsys.readouterr().out
+    assert jsonable({"a": np.float32(1.5), "b": np.arange(2), "c": float("nan"), "d": (1,)}) == {
+        "a": 1.5, "b": [0, 1], "c": None, "d": [1]}
+    calls = []
+    assert len(time_calls(lambda: calls.append(1), 3, 1e9)) == 3 == len(calls)
+    assert len(time_calls(lambda: calls.append(1), 5, 0.0)) == 1  # budget spent: one run
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bc.PRESETS["smoke"].cases[0].n_boot = 2
