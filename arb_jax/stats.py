@@ -212,14 +212,30 @@ def _count_geq(sorted_ref: jax.Array, x: jax.Array) -> jax.Array:
     return (sorted_ref.shape[0] - below).astype(x.dtype)
 
 
+def _count_null_geq(null: jax.Array, x: jax.Array) -> jax.Array:
+    """#{v in null: v >= x_i} for every x_i (n values, m nulls, usually m = B·n >> n), x's dtype.
+
+    Sorts the n observed values instead of the m nulls: each null value v lands at rank
+    r_v = #{x_j <= v}, and x's k-th smallest value is <= exactly the nulls with r_v > k, so the
+    counts are a reverse cumulative histogram of the ranks. O(n log n + m log n); integer exact,
+    so equal to ``_count_geq(sort(null), x)``; several times faster than sorting the m nulls.
+    """
+    n = x.shape[0]
+    order = jnp.argsort(x)
+    ranks = jnp.searchsorted(x[order], null, side="right")             # (m,) in [0, n]
+    hist = jnp.bincount(ranks, length=n + 1)
+    at_least = jnp.cumsum(hist[::-1])[::-1]                              # at_least[t] = #{r >= t}
+    return jnp.zeros(n, at_least.dtype).at[order].set(at_least[1:]).astype(x.dtype)
+
+
 def _pvalues_1d(z: jax.Array, z_null: jax.Array, method: str) -> jax.Array:
     m = z_null.shape[0]
     if method == "upper":
-        return _div(_count_geq(jnp.sort(z_null), z), m)
+        return _div(_count_null_geq(z_null, z), m)
     if method == "plus_one":
-        return _div(1 + _count_geq(jnp.sort(z_null), z), 1 + m)
+        return _div(1 + _count_null_geq(z_null, z), 1 + m)
     if method == "two_sided":
-        return _div(_count_geq(jnp.sort(jnp.abs(z_null)), jnp.abs(z)), m)
+        return _div(_count_null_geq(jnp.abs(z_null), jnp.abs(z)), m)
     # attnreg: 1 − ECDF(pool)(|z_i|) = #{v in pool: v > |z_i|} / |pool|, pool = |z| ∪ |z⁰|
     az = jnp.abs(z)
     pool = jnp.sort(jnp.concatenate([az, jnp.abs(z_null)]))
@@ -253,8 +269,9 @@ def empirical_pvalues(z: Any, z_null: Any, method: str = "upper") -> jax.Array:
 
     Notes
     -----
-    Ties count as "at least as extreme" (>=). Sort + binary search (``jnp.searchsorted``):
-    O((n + m) log(n + m)) time and O(n + m) memory per map, never an n × m matrix. The values
+    Ties count as "at least as extreme" (>=). Sort + binary search (``jnp.searchsorted``): the
+    n observed values are sorted and the m nulls ranked among them, O((n + m) log n) time and
+    O(n + m) memory per map, never an n × m matrix. The values
     equal the count definitions computed in numpy bit for bit (float32 and float64).
     """
     _check_option(method, PVALUE_METHODS, "p-value method")

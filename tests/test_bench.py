@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-# bench/ is a folder of the repository, not part of the installed package: import it from there.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from arb_jax import stats  # noqa: E402
-from arb_jax.models import build_vit, get_config  # noqa: E402
-from arb_jax.models import vit as vit_module  # noqa: E402
-from bench import baseline as bl  # noqa: E402
-from bench import cases as bc  # noqa: E402
-from bench import flops as fl  # noqa: E402
-from bench.cli import main  # noqa: E402
-from bench.run import TOLERANCES, compare, jsonable, time_calls  # noqa: E402
-from bench.tables import to_markdown  # noqa: E402
+# bench/ is a folder of the repository, not part of the installed package: pytest's
+# pythonpath = ["."] (pyproject.toml) makes it importable.
+from arb_jax import stats
+from arb_jax.models import build_vit, get_config
+from arb_jax.models import vit as vit_module
+from bench import baseline as bl
+from bench import cases as bc
+from bench import flops as fl
+from bench.cli import main
+from bench.run import TOLERANCES, compare, jsonable, time_calls
+from bench.tables import to_markdown
 
 RECORD_FIELDS = (
     "case", "model", "weights", "image_size", "n_boot", "dtype", "device", "ours_s_per_image",

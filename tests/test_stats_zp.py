@@ -254,3 +254,15 @@ def test_pvalues_uniform_under_the_null(method):
         expected *= (m / (n + m)) ** 2
     assert abs(np.mean(s**2) / expected - 1) <= 0.25, (np.mean(s**2), expected)
     assert abs(s.mean()) <= 5 * s.std() / np.sqrt(R)
+
+
+def test_ranking_nulls_among_observed_equals_sorting_the_nulls():
+    """The fast count (sort the n observed, rank the m nulls) equals the direct one, ties included."""
+    rng = np.random.default_rng(5)
+    for n, m in [(1, 1), (7, 3), (50, 800), (200, 20000)]:
+        x = rng.integers(-5, 6, n).astype(np.float32)            # heavy ties within and across
+        null = rng.integers(-6, 7, m).astype(np.float32)
+        want = (null[None, :] >= x[:, None]).sum(1)
+        got = stats._count_null_geq(jnp.asarray(null), jnp.asarray(x))
+        np.testing.assert_array_equal(np.asarray(got), want)
+        np.testing.assert_array_equal(np.asarray(stats._count_geq(jnp.sort(null), jnp.asarray(x))), want)
