@@ -489,7 +489,7 @@ def _device_params(vit: Any, mesh: Mesh | None) -> Any:
         cached = None
     if cached is not None and cached[0] == mesh:
         return cached[1]
-    target = NamedSharding(mesh, PartitionSpec()) if mesh is not None else jax.devices()[0]
+    target = NamedSharding(mesh, PartitionSpec()) if mesh is not None else jax.local_devices()[0]
     params = jax.device_put(vit.params, target)
     with contextlib.suppress(TypeError):
         _DEVICE_PARAMS[vit] = (mesh, params)
