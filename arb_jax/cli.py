@@ -120,9 +120,9 @@ def cmd_regularize(args: argparse.Namespace) -> int:
             else:
                 img = src
             x = images.prepare(img, size, patch)
-            if not said_crop and not args.quiet and x.shape[0] % size + x.shape[1] % size:
-                tqdm.write(f"arb: images are resized to a short side of {size} px and cropped to "
-                           f"multiples of the patch ({patch} px)")
+            if not said_crop and not args.quiet and tuple(img.shape[:2]) != tuple(x.shape[:2]):
+                tqdm.write(f"arb: images are resized to a short side of {size} px and centre-cropped "
+                           f"to multiples of the patch ({patch} px)")
                 said_crop = True
             hw = tuple(x.shape[:2])
             if hw not in models:

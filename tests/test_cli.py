@@ -78,6 +78,7 @@ def test_regularize_files_match_python_api(capsys, tmp_path, photos):
     assert rc == 0, err
     assert "demo ViT" in stdout and "not DINO" in stdout
     assert "camera: converted to RGB (L → RGB)" in stdout           # the grayscale note
+    assert stdout.count("resized to a short side of 48 px") == 1          # said once
     summaries = [line for line in stdout.splitlines() if "pi0=" in line and "zeroed" in line]
     assert len(summaries) == 3
     for name in ("cat", "astronaut", "camera"):
