@@ -455,20 +455,12 @@ def _compiled(vit: Any, opts: ARBOptions, mesh: Mesh | None) -> Callable:
     if fn is not None:
         _COMPILED.move_to_end(cache_key)
         return fn
-    module = vit.module
-
-    def apply_fn(params, images):
-        return _module_apply(module, params, images)
-    patch = vit.config.patch
+    apply_fn = functools.partial(_module_apply, vit.module)
+    boot = mesh.shape[BOOT] if mesh is not None and BOOT in mesh.axis_names else None
+    local = functools.partial(_local, apply_fn, vit.config.patch, opts, boot)
     if mesh is None:
-        def local(params, images, keys, values, steps):
-            return _local(apply_fn, patch, opts, None, params, images, keys, values, steps)
         fn = jax.jit(local)
     else:
-        boot = mesh.shape[BOOT] if BOOT in mesh.axis_names else None
-
-        def local(params, images, keys, values, steps):
-            return _local(apply_fn, patch, opts, boot, params, images, keys, values, steps)
         spec, rep = PartitionSpec(IMAGES), PartitionSpec()
         fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, rep, rep),
                                    out_specs=spec))

@@ -227,7 +227,7 @@ def plot_suppression(table: Sequence[dict[str, Any]], pt: Point, path: Path,
     """Fig. 4: bars of D ± err per class (and all classes), one colour per method."""
     sel = [t for t in table if (t["n_boot"], t["width"], t["alpha"], t["beta"]) == pt]
     classes = list(dict.fromkeys(t["class"] for t in sel))
-    fig, ax = subplots(figsize=(max(5.0, 1.0 + 0.9 * len(classes)), 3.6))
+    fig, ax = subplots(layout="tight", figsize=(max(5.0, 1.0 + 0.9 * len(classes)), 3.6))
     width = 0.8 / len(methods)
     x = np.arange(len(classes))
     for k, m in enumerate(methods):
@@ -241,7 +241,6 @@ def plot_suppression(table: Sequence[dict[str, Any]], pt: Point, path: Path,
     ax.set_ylabel("suppression factor D")
     ax.set_title(f"D per class ({_point_text(pt)})", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
 
@@ -250,7 +249,7 @@ def plot_before_after(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Fig. 3: mean percentile (top) and non-zero % (bottom) in the ROI, after vs before."""
     classes = sorted({r["class"] for r in rows})
     colors = _class_colors(classes)
-    fig, axes = subplots(2, len(METHODS), figsize=(3.0 * len(METHODS), 6.0), squeeze=False)
+    fig, axes = subplots(2, len(METHODS), layout="tight", figsize=(3.0 * len(METHODS), 6.0), squeeze=False)
     for k, m in enumerate(METHODS):
         for i, (stat, label) in enumerate((("perc", "mean percentile in ROI"),
                                            ("nonzero", "non-zero % in ROI"))):
@@ -268,7 +267,6 @@ def plot_before_after(rows: Sequence[dict[str, Any]], path: Path) -> Path:
             ax.set_title(METHOD_LABELS.get(m, m), fontsize=9)
     if len(classes) > 1:
         axes[0, -1].legend(fontsize=6, markerscale=1.5)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 
@@ -282,7 +280,7 @@ def plot_sens_spec(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     by_image: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_image[(r["image_id"], r["seed"])].append(r)
-    fig, axes = subplots(1, 2, figsize=(8.0, 4.0))
+    fig, axes = subplots(1, 2, layout="tight", figsize=(8.0, 4.0))
     for ax, m, th in ((axes[0], "p", "alpha"), (axes[1], "lfdr", "beta")):
         per_t: dict[float, list[tuple[float, float]]] = defaultdict(list)
         for img_rows in by_image.values():
@@ -307,7 +305,6 @@ def plot_sens_spec(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_title(f"{METHOD_LABELS[m]} thresholding ({len(ts)} thresholds; dots: π₀)",
                      fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 
@@ -316,7 +313,7 @@ def plot_srmsd(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Fig. S7: sRMSD of the ROI's p-values against the mean percentile in ROI before."""
     classes = sorted({r["class"] for r in rows})
     colors = _class_colors(classes)
-    fig, ax = subplots(figsize=(5.0, 3.8))
+    fig, ax = subplots(layout="tight", figsize=(5.0, 3.8))
     for c in classes:
         sub = [r for r in rows if r["class"] == c]
         ax.scatter([r["perc_before"] for r in sub], [r["srmsd_roi"] for r in sub], s=8,
@@ -326,7 +323,6 @@ def plot_srmsd(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("sRMSD of p-values in ROI")
     if len(classes) > 1:
         ax.legend(fontsize=6)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 
@@ -336,7 +332,7 @@ def plot_grid(table: Sequence[dict[str, Any]], pt: Point, path: Path,
     """Fig. S11: D (all classes) against B at the main width, and against the width at the main
     B, at the main (α, β)."""
     sel = [t for t in table if t["class"] == ALL and (t["alpha"], t["beta"]) == pt[2:]]
-    fig, axes = subplots(1, 2, figsize=(8.0, 3.6))
+    fig, axes = subplots(1, 2, layout="tight", figsize=(8.0, 3.6))
     for ax, key, fixed, label in ((axes[0], "n_boot", ("width", pt[1]), "B (bootstrap images)"),
                                   (axes[1], "width", ("n_boot", pt[0]), "bootstrap width w")):
         for m in methods:
@@ -351,7 +347,6 @@ def plot_grid(table: Sequence[dict[str, Any]], pt: Point, path: Path,
         if key == "n_boot":
             ax.set_xscale("log", base=2)
         ax.legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 
