@@ -126,8 +126,7 @@ def cmd_regularize(args: argparse.Namespace) -> int:
                 said_crop = True
             hw = tuple(x.shape[:2])
             if hw not in models:
-                models[hw] = loading.load_vit(args.model, image_size=hw, dtype=args.dtype,
-                                              progress=False) if hw != tuple(base.image_size) else base
+                models[hw] = base.at_size(hw)
             vit = models[hw]
             key_i = jax.random.fold_in(key, i)
             roi = None

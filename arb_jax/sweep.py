@@ -716,8 +716,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = False,
     noise_size = cfg.noise_size or max(1, round(size * 100 / 488))
     if noise_size > size:
         raise ValueError(f"--noise-size {noise_size} is larger than the image ({size} px)")
-    vit = base if tuple(base.image_size) == (size, size) else loading.load_vit(
-        cfg.model, image_size=size, dtype=cfg.dtype, progress=False)
+    vit = base.at_size(size)
 
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, _config_record(cfg, size, noise_size))

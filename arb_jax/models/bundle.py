@@ -154,6 +154,15 @@ class ViT:
         out["pos_embed"] = np.asarray(pos, dtype=np.float32)
         return out
 
+    def at_size(self, image_size: int | tuple[int, int]) -> ViT:
+        """The same model for inputs of ``image_size`` (position embeddings resampled from the
+        stored grid, as ``load_vit(..., image_size=)`` would, without reading the checkpoint again)."""
+        size = _image_size(image_size, self.config)
+        if size == tuple(self.image_size):
+            return self
+        return build_vit(self.config, self.stored_params(), image_size=size, dtype=self.dtype,
+                         meta=self.meta)
+
     def _check(self, images) -> None:
         check_images(images, self.config.patch)
         if tuple(np.shape(images)[1:3]) != tuple(self.image_size):
