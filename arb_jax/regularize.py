@@ -210,6 +210,39 @@ def _per_map(value: jax.Array, batch: tuple[int, ...], map_ndim: int) -> jax.Arr
 # ----------------------------------------------------------------------------- percentiles
 
 
+def _order_key(x: jax.Array) -> jax.Array:
+    """Unsigned ints with the order of the floats x (−0.0 just below +0.0; NaN above +inf)."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+    sign = bits >> (8 * x.dtype.itemsize - 1)
+    return jnp.where(sign == 1, ~bits, bits | (jnp.ones((), bits.dtype) << (8 * x.dtype.itemsize - 1)))
+
+
+def _kth_smallest_select(x: jax.Array, ks: jax.Array) -> jax.Array:
+    """x's ks-th smallest entries (0-based, (K,) ints in [0, n)) by bisection on the bit pattern.
+
+    One compare-and-count pass over x per bit (32 for float32): O(bits · n) and no sort, which
+    XLA's CPU backend runs an order of magnitude slower than numpy (0.4 ms for 3721 floats).
+    """
+    key = _order_key(x)
+    nbits = 8 * x.dtype.itemsize
+    one = jnp.ones((), key.dtype)
+
+    def step(i, prefix):             # decide bit (nbits − 1 − i) of each answer's key
+        bit = one << (nbits - 1 - i).astype(key.dtype)
+        trial = prefix | (bit - one)                          # largest key with this prefix, bit 0
+        n_le = jnp.sum(key[None, :] <= trial[:, None], axis=1)
+        return jnp.where(n_le > ks, prefix, prefix | bit)     # enough entries below: the bit is 0
+
+    answer = jax.lax.fori_loop(0, nbits, step, jnp.zeros_like(ks, key.dtype))
+    return x[jnp.argmax(key[None, :] == answer[:, None], axis=1)]   # a gather: exact for subnormals
+
+
+def _kth_smallest(x: jax.Array, ks: jax.Array) -> jax.Array:
+    """x's ks-th smallest entries (1-D x, (K,) 0-based ks): selection on a CPU, a sort elsewhere."""
+    return jax.lax.platform_dependent(x, ks, cpu=_kth_smallest_select,
+                                      default=lambda x, ks: jnp.sort(x)[ks])
+
+
 def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array,
                    repeat: int = 1) -> jax.Array:
     """numpy ``percentile(repeat(x[valid], repeat), 100·num/den)`` (method "linear"), one flat map.
@@ -222,7 +255,6 @@ def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array,
     dt = jnp.promote_types(x.dtype, jnp.float32)
     x = x.astype(dt)
     k = valid.sum()
-    xs = jnp.sort(jnp.where(valid, x, jnp.inf))
     vi = num.astype(dt) * (k * repeat - 1).astype(dt) / den
     r = jnp.round(vi)
     vi = jnp.where(jnp.abs(vi - r) <= 8 * jnp.finfo(dt).eps * jnp.maximum(r, 1), r, vi)
@@ -231,7 +263,7 @@ def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array,
     lo_j = jnp.clip(lo.astype(jnp.int32), 0, k * repeat - 1)      # index among repeated values
     lo_i = jnp.clip(lo_j // repeat, 0, k - 1)
     hi_i = jnp.clip((lo_j + 1) // repeat, 0, k - 1)
-    a, b = xs[lo_i], xs[hi_i]
+    a, b = _kth_smallest(jnp.where(valid, x, jnp.inf), jnp.stack([lo_i, hi_i]))
     d = b - a                                        # numpy's _lerp: exact when a == b
     out = jnp.where(t >= 0.5, b - d * (1 - t), a + d * t)
     bad = (k == 0) | jnp.isnan(jnp.where(valid, x, 0)).any()

@@ -22,6 +22,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from _hf import attention_linears  # tests/_hf.py
 from safetensors.torch import save_file
 
 import weights_convert as wc
@@ -348,7 +349,7 @@ def _hf_expected(model):
         out["reg_tokens"] = n(emb.register_tokens)
     for i, layer in enumerate(layers):
         a = layer.attention
-        q, k, v, o = (getattr(a, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        q, k, v, o = attention_linears(a)
         n1 = getattr(layer, "layernorm_before", None) or layer.norm1
         n2 = getattr(layer, "layernorm_after", None) or layer.norm2
         fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2

@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from _hf import attention_linears  # tests/_hf.py
 from safetensors.torch import load_file, save_file
 
 from arb_jax.models import build_vit
@@ -93,11 +94,10 @@ def _dino_names(model):
         n1 = layer.layernorm_before if hasattr(layer, "layernorm_before") else layer.norm1
         n2 = layer.layernorm_after if hasattr(layer, "layernorm_after") else layer.norm2
         sd[b + "norm1.weight"], sd[b + "norm1.bias"] = t(n1.weight), t(n1.bias)
-        sd[b + "attn.qkv.weight"] = torch.cat([t(a.q_proj.weight), t(a.k_proj.weight),
-                                               t(a.v_proj.weight)])
-        sd[b + "attn.qkv.bias"] = torch.cat([t(a.q_proj.bias), t(a.k_proj.bias),
-                                             t(a.v_proj.bias)])
-        sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"] = t(a.o_proj.weight), t(a.o_proj.bias)
+        q, k, v, o = attention_linears(a)
+        sd[b + "attn.qkv.weight"] = torch.cat([t(q.weight), t(k.weight), t(v.weight)])
+        sd[b + "attn.qkv.bias"] = torch.cat([t(q.bias), t(k.bias), t(v.bias)])
+        sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"] = t(o.weight), t(o.bias)
         if hasattr(layer, "layer_scale1"):
             sd[b + "ls1.gamma"] = t(layer.layer_scale1.lambda1)
         sd[b + "norm2.weight"], sd[b + "norm2.bias"] = t(n2.weight), t(n2.bias)

@@ -168,6 +168,20 @@ def test_local_fdr_float32_error():
     assert errs["t3", 100_000] <= TOL_F32_HEAVY, errs
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_newton_loop_stops_once_converged(dtype):
+    """The Newton loop stops after an undamped step of <= √eps: a normal mixture converges within
+    9 iterations (capping n_iter at 9 changes nothing, bit for bit), and not within 2."""
+    z = sample("normal_mixture", 3721).astype(dtype)
+    with jax.enable_x64(dtype == np.float64):
+        full, capped, early = (np.asarray(stats.local_fdr(jnp.asarray(z), n_iter=k))
+                               for k in (50, 9, 2))
+    np.testing.assert_array_equal(capped, full)
+    assert np.abs(early - full).max() > TOL_F32          # two steps are not enough
+    ref = sm_local_fdr(z.astype(np.float64))
+    assert np.abs(full - ref).max() <= (TOL_F32 if dtype == np.float32 else TOL_X64)
+
+
 def test_local_fdr_float32_ties_on_bin_edges():
     """Tied values lying exactly on a bin edge: float32 edges (numpy's linspace arithmetic in
     float32) may put them into the other bin than float64 edges would, a rounding-level change

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from _hf import attention_keys  # tests/_hf.py
 from scipy.special import erf
 from torch.nn.functional import interpolate as torch_interpolate
 
@@ -102,14 +103,14 @@ def _canonical_from_hf(model, cfg: ViTConfig) -> dict:
         tree["reg_tokens"] = sd[e + "register_tokens"]
     for i in range(cfg.depth):
         b = f"encoder.layer.{i}." if v2 else f"layers.{i}."
-        a = b + "attention."
+        *qkv, o = attention_keys(sd, b + "attention.")
         block = {
             "norm1": ln(b + ("norm1" if v2 else "layernorm_before")),
             "norm2": ln(b + ("norm2" if v2 else "layernorm_after")),
             "attn": {
-                "qkv": {"kernel": np.concatenate([sd[a + f"{x}_proj.weight"] for x in "qkv"]).T,
-                        "bias": np.concatenate([sd[a + f"{x}_proj.bias"] for x in "qkv"])},
-                "proj": linear(a + "o_proj"),
+                "qkv": {"kernel": np.concatenate([sd[x + ".weight"] for x in qkv]).T,
+                        "bias": np.concatenate([sd[x + ".bias"] for x in qkv])},
+                "proj": linear(o),
             },
             "mlp": {"fc1": linear(b + "mlp.fc1"), "fc2": linear(b + "mlp.fc2")},
         }
