@@ -272,10 +272,12 @@ def _statistics(attn: jax.Array, attn_null: jax.Array, opts: ARBOptions,
     z, z_null, mu0, sigma0 = stats.zstat(attn.reshape(-1), attn_null.reshape(attn_null.shape[0], -1))
     zn = z_null.reshape(-1)
     p = stats.empirical_pvalues(z, zn, method=opts.pvalue)
-    pi0 = jnp.clip(stats.pi0est(p, method=opts.pi0_method).pi0, 0, 1)
+    def storey_pi0(p):  # pi0est is already min(·, 1); its smoother can dip below 0
+        return jnp.maximum(stats.pi0est(p, method=opts.pi0_method).pi0, 0)
+
+    pi0 = storey_pi0(p)
     if opts.lfdr_pi0 == "estimate":
-        lfdr_pi0 = jnp.clip(stats.pi0est(stats.empirical_pvalues(z, zn, method="attnreg"),
-                                         method=opts.pi0_method).pi0, 0, 1)
+        lfdr_pi0 = storey_pi0(stats.empirical_pvalues(z, zn, method="attnreg"))
     else:
         lfdr_pi0 = values["lfdr_pi0"]
     lfdr = stats.local_fdr(z, pi0=lfdr_pi0, null=opts.lfdr_null,

@@ -271,10 +271,9 @@ def run_baseline(model, image: np.ndarray, n_boot: int, *, batch: int = 1, seed:
         nulls = given
 
     maps = []
-    inputs = [x[None]] + [nulls[i:i + batch] for i in range(0, n_boot, batch)]
-    if batch > 1:  # the image joins the first batch of null images
-        inputs = [torch.cat([x[None], nulls[:batch - 1]])] + [
-            nulls[i:i + batch] for i in range(batch - 1, n_boot, batch)]
+    # the image joins the first batch of null images (alone when batch = 1)
+    inputs = [torch.cat([x[None], nulls[:batch - 1]])] + [
+        nulls[i:i + batch] for i in range(batch - 1, n_boot, batch)]
     for chunk in inputs:
         maps.append(hf_cls_attention(model, chunk))
         if progress is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -214,6 +215,19 @@ def _median(xs: list[float]) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _photos() -> tuple[np.ndarray, ...]:
+    """scikit-image's photos, decoded once per run; without scikit-image, smooth seeded images."""
+    try:
+        from arb_jax.images import sample_images
+
+        return tuple(sample_images().values())
+    except ImportError:
+        rng = np.random.default_rng(0)
+        return tuple(np.kron(rng.uniform(0, 255, (8, 8, 3)), np.ones((64, 64, 1))).astype(np.uint8)
+                     for _ in range(4))
+
+
 def bench_images(n: int, size: int, patch: int) -> np.ndarray:
     """(n, size, size, 3) float32 ImageNet-normalised photos (scikit-image's, cycled).
 
@@ -221,16 +235,7 @@ def bench_images(n: int, size: int, patch: int) -> np.ndarray:
     """
     from arb_jax.images import prepare
 
-    try:
-        from arb_jax.images import sample_images
-
-        photos = list(sample_images().values())
-    except ImportError:
-        rng = np.random.default_rng(0)
-        photos = []
-        for _ in range(4):
-            low = rng.uniform(0, 255, (8, 8, 3))
-            photos.append(np.kron(low, np.ones((64, 64, 1))).astype(np.uint8))
+    photos = _photos()
     return np.stack([prepare(photos[i % len(photos)], (size, size), patch) for i in range(n)])
 
 
@@ -444,13 +449,10 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _compiled_forward(module, params, x, key: str = "attn"):
+def _compiled_forward(module, params, x):
     import jax
 
-    fn = jax.jit(lambda prm, im: module.apply({"params": prm}, im)[key])
-    t0 = time.perf_counter()
-    compiled = fn.lower(params, x).compile()
-    return compiled, time.perf_counter() - t0
+    return jax.jit(lambda prm, im: module.apply({"params": prm}, im)["attn"]).lower(params, x).compile()
 
 
 def _time_compiled(compiled, *args, repeats: int) -> list[float]:
@@ -483,7 +485,7 @@ def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
     def forward_time(dt, impl):
         x = jax.device_put(bench_images(ab.batch, ab.image_size, c.patch))
         module = VisionTransformer(c, dt, "highest" if dt == jnp.float32 else None, attention=impl)
-        compiled, _ = _compiled_forward(module, vit.params, x)
+        compiled = _compiled_forward(module, vit.params, x)
         return _median(_time_compiled(compiled, vit.params, x, repeats=ab.repeats))
 
     def module_time(fn, *args):
