@@ -7,9 +7,14 @@ shows the traceback). In a batch, a bad image is reported and the others are sti
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +26,17 @@ EPILOG_REGULARIZE = """examples:
   arb regularize photos/ --model dino_vits8 --size 488 --n-boot 16
   arb regularize 'shots/*.jpg' --model ./converted_vits8 --sampler pixel --p 0.1 --lfdr 0.2
 
+  arb regularize photos/ --model dino_vits8 --size 488 --n-boot 16 --batch 8 --no-figures
+
 IMAGE is a file, a folder, a glob, or skimage:NAME (a photo that ships with scikit-image:
 astronaut, chelsea, coffee, rocket, ...). Without --model the demo ViT trained by this project
 is used (NOT DINO). The ARB key of image i is fold_in(key(SEED), i), as in the Python API; the
 noise square of --inject-noise uses split(fold_in(key(SEED), i))[1].
+
+OUT/NAME.npz holds every array and the settings it was made with; it is written (after the
+figure) as each image finishes. Run the same command again to resume: images whose .npz (and
+.png) exist with the same settings and the same input file are skipped. With --batch N, images
+of one size run N at a time (one call; results equal --batch 1's up to float32 rounding).
 """
 
 
@@ -52,18 +64,37 @@ def _add_regularize(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--out", default="arb_out", help="output folder (default: arb_out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--batch", type=int, default=1,
+                   help="images of one size per compiled call (default 1; 8-32 fill a GPU)")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                   help="write a .png figure per image (default: yes)")
+    p.add_argument("--redo", action="store_true",
+                   help="run images again whose outputs already exist with the same settings")
     p.set_defaults(func=cmd_regularize)
 
 
-def _read_inputs(items: Sequence[str]) -> tuple[list[tuple[str, object]], list[str]]:
-    """([(name, path-or-array)], [error lines]) for files, folders, globs and skimage:NAME photos.
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    """One image to process: output name, position (its ARB key is fold_in(key(seed), index)),
+    source ("skimage:NAME" or a file path) and a loader returning ``(H, W, 3) uint8`` RGB and a
+    note on any conversion (``images.read_image``)."""
+
+    index: int
+    name: str
+    source: str
+    load: Callable[[], tuple[np.ndarray, str]]
+
+
+def _read_inputs(items: Sequence[str]) -> tuple[list[_Input], list[str]]:
+    """([_Input], [error lines]) for files, folders, globs and skimage:NAME photos.
 
     Each argument is expanded on its own, so one bad argument is reported and the rest still run.
-    Output names are file stems, made unique with a ``_2``, ``_3``, ... suffix.
+    Output names are file stems, made unique with a ``_2``, ``_3``, ... suffix. Files are read
+    later, by the loaders.
     """
     from arb_jax import images
 
-    found: list[tuple[str, object]] = []
+    found: list[tuple[str, str, Callable[[], tuple[np.ndarray, str]]]] = []
     errors: list[str] = []
     photos = None
     for item in items:
@@ -71,20 +102,52 @@ def _read_inputs(items: Sequence[str]) -> tuple[list[tuple[str, object]], list[s
             name = item.split(":", 1)[1]
             photos = photos or images.sample_images()
             if name in photos:
-                found.append((name, photos[name]))
+                found.append((name, item, lambda a=photos[name]: (a, "")))
             else:
                 errors.append(f"{item}: unknown scikit-image photo {name!r}; known: {', '.join(photos)}")
             continue
         try:
-            found.extend((Path(path).stem, Path(path)) for path in images.expand_paths([item]))
+            found.extend((Path(path).stem, str(path), functools.partial(images.read_image, path))
+                         for path in images.expand_paths([item]))
         except (images.ImageError, OSError) as exc:
             errors.append(str(exc))
     seen: dict[str, int] = {}
     unique = []
-    for name, src in found:
+    for i, (name, source, load) in enumerate(found):
         seen[name] = seen.get(name, 0) + 1
-        unique.append((name if seen[name] == 1 else f"{name}_{seen[name]}", src))
+        unique.append(_Input(i, name if seen[name] == 1 else f"{name}_{seen[name]}", source, load))
     return unique, errors
+
+
+def _source_stamp(source: str) -> str:
+    """What identifies the input's content for a resume: the photo name, or the file's resolved
+    path, size and modification time."""
+    if source.startswith("skimage:"):
+        return source
+    try:
+        st = os.stat(source)
+    except OSError:
+        return str(Path(source).resolve())
+    return f"{Path(source).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _saved_settings(path: Path) -> dict | None:
+    """The settings stored in an output ``.npz`` (None if missing or unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return json.loads(str(f["settings"]))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename onto ``path``: a kill never leaves a half-written output."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_regularize(args: argparse.Namespace) -> int:
@@ -98,6 +161,8 @@ def cmd_regularize(args: argparse.Namespace) -> int:
         print(f"arb: error: {line}", file=sys.stderr)
     if not inputs:
         raise CLIError("no images to process")
+    if args.batch < 1:
+        raise CLIError(f"--batch must be >= 1, got {args.batch}")
     if args.model == loading.DEMO and not args.quiet:
         print("arb: using the demo ViT trained by this project on synthetic composites (not DINO); "
               "pass --model dino_vits8 for the real DINO")
@@ -106,60 +171,127 @@ def cmd_regularize(args: argparse.Namespace) -> int:
     size = args.size or min(base.image_size)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models: dict[tuple[int, int], object] = {}
+    model_id = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    common = {"model": model_id, "size": size, "n_boot": args.n_boot, "sampler": args.sampler,
+              "width": args.width, "alpha": args.alpha, "beta": args.beta, "pvalue": args.pvalue,
+              "heads": args.heads, "inject_noise": args.inject_noise, "seed": args.seed,
+              "dtype": args.dtype}
+
+    def settings(inp: _Input) -> dict:
+        return {**common, "index": inp.index, "source": _source_stamp(inp.source)}
+
+    def done(inp: _Input) -> bool:
+        if args.figures and not (out_dir / f"{inp.name}.png").exists():
+            return False
+        return _saved_settings(out_dir / f"{inp.name}.npz") == settings(inp)
+
+    todo = [inp for inp in inputs if args.redo or not done(inp)]
+    if len(todo) < len(inputs) and not args.quiet:
+        print(f"arb: {len(inputs) - len(todo)} of {len(inputs)} images already done with these "
+              f"settings in {out_dir}; skipping them (--redo to run them again)")
     key = jax.random.key(args.seed)
+    models: dict[tuple[int, int], object] = {}
     failures = len(input_errors)
     said_crop = False
-    for i, (name, src) in enumerate(tqdm(inputs, desc="images", unit="img", disable=args.quiet)):
+    bar = tqdm(total=len(todo), desc="images", unit="img", disable=args.quiet)
+
+    def fail(name: str, exc: Exception) -> None:
+        nonlocal failures
+        if args.debug:
+            raise exc
+        failures += 1
+        print(f"arb: error: {name}: {exc}", file=sys.stderr)
+
+    def run(batch: list[tuple[_Input, np.ndarray, np.ndarray | None]]) -> None:
+        """ARB on images of one size in one call; their .png and .npz written as they finish."""
         t0 = time.perf_counter()
+        x = np.stack([b[1] for b in batch])
+        hw = tuple(x.shape[1:3])
         try:
-            if isinstance(src, Path):
-                img, note = images.read_image(src)
-                if note and not args.quiet:
-                    tqdm.write(f"arb: {name}: converted to RGB ({note})")
-            else:
-                img = src
-            x = images.prepare(img, size, patch)
-            if not said_crop and not args.quiet and tuple(img.shape[:2]) != tuple(x.shape[:2]):
-                tqdm.write(f"arb: images are resized to a short side of {size} px and centre-cropped "
-                           f"to multiples of the patch ({patch} px)")
-                said_crop = True
-            hw = tuple(x.shape[:2])
             if hw not in models:
                 models[hw] = base.at_size(hw)
             vit = models[hw]
-            key_i = jax.random.fold_in(key, i)
-            roi = None
-            if args.inject_noise:
-                if args.inject_noise > min(hw):
-                    raise CLIError(f"--inject-noise {args.inject_noise} is larger than the image {hw}")
-                noisy, roi = simulate.square_noise(jax.random.split(key_i)[1], x, args.inject_noise)
-                x, roi = np.asarray(noisy), np.asarray(roi)
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.array([b[0].index for b in batch]))
             res = pipeline.regularize_attention(
-                vit, x[None], key_i[None], n_boot=args.n_boot, sampler=args.sampler,
-                width=args.width, pvalue=args.pvalue, alpha=args.alpha, beta=args.beta,
-                heads=args.heads, return_null=True, boot_chunk=args.boot_chunk)
-            arrays = {k: v[0] if np.ndim(v) else v for k, v in res.to_numpy().items()}
-            arrays["image"] = x
-            if roi is not None:
-                arrays["roi"] = roi
-            np.savez_compressed(out_dir / f"{name}.npz", **arrays)
-            zeroed = {m: 100.0 * float(np.mean(arrays[f"map_{m}"] == 0)) for m in ("p", "lfdr", "pi0")}
-            pi0 = float(arrays["pi0"])
-            title = (f"{name} — {vit.meta.get('name', args.model)}, B={args.n_boot}, "
-                     f"{args.sampler} bootstrap, π₀={pi0:.2f}")
-            plotting.plot_result(res, images=x[None], path=out_dir / f"{name}.png", roi=roi,
-                                 title=title)
-            dt = time.perf_counter() - t0
+                vit, x, keys, n_boot=args.n_boot, sampler=args.sampler, width=args.width,
+                pvalue=args.pvalue, alpha=args.alpha, beta=args.beta, heads=args.heads,
+                return_null=True, boot_chunk=args.boot_chunk)
+            res_np = res.to_numpy()
+        except (ValueError, OSError) as exc:
+            for inp, _, _ in batch:
+                fail(inp.name, exc)
+            bar.update(len(batch))
+            return
+        dt = (time.perf_counter() - t0) / len(batch)
+        for j, (inp, xj, roi) in enumerate(batch):
+            try:
+                arrays = {k: v[j] for k, v in res_np.items()}
+                arrays["image"] = xj
+                if roi is not None:
+                    arrays["roi"] = roi
+                arrays["settings"] = np.array(json.dumps(settings(inp), sort_keys=True))
+                pi0 = float(arrays["pi0"])
+                if args.figures:
+                    title = (f"{inp.name} — {vit.meta.get('name', args.model)}, B={args.n_boot}, "
+                             f"{args.sampler} bootstrap, π₀={pi0:.2f}")
+                    fig = plotting.plot_result(res, images=x, index=j, roi=roi, title=title)
+                    _write_atomic(out_dir / f"{inp.name}.png", lambda t, fig=fig: fig.savefig(t, dpi=110))
+                npz = out_dir / f"{inp.name}.npz"
+                _write_atomic(npz, lambda t, a=arrays: np.savez_compressed(t, **a))
+            except OSError as exc:
+                fail(inp.name, exc)
+                continue
+            finally:
+                bar.update(1)
             if not args.quiet:
-                tqdm.write(f"{name}: pi0={pi0:.3f} zeroed p={zeroed['p']:.0f}% "
-                           f"lfdr={zeroed['lfdr']:.0f}% pi0={zeroed['pi0']:.0f}% ({dt:.1f} s) "
-                           f"-> {out_dir / (name + '.png')}")
-        except (CLIError, ValueError, OSError) as exc:
-            if args.debug:
-                raise
-            failures += 1
-            print(f"arb: error: {name}: {exc}", file=sys.stderr)
+                zeroed = {m: 100.0 * float(np.mean(arrays[f"map_{m}"] == 0)) for m in ("p", "lfdr", "pi0")}
+                shown = npz.with_suffix(".png") if args.figures else npz
+                tqdm.write(f"{inp.name}: pi0={pi0:.3f} zeroed p={zeroed['p']:.0f}% "
+                           f"lfdr={zeroed['lfdr']:.0f}% pi0={zeroed['pi0']:.0f}% ({dt:.1f} s) -> {shown}")
+
+    def load(inp: _Input) -> tuple[np.ndarray | None, str, dict]:
+        """(prepared image or None, reason, {"note": conversion note, "shape": (H, W) read})."""
+        read: dict = {}
+
+        def read_rgb() -> np.ndarray:
+            img, read["note"] = inp.load()
+            read["shape"] = tuple(img.shape[:2])
+            return img
+
+        return (*images.try_prepare(read_rgb, size, patch), read)
+
+    waiting: dict[tuple[int, int], list] = {}  # images of one size, waiting for a full batch
+    try:
+        for chunk in images.prefetch(todo, args.batch, load):
+            for inp, (x, reason, read) in chunk:
+                if read.get("note") and not args.quiet:
+                    tqdm.write(f"arb: {inp.name}: converted to RGB ({read['note']})")
+                if x is None:
+                    fail(inp.name, CLIError(reason))
+                    bar.update(1)
+                    continue
+                if not said_crop and not args.quiet and tuple(x.shape[:2]) != read["shape"]:
+                    tqdm.write(f"arb: images are resized to a short side of {size} px and "
+                               f"centre-cropped to multiples of the patch ({patch} px)")
+                    said_crop = True
+                roi = None
+                if args.inject_noise:
+                    if args.inject_noise > min(x.shape[:2]):
+                        fail(inp.name, CLIError(f"--inject-noise {args.inject_noise} is larger "
+                                                f"than the image {tuple(x.shape[:2])}"))
+                        bar.update(1)
+                        continue
+                    key_i = jax.random.fold_in(key, inp.index)
+                    noisy, roi = simulate.square_noise(jax.random.split(key_i)[1], x, args.inject_noise)
+                    x, roi = np.asarray(noisy), np.asarray(roi)
+                group = waiting.setdefault(tuple(x.shape[:2]), [])
+                group.append((inp, x, roi))
+                if len(group) == args.batch:
+                    run(waiting.pop(tuple(x.shape[:2])))
+        for group in waiting.values():
+            run(group)
+    finally:
+        bar.close()
     return 1 if failures else 0
 
 

@@ -142,21 +142,13 @@ def _sources(data: str) -> tuple[str, dict[str, Callable[[], Iterable[Item]]], d
     return layout, {k: (lambda v=v: v) for k, v in lists.items()}, listing
 
 
-def _load(item: Item, size: tuple[int, int], patch: int) -> tuple[np.ndarray | None, str]:
-    """Decode and prepare one image; a bad image gives ``(None, reason)``, never raises."""
-    try:
-        return images.prepare(item.load(), size, patch), ""
-    except (images.ImageError, OSError, ValueError, TypeError) as e:
-        return None, str(e)
-
-
 def extract_features(vit: ViT, items: Iterable[Item], *, batch: int = 64, progress: bool = False,
                      desc: str = "features", total: int | None = None,
                      ) -> tuple[Features, list[tuple[str, str]]]:
     """CLS features of ``items`` at ``vit.image_size`` (exact resize, as ``arb sweep`` does).
 
     Batches have a fixed size ``batch`` (the last one is padded), so the jitted forward compiles
-    once. Images are decoded in threads ahead of the model (`arb_jax.sweep.prefetch`).
+    once. Images are decoded in threads ahead of the model (`arb_jax.images.prefetch`).
 
     Returns:
       (features, skipped): `Features` with ``x`` (N, D) float32, and ``(image id, reason)`` of
@@ -171,7 +163,8 @@ def extract_features(vit: ViT, items: Iterable[Item], *, batch: int = 64, progre
     skipped: list[tuple[str, str]] = []
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        for chunk in sweep.prefetch(items, batch, lambda it: _load(it, (H, W), vit.patch)):
+        for chunk in images.prefetch(items, batch,
+                                       lambda it: images.try_prepare(it.load, (H, W), vit.patch)):
             good = []
             for item, (x, reason) in chunk:
                 if x is None:

@@ -3,17 +3,21 @@
 ``read_image`` (file → ``(H, W, 3) uint8`` RGB) → ``prepare`` (resize, crop to patch multiples,
 ``/255``, ImageNet mean/std → ``(H', W', 3) float32``); ``load_images`` does both for many files,
 bringing them to one size for a batch. ``expand_paths`` turns files, folders and globs into a
-list of files. ``denormalize`` undoes the normalisation for display.
+list of files. ``denormalize`` undoes the normalisation for display. ``prefetch`` decodes the
+next batches in threads while the caller's device works; ``try_prepare`` is its loader's shape.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,6 +28,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ImageError(ValueError):
@@ -272,6 +277,49 @@ def load_images(paths: str | Path | Sequence[str | Path], vit_or_patch: Any,
                         f"or an int patch size, got {type(vit_or_patch).__name__}")
     files = expand_paths(paths)
     return np.stack([prepare(read_image(f)[0], target, patch) for f in files])
+
+
+def try_prepare(load: Callable[[], np.ndarray], size: int | tuple[int, int] | None,
+                patch: int) -> tuple[np.ndarray | None, str]:
+    """``(prepare(load(), size, patch), "")``, or ``(None, reason)`` for an image that cannot be
+    read or prepared: never raises for a bad image (for loaders running in worker threads)."""
+    try:
+        return prepare(load(), size, patch), ""
+    except (ImageError, OSError, ValueError, TypeError) as e:
+        return None, str(e)
+
+
+def prefetch(items: Iterable[T], batch: int, load: Callable[[T], Any], *,
+             depth: int = 2, workers: int | None = None) -> Iterator[list[tuple[T, Any]]]:
+    """Batches of ``(item, load(item))``, loading up to ``depth`` batches ahead in threads.
+
+    ``load`` runs in a `concurrent.futures.ThreadPoolExecutor` (``workers`` threads, default
+    ``min(4, cpu count)``; Pillow decoding and resizing release the GIL), so the next batches are
+    decoded while the caller's device works on this one. Order is preserved. ``load`` should not
+    raise (an exception propagates when its batch is reached).
+    """
+    if batch < 1 or depth < 1:
+        raise ValueError(f"batch and depth must be >= 1, got {batch} and {depth}")
+    workers = workers or min(4, os.cpu_count() or 1)
+    source = iter(items)
+    chunks = iter(lambda: list(itertools.islice(source, batch)), [])
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="arb-load")
+    pending: deque[tuple[list[T], list[Future]]] = deque()
+
+    def submit() -> None:
+        chunk = next(chunks, None)
+        if chunk:
+            pending.append((chunk, [pool.submit(load, item) for item in chunk]))
+
+    try:
+        for _ in range(depth):
+            submit()
+        while pending:
+            chunk, futures = pending.popleft()
+            submit()
+            yield [(item, f.result()) for item, f in zip(chunk, futures, strict=True)]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _as_pair(size: int | tuple[int, int]) -> tuple[int, int]:

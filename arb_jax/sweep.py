@@ -5,7 +5,8 @@ perturbed image, and score how much attention the shrunk maps leave in the ROI. 
 
 - data sources: an image folder (ImageNet layout ``class/*.JPEG`` → class = folder name; images
   directly in the folder → class ``""``) or ``tfds:NAME[:SPLIT]`` (tensorflow-datasets);
-- `prefetch`: a thread pool decodes and resizes the next batches while the device works;
+- `arb_jax.images.prefetch`: a thread pool decodes and resizes the next batches while the
+  device works;
 - `image_key`: the key of an image is folded from the seed and ``zlib.crc32`` of its id, never
   from its position, so results do not depend on where the image falls in a batch, on the host,
   or on an interruption (every step has the same shapes: for the same ``--batch`` per device,
@@ -35,9 +36,7 @@ import os
 import re
 import sys
 import zlib
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,6 @@ __all__ = [
     "image_key",
     "open_source",
     "parse_grid",
-    "prefetch",
     "read_rows",
     "row_key",
     "run_sweep",
@@ -233,50 +231,6 @@ def open_source(data: str | Path, limit: int | None = None) -> Iterator[Item]:
 
 
 # ============================================================================ loader
-
-
-def _load_one(item: Item, size: int, patch: int) -> tuple[np.ndarray | None, str]:
-    """Decode and prepare one image; a bad image gives ``(None, message)``, never raises."""
-    try:
-        return images.prepare(item.load(), (size, size), patch), ""
-    except (images.ImageError, OSError, ValueError, TypeError) as e:
-        return None, str(e)
-
-
-def prefetch(items: Iterable[Item], batch: int, load: Callable[[Item], Any], *,
-             depth: int = 2, workers: int | None = None) -> Iterator[list[tuple[Item, Any]]]:
-    """Batches of ``(item, load(item))``, loading up to ``depth`` batches ahead in threads.
-
-    ``load`` runs in a `concurrent.futures.ThreadPoolExecutor` (``workers`` threads, default
-    ``min(4, cpu count)``; Pillow decoding and resizing release the GIL), so the next batches are
-    decoded while the caller's device works on this one. Order is preserved. ``load`` should not
-    raise (an exception propagates when its batch is reached).
-    """
-    if batch < 1 or depth < 1:
-        raise ValueError(f"batch and depth must be >= 1, got {batch} and {depth}")
-    workers = workers or min(4, os.cpu_count() or 1)
-    source = iter(items)
-    chunks = iter(lambda: list(itertools.islice(source, batch)), [])
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="arb-load")
-    pending: deque[tuple[list[Item], list[Future]]] = deque()
-
-    def submit() -> None:
-        chunk = next(chunks, None)
-        if chunk:
-            pending.append((chunk, [pool.submit(load, item) for item in chunk]))
-
-    try:
-        for _ in range(depth):
-            submit()
-        while pending:
-            chunk, futures = pending.popleft()
-            submit()
-            yield [(item, f.result()) for item, f in zip(chunk, futures, strict=True)]
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-# ============================================================================ keys and grid
 
 
 def image_key(seed: int, image_id: str) -> jax.Array:
@@ -753,9 +707,12 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = False,
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc="sweep", unit="img", disable=not progress)
-        load = functools.partial(_load_one, size=size, patch=patch)
+
+        def load(item: Item) -> tuple[np.ndarray | None, str]:
+            return images.try_prepare(item.load, (size, size), patch)
+
         try:
-            for chunk in prefetch(counted(iter(mine)), batch, load, workers=cfg.workers):
+            for chunk in images.prefetch(counted(iter(mine)), batch, load, workers=cfg.workers):
                 good = []
                 for item, (x, err) in chunk:
                     if x is None:

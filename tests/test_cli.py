@@ -7,6 +7,7 @@ traceback reaches the user.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -134,6 +135,80 @@ def test_batch_reports_each_bad_input_and_processes_the_rest(capsys, tmp_path, p
     assert "Traceback" not in err
     assert (tmp_path / "out" / "good.npz").exists() and (tmp_path / "out" / "good.png").exists()
     assert not (tmp_path / "out" / "corrupt.npz").exists()
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_mtime_ns for f in sorted(folder.iterdir())}
+
+
+def test_rerun_resumes_and_reruns_what_changed(capsys, tmp_path, photos):
+    """Outputs carry their settings; a rerun skips images done with the same settings and input."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        Image.fromarray(photos[name]).save(src / f"{name}.png")
+    out = tmp_path / "out"
+    argv = ["regularize", str(src), "--size", str(SIZE), "--n-boot", "2", "--out", str(out)]
+    rc, stdout, _ = _run(capsys, *argv)
+    assert rc == 0 and stdout.count("zeroed") == 3
+    first = _mtimes(out)
+    assert sorted(first) == sorted(f"{n}.{e}" for n in ("chelsea", "coffee", "rocket")
+                                   for e in ("npz", "png"))
+    settings = json.loads(str(np.load(out / "coffee.npz")["settings"]))
+    assert settings["n_boot"] == 2 and settings["index"] == 1 and settings["size"] == SIZE
+
+    rc, stdout, _ = _run(capsys, *argv)                   # nothing to do
+    assert rc == 0 and "3 of 3 images already done" in stdout and "zeroed" not in stdout
+    assert _mtimes(out) == first
+
+    (out / "rocket.png").unlink()                         # a lost figure: that image again
+    (out / "chelsea.npz").write_bytes(b"PK\x03\x04 truncated")  # a damaged archive: again
+    os.utime(src / "coffee.png", ns=(1, 1))               # an input that changed: again
+    rc, stdout, _ = _run(capsys, *argv)
+    assert rc == 0 and stdout.count("zeroed") == 3
+    rc, stdout, _ = _run(capsys, *argv, "--n-boot", "3")  # other settings: every image again
+    assert rc == 0 and stdout.count("zeroed") == 3
+    assert json.loads(str(np.load(out / "rocket.npz")["settings"]))["n_boot"] == 3
+    rc, stdout, _ = _run(capsys, *argv, "--n-boot", "3", "--redo")
+    assert rc == 0 and stdout.count("zeroed") == 3
+    assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporary files left
+
+
+def test_batch_equals_one_at_a_time_and_no_figures(capsys, tmp_path, photos):
+    """--batch 2 runs images of one size together: same keys, same numbers up to f32 rounding."""
+    names = ["chelsea", "coffee", "rocket"]  # all landscape: one size at a 48 px short side
+    common = ["--size", str(SIZE), "--n-boot", str(B), "--inject-noise", str(NOISE), "--quiet"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _run(capsys, "regularize", *[f"skimage:{n}" for n in names], *common,
+                "--out", str(one))[0] == 0
+    assert _run(capsys, "regularize", *[f"skimage:{n}" for n in names], *common,
+                "--out", str(two), "--batch", "2", "--no-figures")[0] == 0
+    assert sorted(f.name for f in two.iterdir()) == [f"{n}.npz" for n in names]
+    for n in names:
+        a, b = np.load(one / f"{n}.npz"), np.load(two / f"{n}.npz")
+        np.testing.assert_array_equal(a["image"], b["image"])          # same noise square
+        np.testing.assert_allclose(a["attn"], b["attn"], rtol=1e-5, atol=1e-8, err_msg=n)
+        np.testing.assert_allclose(a["z_null"], b["z_null"], rtol=1e-4, atol=1e-4, err_msg=n)
+        np.testing.assert_allclose(a["z"], b["z"], rtol=1e-4, atol=1e-4, err_msg=n)
+        np.testing.assert_allclose(a["lfdr"], b["lfdr"], rtol=0, atol=1e-6, err_msg=n)
+        np.testing.assert_allclose(a["p"], b["p"], rtol=0, atol=1e-6, err_msg=n)
+    rc, _, err = _run(capsys, "regularize", "skimage:coffee", "--batch", "0", "--out", str(two))
+    assert rc == 1 and "--batch must be >= 1" in err
+
+
+def test_interrupted_write_leaves_no_output(tmp_path):
+    target = tmp_path / "img.npz"
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(b"half an archive")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cli._write_atomic(target, write)
+    assert list(tmp_path.iterdir()) == []
+    cli._write_atomic(target, lambda t: np.savez_compressed(t, a=np.arange(3)))
+    np.testing.assert_array_equal(np.load(target)["a"], np.arange(3))
+    assert [f.name for f in tmp_path.iterdir()] == ["img.npz"]
 
 
 def test_image_smaller_than_a_patch(capsys, tmp_path, photos):

@@ -7,6 +7,8 @@ uint8 pixels scikit-image ships; the JPEG decode is compared with the source at 
 from __future__ import annotations
 
 import io
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -294,3 +296,43 @@ def test_sample_images():
     cam = s["camera"]
     assert (cam[..., 0] == cam[..., 1]).all() and (cam[..., 1] == cam[..., 2]).all()
     np.testing.assert_array_equal(cam[..., 0], data.camera())
+
+
+def test_prefetch_keeps_order_and_loads_ahead():
+    started: list[int] = []
+    release = threading.Event()
+
+    def load(i):
+        started.append(i)
+        if i >= 2:
+            release.wait(5)
+        return i * 10
+
+    gen = images.prefetch(range(7), 2, load, depth=2, workers=2)
+    first = next(gen)  # while the caller holds batch 0, batches 1 and 2 are already submitted
+    assert first == [(0, 0), (1, 10)]
+    deadline = time.monotonic() + 5
+    while len(started) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert set(started) >= {0, 1, 2, 3}
+    release.set()
+    rest = list(gen)
+    assert rest == [[(2, 20), (3, 30)], [(4, 40), (5, 50)], [(6, 60)]]
+    with pytest.raises(ValueError, match="batch and depth"):
+        next(images.prefetch(range(3), 0, load))
+
+
+def test_try_prepare_returns_the_reason_instead_of_raising():
+    rgb = data.chelsea()
+    x, reason = images.try_prepare(lambda: rgb, 48, 8)
+    assert reason == "" and x.shape == (48, 72, 3)
+    np.testing.assert_array_equal(x, images.prepare(rgb, 48, 8))
+
+    def corrupt():
+        raise ImageError("photo.jpg: not a recognised image")
+
+    assert images.try_prepare(corrupt, 48, 8) == (None, "photo.jpg: not a recognised image")
+    x, reason = images.try_prepare(lambda: rgb, 4, 8)             # smaller than one patch
+    assert x is None and "too small" in reason
+    x, reason = images.try_prepare(lambda: rgb[..., :2], 48, 8)
+    assert x is None and "3" in reason

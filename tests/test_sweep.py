@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -503,30 +502,6 @@ def test_folder_items_layouts_and_errors(photos, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(sweep.SourceError, match="no image files"):
         sweep.folder_items(tmp_path / "empty")
-
-
-def test_prefetch_keeps_order_and_loads_ahead():
-    started: list[int] = []
-    release = threading.Event()
-
-    def load(i):
-        started.append(i)
-        if i >= 2:
-            release.wait(5)
-        return i * 10
-
-    gen = sweep.prefetch(range(7), 2, load, depth=2, workers=2)
-    first = next(gen)  # while the caller holds batch 0, batches 1 and 2 are already submitted
-    assert first == [(0, 0), (1, 10)]
-    deadline = time.monotonic() + 5
-    while len(started) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert set(started) >= {0, 1, 2, 3}
-    release.set()
-    rest = list(gen)
-    assert rest == [[(2, 20), (3, 30)], [(4, 40), (5, 50)], [(6, 60)]]
-    with pytest.raises(ValueError, match="batch and depth"):
-        next(sweep.prefetch(range(3), 0, load))
 
 
 def test_tfds_source():
