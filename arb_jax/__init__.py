@@ -17,6 +17,7 @@ _EXPORTS = {
     "ARBResult": "arb_jax.pipeline",
     "regularize_attention": "arb_jax.pipeline",
     "image_mesh": "arb_jax.pipeline",
+    "null_images": "arb_jax.pipeline",
     "ViT": "arb_jax.models",
     "ViTConfig": "arb_jax.models",
     "build_vit": "arb_jax.models",

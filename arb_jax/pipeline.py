@@ -64,6 +64,7 @@ __all__ = [
     "check_images",
     "image_keys",
     "image_mesh",
+    "null_images",
     "regularize_attention",
 ]
 
@@ -516,6 +517,29 @@ def image_keys(key: Any, n: int) -> jax.Array:
         return key
     raise ValueError(f"key must be one PRNG key or one per image ({n} images), got a batch of "
                      f"{key.shape[0] if key.ndim == 1 else key.shape} keys")
+
+
+@functools.partial(jax.jit, static_argnames=("sampler", "n_boot", "patch"))
+def _draw_nulls(keys: jax.Array, images: jax.Array, width: jax.Array, *, sampler: str,
+                n_boot: int, patch: int | None) -> jax.Array:
+    return jax.vmap(lambda k, im: bootstrap.sample_range(sampler, k, im, 0, n_boot, width=width,
+                                                         patch=patch))(keys, images)
+
+
+def null_images(key: Any, images: Any, n_boot: int, sampler: str = "normal", *,
+                width: float = 1.0, patch: int | None = None) -> jax.Array:
+    """(N, B, H, W, 3) float32: the bootstrap images ``regularize_attention`` draws for ``images``.
+
+    Same arguments as there (one key: image i uses ``fold_in(key, i)``; or one key per image), so
+    the result is exactly the null the pipeline runs the ViT on — to look at, or to run another
+    model (e.g. a PyTorch baseline) on the same null. ``patch`` is needed by the "patch" sampler.
+    Holds all N·B images in memory; the pipeline itself never does (``boot_chunk``).
+    """
+    opts = ARBOptions(n_boot=n_boot, sampler=sampler, width=width)   # checks n_boot, sampler, width
+    x = check_images(images)
+    keys = image_keys(key, x.shape[0])
+    return _draw_nulls(keys, x, jnp.float32(opts.width), sampler=opts.sampler, n_boot=opts.n_boot,
+                       patch=patch if opts.sampler == "patch" else None)
 
 
 def check_images(images: Any, image_size: tuple[int, int] | None = None) -> jax.Array:

@@ -304,9 +304,8 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
     """Benchmark one case; returns its JSON record. Raises CheckFailedError if the check fails."""
     import jax
 
-    from arb_jax import bootstrap
     from arb_jax.models import build_vit, get_config
-    from arb_jax.pipeline import arb_statistics, image_keys, regularize_attention
+    from arb_jax.pipeline import arb_statistics, null_images, regularize_attention
 
     config = get_config(case.model)
     B, N, p = case.n_boot, case.n_images, config.patch
@@ -357,8 +356,7 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
         else:
             vit32 = build_vit(case.model, None, image_size=case.image_size, dtype="float32", seed=0)
             ours0 = _image0(regularize_attention(vit32, images[:1], key, b_check, **opts))
-        k0 = image_keys(key, N)[0]
-        nulls = np.asarray(bootstrap.sample_range("normal", k0, images[0], 0, b_check, width=1.0))
+        nulls = np.asarray(null_images(key, images[:1], b_check)[0])  # image 0's, as ours
         ctx.log(f"  check: baseline on image 0 with our {b_check} null images")
         bar = ctx.progress(1 + b_check, "baseline (check)")
         with PeakMemory("torch" if ctx.torch_device != "cpu" else "rss") as check_mem:
@@ -527,8 +525,7 @@ def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
         return _profile(ab, vit, t_in.astype(dtype), module_time, base)
 
     # pipeline-level changes
-    from arb_jax import bootstrap
-    from arb_jax.pipeline import arb_statistics, image_keys, regularize_attention
+    from arb_jax.pipeline import arb_statistics, null_images, regularize_attention
 
     images = jax.device_put(bench_images(1, ab.image_size, c.patch))
     key = jax.random.key(1234)
@@ -546,11 +543,8 @@ def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
                      before_s=before, after_s=after, speedup=before / after)]
     if ab.change == "host_round_trip":
         fwd = jax.jit(lambda prm, im: vit.apply(prm, im)["attn"].mean(1))
-        draw = jax.jit(lambda k, im: bootstrap.sample_range("normal", k, im, 0, B, width=1.0))
-        k0 = image_keys(key, 1)[0]
-
         def split():
-            nulls = draw(k0, images[0])
+            nulls = null_images(key, images, B)[0]
             maps = np.asarray(fwd(vit.params, jnp.concatenate([images, nulls])))  # to the host
             out = arb_statistics(maps[0], maps[1:], None, patch=c.patch)        # and back
             return {k: np.asarray(v) for k, v in out.items() if not isinstance(v, dict)}
@@ -565,37 +559,40 @@ def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
 
 
 def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
-    """Time of each part of one block at this size (t_in's dtype): where a forward's time goes."""
+    """Time of each part of one block at this size (t_in's dtype): where a forward's time goes.
+
+    Each part is the model's own module (``arb_jax.models.vit``) with the first block's weights,
+    on the float32 residual stream as inside ``Block``; attention gets q, k, v of its dtype.
+    """
     import jax
     import jax.numpy as jnp
 
-    from arb_jax.models.vit import Block, attention, attention_impl
+    from arb_jax.models import vit as vm
 
     c = vit.config
     dt = t_in.dtype
-    b0 = jax.tree.map(lambda a: jnp.asarray(a, dt), vit.params["block_0"])
+    b0 = vit.params["block_0"]
     n, T, D = t_in.shape
     H, d, m = c.heads, c.head_dim, c.mlp_dim
-    impl = attention_impl("auto", dt)
+    impl = vm.attention_impl("auto", dt)
     qkv = jax.device_put(np.random.default_rng(1).standard_normal((3, n, T, H, d))).astype(dt)
-    f32 = jnp.float32
+    x = t_in.astype(jnp.float32)
+    norm = vm._layer_norm(c.eps, None)
 
-    def mm(a, w):
-        return jnp.dot(a, w, preferred_element_type=f32)
+    def apply(module, prm):
+        return lambda p_, t: module.apply({"params": p_}, t), (prm, x)
 
     parts = {
-        "layernorm ×2": (lambda t: 2 * ((t - t.mean(-1, keepdims=True))
-                                        / jnp.sqrt(t.var(-1, keepdims=True) + 1e-6)),
-                         (t_in.astype(f32),), None),
-        "qkv matmul": (mm, (t_in, b0["attn"]["qkv"]["kernel"]), 2 * n * T * D * 3 * D),
-        f"attention ({impl})": (lambda a: attention(a[0], a[1], a[2], impl), (qkv,), 4 * n * T * T * D),
-        "proj matmul": (mm, (t_in, b0["attn"]["proj"]["kernel"]), 2 * n * T * D * D),
-        "mlp fc1 + gelu + fc2": (
-            lambda t, w1, w2: mm(jax.nn.gelu(mm(t, w1), approximate=False).astype(dt), w2),
-            (t_in, b0["mlp"]["fc1"]["kernel"], b0["mlp"]["fc2"]["kernel"]), 4 * n * T * D * m),
+        "layernorm ×2": (lambda p1, p2, t: (norm.apply({"params": p1}, t),
+                                            norm.apply({"params": p2}, t)),
+                         (b0["norm1"], b0["norm2"], x), None),
+        "qkv matmul": (*apply(vm.QKV(H, dt), b0["attn"]["qkv"]), 2 * n * T * D * 3 * D),
+        f"attention ({impl})": (lambda a: vm.attention(a[0], a[1], a[2], impl), (qkv,),
+                                4 * n * T * T * D),
+        "proj matmul": (*apply(vm.Dense(D, dt), b0["attn"]["proj"]), 2 * n * T * D * D),
+        "mlp fc1 + gelu + fc2": (*apply(vm.Mlp(m, dt), b0["mlp"]), 4 * n * T * D * m),
     }
-    block_s = module_time(lambda prm, t: Block(c, dt).apply(prm, t),
-                          {"params": vit.params["block_0"]}, t_in.astype(f32))
+    block_s = module_time(lambda prm, t: vm.Block(c, dt).apply(prm, t), {"params": b0}, x)
     out = []
     for name, (fn, args, f) in parts.items():
         s = module_time(fn, *args)

@@ -234,6 +234,32 @@ def test_pipeline_equals_numpy_pixel_level_computation(chunk_runs, vit64, photos
         assert_matches_reference(got, pixel_reference(attn[i], null[i]))
 
 
+def test_null_images_are_the_null_the_pipeline_ran(chunk_runs, vit64, photos64, keys2):
+    """null_images gives the pipeline's bootstrap images: the ViT on them, standardised with the
+    returned mu0 / sigma0 (of log attention), reproduces the returned z_null; one key gives
+    fold_in(key, i)."""
+    res = chunk_runs[3][0]
+    nulls = pipeline.null_images(keys2, photos64, B)
+    assert nulls.shape == (2, B, 64, 64, 3) and nulls.dtype == jnp.float32
+    attn = np.asarray(vit64.apply(vit64.params, nulls.reshape(-1, 64, 64, 3))["attn"].mean(1))
+    z_null = (np.log(attn.reshape(2, B, *vit64.grid)) - np.asarray(res.mu0)[:, None, None, None]) \
+        / np.asarray(res.sigma0)[:, None, None, None]
+    np.testing.assert_allclose(z_null, res.z_null, rtol=1e-4, atol=1e-4)
+    key = jax.random.key(11)
+    for sampler in ("normal", "pixel", "patch", "uniform"):
+        got = pipeline.null_images(key, photos64, 3, sampler, width=0.5, patch=PATCH)
+        for i in range(2):
+            want = bootstrap.sample(sampler, jax.random.fold_in(key, i), photos64[i], 3, width=0.5,
+                                    patch=PATCH)
+            np.testing.assert_array_equal(got[i], want, err_msg=sampler)
+    with pytest.raises(ValueError, match="patch sampler needs patch|needs patch="):
+        pipeline.null_images(key, photos64, 3, "patch")
+    with pytest.raises(ValueError, match="n_boot must be an integer >= 1"):
+        pipeline.null_images(key, photos64, 0)
+    with pytest.raises(ValueError, match=r"shape \(N, H, W, 3\)"):
+        pipeline.null_images(key, photos64[0], 3)
+
+
 STAT_OPTS = ARBOptions(n_boot=B, alpha=Percentile(30))
 
 
