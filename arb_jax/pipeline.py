@@ -366,9 +366,7 @@ def _group(apply_fn: Callable, patch: int, opts: ARBOptions, params: Any, images
     heads_obs = apply_fn(params, images)["attn"]                                  # (G, heads, h, w)
     attn = heads_obs.mean(1)
     grid = attn.shape[1:]
-    chunk = _chunk(opts, boot)
-    n_chunks = math.ceil(opts.n_boot / chunk)
-    per = n_chunks if boot is None else math.ceil(n_chunks / boot)
+    chunk, per = _chunks(opts, boot)
     first = 0 if boot is None else jax.lax.axis_index(BOOT) * per
 
     def null_chunk(i):
@@ -411,18 +409,19 @@ def _local(apply_fn: Callable, patch: int, opts: ARBOptions, boot: int | None, p
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
 
 
-def _chunk(opts: ARBOptions, boot: int | None) -> int:
-    """Null images per image per forward: ``opts.chunk``; without a boot_chunk on a mesh with a
-    "boot" axis, B split over its devices."""
-    if opts.boot_chunk is None and boot:
-        return math.ceil(opts.n_boot / boot)
-    return opts.chunk
+def _chunks(opts: ARBOptions, boot: int | None) -> tuple[int, int]:
+    """(null images per image per forward, chunks this device runs).
+
+    The chunk is ``opts.chunk``; without a boot_chunk on a mesh with a "boot" axis, B split over
+    its devices. With a "boot" axis each device runs its share of the chunks (rounded up)."""
+    chunk = math.ceil(opts.n_boot / boot) if opts.boot_chunk is None and boot else opts.chunk
+    n_chunks = math.ceil(opts.n_boot / chunk)
+    return chunk, n_chunks if boot is None else math.ceil(n_chunks / boot)
 
 
 def _steps(opts: ARBOptions, per_device: int, boot: int | None) -> dict[str, np.ndarray]:
     """Trip counts of the loops over chunks and groups, passed traced (see ``_loop``)."""
-    n_chunks = math.ceil(opts.n_boot / _chunk(opts, boot))
-    return {"chunks": np.int32(n_chunks if boot is None else math.ceil(n_chunks / boot)),
+    return {"chunks": np.int32(_chunks(opts, boot)[1]),
             "groups": np.int32(per_device // (opts.image_chunk or per_device))}
 
 
