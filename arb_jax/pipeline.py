@@ -52,6 +52,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from arb_jax import bootstrap, regularize, stats
+from arb_jax.models.vit import check_images
 from arb_jax.regularize import Percentile
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
     "PI0_METHODS",
     "PVALUE_METHODS",
     "arb_statistics",
-    "check_images",
     "image_keys",
     "image_mesh",
     "null_images",
@@ -535,41 +535,27 @@ def null_images(key: Any, images: Any, n_boot: int, sampler: str = "normal", *,
     Holds all N·B images in memory; the pipeline itself never does (``boot_chunk``).
     """
     opts = ARBOptions(n_boot=n_boot, sampler=sampler, width=width)   # checks n_boot, sampler, width
-    x = check_images(images)
+    x = _checked_images(images, patch if opts.sampler == "patch" and patch else 1)
     keys = image_keys(key, x.shape[0])
     return _draw_nulls(keys, x, jnp.float32(opts.width), sampler=opts.sampler, n_boot=opts.n_boot,
                        patch=patch if opts.sampler == "patch" else None)
 
 
-def check_images(images: Any, image_size: tuple[int, int] | None = None) -> jax.Array:
-    """Validate a batch of normalised images: (N, H, W, 3) float, finite, optional exact size.
-
-    Returns it as a float32 jax array.
-    """
-    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-        raise TypeError(f"images must be an array (N, H, W, 3), got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (N, H, W, 3), got shape {tuple(images.shape)}")
-    if images.shape[-1] != 3:
-        raise ValueError(f"images must have 3 (RGB) channels last, got shape {tuple(images.shape)}")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise TypeError(
-            f"images must be float (ImageNet-normalised), got dtype {images.dtype}; "
-            "use arb_jax.load_images / arb_jax.images.prepare"
-        )
-    if images.shape[0] < 1:
-        raise ValueError("images is an empty batch")
-    if image_size is not None and tuple(images.shape[1:3]) != tuple(image_size):
-        raise ValueError(
-            f"images are {images.shape[1]}x{images.shape[2]} but the model was loaded for "
-            f"{image_size[0]}x{image_size[1]}; load it with image_size=({images.shape[1]}, "
-            f"{images.shape[2]}) or resize the images"
-        )
+def _checked_images(images: Any, patch: int,
+                    image_size: tuple[int, int] | None = None) -> np.ndarray | jax.Array:
+    """``images`` validated (``models.check_images``: shape, dtype, size; concrete; finite) as
+    float32 — left where it is (a host array stays on the host, so it is transferred once)."""
+    check_images(images, patch, image_size)
     if isinstance(images, jax.core.Tracer):
         raise TypeError("regularize_attention is compiled already: call it with concrete arrays, "
                         "not inside jit/vmap")
-    x = jnp.asarray(images, jnp.float32)
-    if not bool(jnp.isfinite(x).all()):
+    if isinstance(images, jax.Array):
+        x = images.astype(jnp.float32)
+        finite = bool(jnp.isfinite(x).all())
+    else:
+        x = np.asarray(images, np.float32)
+        finite = bool(np.isfinite(x).all())
+    if not finite:
         raise ValueError("images contain NaN or infinite values")
     return x
 
@@ -598,10 +584,11 @@ def _check_mesh(mesh: Any) -> Mesh:
     return mesh
 
 
-def _pad(a: jax.Array, total: int) -> jax.Array:
-    """a with its last element repeated up to ``total`` along the leading axis."""
+def _pad(a: Any, total: int) -> Any:
+    """a (a numpy or jax array) with its last element repeated up to ``total`` along axis 0."""
     pad = total - a.shape[0]
-    return a if pad == 0 else jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
+    xp = np if isinstance(a, np.ndarray) else jnp
+    return a if pad == 0 else xp.concatenate([a, xp.repeat(a[-1:], pad, axis=0)], axis=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,7 +618,7 @@ def regularize_attention(vit: Any, images: Any, key: Any, n_boot: int = 1,
     """
     opts = ARBOptions.from_kwargs(n_boot=n_boot, sampler=sampler, **options)
     _model_key(vit)
-    x = check_images(images, tuple(vit.image_size))
+    x = _checked_images(images, vit.config.patch, tuple(vit.image_size))
     n = x.shape[0]
     keys = image_keys(key, n)
     if mesh is None and jax.local_device_count() > 1 and n > 1:

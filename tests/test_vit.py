@@ -330,23 +330,26 @@ def test_bfloat16_close_to_float32(name):
 # --------------------------------------------------------------------------- input checks
 
 
-@pytest.mark.parametrize("shape,dtype,match", [
-    ((32, 32, 3), np.float32, r"4-D.*\(32, 32, 3\)"),
-    ((1, 32, 32, 4), np.float32, r"3 channels.*got 4"),
-    ((1, 3, 32, 32), np.float32, r"3 channels.*got 32"),
-    ((1, 32, 32, 3), np.uint8, r"float.*uint8"),
-    ((1, 32, 32, 3), np.int32, r"float.*int32"),
-    ((1, 20, 32, 3), np.float32, r"height 20 and width 32.*patch size 8"),
-    ((1, 32, 36, 3), np.float32, r"height 32 and width 36.*patch size 8"),
+@pytest.mark.parametrize("shape,dtype,error,match", [
+    ((32, 32, 3), np.float32, ValueError, r"shape \(N, H, W, 3\).*\(32, 32, 3\)"),
+    ((1, 32, 32, 4), np.float32, ValueError, r"3 \(RGB\) channels.*got 4"),
+    ((1, 3, 32, 32), np.float32, ValueError, r"3 \(RGB\) channels.*got 32"),
+    ((1, 32, 32, 3), np.uint8, TypeError, r"float.*uint8"),
+    ((1, 32, 32, 3), np.int32, TypeError, r"float.*int32"),
+    ((0, 32, 32, 3), np.float32, ValueError, "empty batch"),
+    ((1, 20, 32, 3), np.float32, ValueError, r"height 20 and width 32.*patch size 8"),
+    ((1, 32, 36, 3), np.float32, ValueError, r"height 32 and width 36.*patch size 8"),
 ])
-def test_bad_images_raise_value_error(shape, dtype, match):
+def test_bad_images_raise_a_clear_error(shape, dtype, error, match):
     cfg = get_config("test_tiny8")
     params = random_params(cfg)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         VisionTransformer(cfg).apply({"params": params}, np.zeros(shape, dtype))
     vit = build_vit(cfg, params)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         vit.cls_attention(np.zeros(shape, dtype))
+    with pytest.raises(TypeError, match="images must be an array"):
+        vit.cls_attention([[0.0]])
 
 
 def test_pos_embed_of_wrong_length_is_a_clear_error():
@@ -455,7 +458,7 @@ def test_bundle_apply_is_pure_under_jit_and_vmap():
 
 def test_bundle_errors():
     vit = build_vit("test_tiny8")
-    with pytest.raises(ValueError, match=r"built for images of size \(32, 32\).*\(40, 32\)"):
+    with pytest.raises(ValueError, match=r"images are 40x32 but the model was loaded for 32x32"):
         vit.features(_images(1, (40, 32)))
     with pytest.raises(ValueError, match="dtype must be one of"):
         build_vit("test_tiny8", dtype="float16")

@@ -164,12 +164,7 @@ class ViT:
                          meta=self.meta)
 
     def _check(self, images) -> None:
-        check_images(images, self.config.patch)
-        if tuple(np.shape(images)[1:3]) != tuple(self.image_size):
-            raise ValueError(
-                f"this ViT was built for images of size {tuple(self.image_size)} (H, W); "
-                f"got {tuple(np.shape(images)[1:3])}. Resize, or build_vit(..., image_size=...)"
-            )
+        check_images(images, self.config.patch, tuple(self.image_size))
 
 
 def _image_size(image_size, config: ViTConfig) -> tuple[int, int]:

@@ -27,7 +27,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from arb_jax.models.config import ViTConfig
 from arb_jax.models.posembed import interpolate_pos_embed
@@ -269,27 +268,35 @@ class ClsBlock(nn.Module):
         return cls + _layerscale(c, "ls2")(y), probs
 
 
-def check_images(images: Any, patch: int) -> tuple[int, int]:
-    """Validate an image batch at the Python level; returns the patch grid (h, w).
+def check_images(images: Any, patch: int,
+                 image_size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Validate an image batch by its shape and dtype (tracers too); returns the patch grid (h, w).
 
-    Raises ``ValueError`` unless ``images`` is (N, H, W, 3) float with H and W multiples of
-    ``patch``.
+    TypeError unless ``images`` is an array of floats; ValueError unless it is (N, H, W, 3) with
+    N >= 1 and H, W positive multiples of ``patch``, equal to ``image_size`` when given.
     """
-    shape, dtype = np.shape(images), getattr(images, "dtype", None)
+    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+        raise TypeError(f"images must be an array (N, H, W, 3), got {type(images).__name__}")
+    shape = tuple(images.shape)
     if len(shape) != 4:
-        raise ValueError(f"images must be 4-D (N, H, W, 3) NHWC, got shape {shape}")
+        raise ValueError(f"images must have shape (N, H, W, 3) (NHWC), got shape {shape}")
     if shape[-1] != 3:
-        raise ValueError(f"images must have 3 channels (NHWC), got {shape[-1]} in shape {shape}")
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(
-            f"images must be float (ImageNet-normalised), got dtype {dtype}; "
-            "convert and normalise integer images first"
-        )
-    H, W = shape[1], shape[2]
+        raise ValueError(f"images must have 3 (RGB) channels last (NHWC), got {shape[-1]} in "
+                         f"shape {shape}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise TypeError(f"images must be float (ImageNet-normalised), got dtype {images.dtype}; "
+                        "use arb_jax.load_images / arb_jax.images.prepare")
+    if shape[0] < 1:
+        raise ValueError("images is an empty batch")
+    H, W = shape[1:3]
     if H % patch or W % patch or H == 0 or W == 0:
         raise ValueError(
             f"image height {H} and width {W} must be positive multiples of the patch size {patch}"
         )
+    if image_size is not None and tuple(image_size) != (H, W):
+        raise ValueError(f"images are {H}x{W} but the model was loaded for {image_size[0]}x"
+                         f"{image_size[1]}; load it with image_size=({H}, {W}) (or use "
+                         "vit.at_size) or resize the images")
     return H // patch, W // patch
 
 
