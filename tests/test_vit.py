@@ -475,3 +475,32 @@ def test_bundle_errors():
         build_vit("test_tiny8", params=wrong)
     with pytest.raises(ValueError, match="pos_embed'] has 10 tokens"):
         build_vit("test_tiny8", params={**params, "pos_embed": np.zeros((1, 10, 32), np.float32)})
+
+
+def test_at_size_equals_building_at_that_size():
+    """at_size resamples only pos_embed from the stored grid: the same parameters, bit for bit,
+    as build_vit at that size, and back to the first size gives the first bundle's values."""
+    cfg = get_config("test_tiny8")
+    params = random_params(cfg, seed=3)
+    base = build_vit(cfg, params, dtype="bfloat16", meta={"source": "fixture"})
+    head = base.with_head(np.ones((cfg.dim, 2)), np.zeros(2))
+    for vit in (base, head):
+        assert vit.at_size(vit.image_size) is vit
+        other = vit.at_size((40, 24))
+        ref = build_vit(vit.config, vit.stored_params(), image_size=(40, 24), dtype="bfloat16",
+                        meta=vit.meta)
+        assert other.image_size == (40, 24) and other.grid == (5, 3) and other.dtype == "bfloat16"
+        assert other.meta == vit.meta and other.config == vit.config
+        flat = flax.traverse_util.flatten_dict(other.params)
+        want = flax.traverse_util.flatten_dict(ref.params)
+        assert flat.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(flat[k], want[k], err_msg=str(k))
+        x = _images(2, (40, 24))
+        np.testing.assert_array_equal(other.cls_attention(x), ref.cls_attention(x))
+        back = other.at_size(vit.image_size)
+        np.testing.assert_array_equal(back.params["pos_embed"], vit.params["pos_embed"])
+        np.testing.assert_array_equal(back.stored_params()["pos_embed"],
+                                      vit.stored_params()["pos_embed"])
+    with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
+        base.at_size((40, 20))

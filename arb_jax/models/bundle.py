@@ -143,16 +143,20 @@ class ViT:
           ValueError: the bundle was built from a ``pos_embed`` already on another grid.
         """
         out = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), self.params)
+        out["pos_embed"] = self._stored_pos_embed()
+        return out
+
+    def _stored_pos_embed(self) -> np.ndarray:
+        """``pos_embed`` on the stored M×M grid, (1, 1 + M², D) numpy float32."""
         M = self.config.pos_grid
         pos = self.pos_embed_stored
-        if pos is None and out["pos_embed"].shape[1] == 1 + M * M:
-            pos = out["pos_embed"]
+        if pos is None and self.params["pos_embed"].shape[1] == 1 + M * M:
+            pos = self.params["pos_embed"]
         if pos is None or np.shape(pos)[1] != 1 + M * M:
             raise ValueError(
                 f"the stored pos_embed is not on the config's {M}x{M} grid: this bundle was built "
                 "from position embeddings already resampled to another grid")
-        out["pos_embed"] = np.asarray(pos, dtype=np.float32)
-        return out
+        return np.asarray(pos, dtype=np.float32)
 
     def at_size(self, image_size: int | tuple[int, int]) -> ViT:
         """The same model for inputs of ``image_size`` (position embeddings resampled from the
@@ -160,8 +164,9 @@ class ViT:
         size = _image_size(image_size, self.config)
         if size == tuple(self.image_size):
             return self
-        return build_vit(self.config, self.stored_params(), image_size=size, dtype=self.dtype,
-                         meta=self.meta)
+        pos = _pos_embed_for(self._stored_pos_embed(), self.config, size)
+        return dataclasses.replace(self, params={**self.params, "pos_embed": jnp.asarray(pos)},
+                                   image_size=size)
 
     def _check(self, images) -> None:
         check_images(images, self.config.patch, tuple(self.image_size))
@@ -275,8 +280,14 @@ def build_vit(
     else:
         params = _checked_params(params, _param_shapes(config), grid)
         meta = {"random_init": False, **(meta or {})}
-    stored = pos = params["pos_embed"]
-    if pos.shape[1] != 1 + grid[0] * grid[1]:
-        pos = interpolate_pos_embed(pos, grid)  # numpy in: float64 on the host
-    params = jax.tree_util.tree_map(jnp.asarray, {**params, "pos_embed": pos})
+    stored = params["pos_embed"]
+    params = {**params, "pos_embed": _pos_embed_for(stored, config, size)}
+    params = jax.tree_util.tree_map(jnp.asarray, params)
     return ViT(config, params, size, dtype, dict(meta), pos_embed_stored=stored)
+
+
+def _pos_embed_for(pos: np.ndarray, config: ViTConfig, size: tuple[int, int]) -> np.ndarray:
+    """``pos`` (1, 1 + tokens, D) for an input of ``size`` pixels: as it is when it already has
+    that grid, else resampled (DINO's bicubic; numpy in: float64 on the host)."""
+    grid = (size[0] // config.patch, size[1] // config.patch)
+    return pos if pos.shape[1] == 1 + grid[0] * grid[1] else interpolate_pos_embed(pos, grid)
