@@ -25,6 +25,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-ablations", action="store_true", help="skip the what-each-change-bought runs")
     ap.add_argument("--list", action="store_true", help="list the preset's cases and exit")
     ap.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    ap.add_argument("--budget-s", type=float, metavar="S",
+                    help="start no case or ablation after S seconds (default: the preset's: "
+                         "540 for cpu-quick, 420 for gpu, none for the others)")
     return ap
 
 
@@ -59,15 +62,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.run import jsonable, run_preset
     from bench.tables import to_markdown
 
-    result = jsonable(run_preset(preset, cases, ablations=not args.no_ablations, quiet=args.quiet))
-    md = to_markdown(result)
-    print(md)
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=1) + "\n")
-    if md_out is not None:
-        md_out.write_text(md + "\n")
+    def write(result: dict) -> None:  # after every case: a killed run keeps what it measured
+        result = jsonable(result)
+        if json_out is not None:
+            _replace(json_out, json.dumps(result, indent=1) + "\n")
+        if md_out is not None:
+            _replace(md_out, to_markdown(result) + "\n")
+
+    result = run_preset(preset, cases, ablations=not args.no_ablations, quiet=args.quiet,
+                        budget_s=args.budget_s, on_result=write)
+    write(result)
+    result = jsonable(result)
+    print(to_markdown(result))
+    if result["skipped"]:
+        print(f"{len(result['skipped'])} case(s) or ablation(s) not run: the {result['budget_s']:.0f} s "
+              "budget was spent (--budget-s to change it)", file=sys.stderr)
     if result["errors"]:
         print(f"{len(result['errors'])} case(s) or ablation(s) failed: {result['errors']}",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

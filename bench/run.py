@@ -611,8 +611,15 @@ def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
 
 
 def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablations: bool = True,
-               quiet: bool = False) -> dict[str, Any]:
-    """Run ``cases`` (default: the preset's) and its ablations; returns the JSON-able result."""
+               quiet: bool = False, budget_s: float | None = None,
+               on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run ``cases`` (default: the preset's) and its ablations; returns the result (a dict).
+
+    budget_s: no case or ablation starts once this many seconds have passed since the start
+    (default: the preset's ``budget_s``; None: no limit); those not run are listed in
+    ``skipped``. on_result: called with the result so far after each case and ablation (to
+    write it as it grows: an interrupted run keeps what it measured).
+    """
     import jax
 
     ctx = Context(quiet=quiet)
@@ -624,11 +631,34 @@ def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablatio
                                "must run on the same device")
         ctx.torch_device = "cuda"
     t_start = time.perf_counter()
+    budget_s = preset.budget_s if budget_s is None else budget_s
     info = machine.describe()
     ctx.peaks = measure_peaks(preset, ctx)
     cases = preset.cases if cases is None else cases
-    records, errors = [], []
+    records, errors, ab_records, skipped = [], [], [], []
+
+    def result() -> dict[str, Any]:  # a snapshot: later cases do not change it
+        return {"preset": preset.name, "description": preset.description,
+                "machine": {**info, "load_average_end": machine.load_average()},
+                "peaks": ctx.peaks, "tolerances": TOLERANCES, "cases": [as_dict(c) for c in cases],
+                "records": list(records), "ablations": list(ab_records), "errors": list(errors),
+                "skipped": list(skipped), "budget_s": budget_s,
+                "wall_s": time.perf_counter() - t_start}
+
+    def may_start(name: str) -> bool:
+        if budget_s is not None and time.perf_counter() - t_start >= budget_s:
+            skipped.append(name)
+            ctx.log(f"{name}: not run, the {budget_s:.0f} s budget is spent")
+            return False
+        return True
+
+    def done() -> None:
+        if on_result is not None:
+            on_result(result())
+
     for i, case in enumerate(cases, 1):
+        if not may_start(case.name):
+            continue
         ctx.log(f"[{i}/{len(cases)}] {case.name}: {case.model} @ {case.image_size}, B={case.n_boot}, "
                 f"{case.n_images} image(s), {case.dtype}")
         t0 = time.perf_counter()
@@ -639,24 +669,23 @@ def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablatio
         except Exception as e:  # one broken case (e.g. out of memory) must not lose the others
             errors.append({"case": case.name, "error": f"{type(e).__name__}: {e}"})
             ctx.log(f"  FAILED: {type(e).__name__}: {e}")
+        else:
+            rec["case_wall_s"] = time.perf_counter() - t0
+            records.append(rec)
+            ctx.log(_summary(rec))
+        done()
+    for ab in preset.ablations if ablations else ():
+        name = f"ablation {ab.change} ({ab.model} @ {ab.image_size})"
+        if not may_start(name):
             continue
-        rec["case_wall_s"] = time.perf_counter() - t0
-        records.append(rec)
-        ctx.log(_summary(rec))
-    ab_records = []
-    if ablations:
-        for ab in preset.ablations:
-            ctx.log(f"ablation: {ab.change} ({ab.model} @ {ab.image_size})")
-            try:
-                ab_records.extend(run_ablation(ab, ctx))
-            except Exception as e:
-                errors.append({"ablation": ab.change, "error": f"{type(e).__name__}: {e}"})
-                ctx.log(f"  FAILED: {type(e).__name__}: {e}")
-    info["load_average_end"] = machine.load_average()
-    return {"preset": preset.name, "description": preset.description, "machine": info,
-            "peaks": ctx.peaks, "tolerances": TOLERANCES, "cases": [as_dict(c) for c in cases],
-            "records": records, "ablations": ab_records, "errors": errors,
-            "wall_s": time.perf_counter() - t_start}
+        ctx.log(name)
+        try:
+            ab_records.extend(run_ablation(ab, ctx))
+        except Exception as e:
+            errors.append({"ablation": ab.change, "error": f"{type(e).__name__}: {e}"})
+            ctx.log(f"  FAILED: {type(e).__name__}: {e}")
+        done()
+    return result()
 
 
 def _summary(rec: dict[str, Any]) -> str:

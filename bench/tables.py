@@ -109,4 +109,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         parts += ["### What each change bought", "", ablations_table(result["ablations"]), ""]
     if result.get("errors"):
         parts += ["### Errors", ""] + [f"- {e}" for e in result["errors"]] + [""]
+    if result.get("skipped"):
+        parts += [f"### Not run (the {result['budget_s']:.0f} s time budget was spent)", ""]
+        parts += [f"- {name}" for name in result["skipped"]] + [""]
     return "\n".join(parts)

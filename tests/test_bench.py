@@ -222,6 +222,31 @@ def test_presets_and_bad_input(capsys):
         main(["--preset", "smoke", "--json", "/nonexistent/dir/r.json"])
 
 
+def test_budget_skips_what_would_start_late_and_results_are_written_as_they_grow(tmp_path):
+    """No case starts once the budget is spent (listed as not run); the JSON and markdown are
+    rewritten after every case, so a killed run keeps what it measured."""
+    from bench.run import run_preset
+
+    preset = bc.PRESETS["smoke"]
+    snapshots = []
+    cases = bc.select(preset, "smoke_size_64,smoke_B1")
+    result = run_preset(preset, cases, ablations=False, quiet=True, on_result=snapshots.append)
+    assert [[r["case"] for r in s["records"]] for s in snapshots] == [
+        ["smoke_B1"], ["smoke_B1", "smoke_size_64"]]
+    assert result["skipped"] == [] and result["budget_s"] is None
+    code = main(["--preset", "smoke", "--budget-s", "0", "--json", str(tmp_path / "r.json"),
+                 "--md", str(tmp_path / "r.md"), "--quiet"])
+    assert code == 0
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["records"] == [] and written["budget_s"] == 0
+    assert written["skipped"][:len(preset.cases)] == [c.name for c in preset.cases]
+    assert len(written["skipped"]) == len(preset.cases) + len(preset.ablations)
+    md = (tmp_path / "r.md").read_text()
+    assert "Not run (the 0 s time budget was spent)" in md and "- smoke_B1" in md
+    assert bc.PRESETS["gpu"].budget_s == 420 and bc.PRESETS["cpu-quick"].budget_s == 540
+    assert bc.PRESETS["gpu"].cases[0].group == "headline"  # the H100 targets' cases run first
+
+
 def test_list_and_helpers(capsys):
     assert main(["--preset", "smoke", "--list"]) == 0
     assert "smoke_B1: test_tiny8 @ 128" in capsys.readouterr().out
