@@ -353,5 +353,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+JAX_COMMANDS = ("regularize", "sweep", "finetune", "train-demo")  # commands that compile
+
+
+def use_compilation_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache in ``<arb cache>/xla`` (``hub.cache_dir``), so
+    a rerun (a resumed sweep, the same command on other images) skips the XLA compiles it did
+    already. ``JAX_COMPILATION_CACHE_DIR``, when set, wins; ``JAX_ENABLE_COMPILATION_CACHE=false``
+    turns it off. Returns the folder JAX will use (None: JAX's own setting)."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return None
+    import jax
+
+    from arb_jax import hub
+
+    path = hub.cache_dir() / "xla"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return path
+
+
+def entry() -> int:
+    """The ``arb`` program: ``main`` on ``sys.argv``, with the persistent compilation cache on
+    for the commands that compile."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in JAX_COMMANDS:
+        use_compilation_cache()
+    return main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

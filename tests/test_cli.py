@@ -279,3 +279,31 @@ def test_installed_script_exit_status_and_no_traceback(tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_arb_program_keeps_compiled_programs_in_the_cache(tmp_path):
+    """The installed ``arb`` turns on JAX's persistent compilation cache in <ARB_CACHE>/xla (a
+    rerun loads the compiled programs: same files, same results); JAX_COMPILATION_CACHE_DIR wins."""
+    from _subproc import jax_env
+
+    script = Path(sys.executable).with_name("arb")
+    env = jax_env(ARB_CACHE=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    argv = [str(script), "regularize", "skimage:coffee", "--size", str(SIZE), "--n-boot", "2",
+            "--quiet", "--no-figures"]
+
+    def run(out: str, env: dict) -> None:
+        proc = subprocess.run([*argv, "--out", str(tmp_path / out)], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run("o1", env)
+    xla = tmp_path / "cache" / "xla"
+    entries = sorted(p.name for p in xla.iterdir())
+    assert entries
+    run("o2", env)
+    assert sorted(p.name for p in xla.iterdir()) == entries      # nothing new to compile
+    a, b = np.load(tmp_path / "o1" / "coffee.npz"), np.load(tmp_path / "o2" / "coffee.npz")
+    for k in ("attn", "z", "p", "lfdr", "map_p"):
+        np.testing.assert_array_equal(a[k], b[k])
+    run("o3", {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "mine")})
+    assert any((tmp_path / "mine").iterdir())
