@@ -292,6 +292,9 @@ def cmd_regularize(args: argparse.Namespace) -> int:
             run(group)
     finally:
         bar.close()
+    if not args.quiet and len(inputs) > 1:
+        print(f"arb: {len(todo) - (failures - len(input_errors))} image(s) done, "
+              f"{len(inputs) - len(todo)} already done before, {failures} failed -> {out_dir}")
     return 1 if failures else 0
 
 

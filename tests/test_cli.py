@@ -157,8 +157,10 @@ def test_rerun_resumes_and_reruns_what_changed(capsys, tmp_path, photos):
     settings = json.loads(str(np.load(out / "coffee.npz")["settings"]))
     assert settings["n_boot"] == 2 and settings["index"] == 1 and settings["size"] == SIZE
 
+    assert f"3 image(s) done, 0 already done before, 0 failed -> {out}" in stdout
     rc, stdout, _ = _run(capsys, *argv)                   # nothing to do
     assert rc == 0 and "3 of 3 images already done" in stdout and "zeroed" not in stdout
+    assert "0 image(s) done, 3 already done before, 0 failed" in stdout
     assert _mtimes(out) == first
 
     (out / "rocket.png").unlink()                         # a lost figure: that image again
