@@ -238,7 +238,7 @@ def cmd_regularize(args: argparse.Namespace) -> int:
                     _write_atomic(out_dir / f"{inp.name}.png", lambda t, fig=fig: fig.savefig(t, dpi=110))
                 npz = out_dir / f"{inp.name}.npz"
                 _write_atomic(npz, lambda t, a=arrays: np.savez_compressed(t, **a))
-            except OSError as exc:
+            except (ValueError, OSError) as exc:
                 fail(inp.name, exc)
                 continue
             finally:
