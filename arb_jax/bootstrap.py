@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from arb_jax.checks import as_int
+
 __all__ = [
     "SAMPLERS",
     "get_sampler",
@@ -54,20 +56,6 @@ def _check_image(image: Any) -> jax.Array:
     if min(image.shape) < 1:
         raise ValueError(f"image must not be empty, got shape {image.shape}")
     return image
-
-
-def _check_count(n: Any, name: str) -> int:
-    if isinstance(n, jax.core.Tracer):
-        raise TypeError(f"{name} must be a static Python int (static under jit), got a tracer")
-    if isinstance(n, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}") from None
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1, got {n}")
-    return n
 
 
 def _check_key(key: Any) -> jax.Array:
@@ -117,13 +105,7 @@ def _check_width(width: Any) -> Any:
 def _check_patch(image: jax.Array, patch: Any) -> int:
     if patch is None:
         raise ValueError("the 'patch' sampler needs patch=<side of a patch in pixels>")
-    if isinstance(patch, bool) or not isinstance(patch, int):
-        try:
-            patch = operator.index(patch)
-        except TypeError:
-            raise TypeError(f"patch must be an int, got {type(patch).__name__}") from None
-    if patch < 1:
-        raise ValueError(f"patch must be >= 1, got {patch}")
+    patch = as_int(patch, "patch")
     H, W = image.shape[:2]
     if H % patch or W % patch:
         raise ValueError(f"image sides {H}x{W} must be multiples of patch={patch}")
@@ -212,7 +194,7 @@ def sample_range(name: str, key: jax.Array, image: jax.Array, start: int | jax.A
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     key = _check_key(key)
     image = _check_image(image)
-    count = _check_count(count, "count")
+    count = as_int(count, "count")
     start = _check_start(start)
     if name == "normal":
         width = _check_width(width)

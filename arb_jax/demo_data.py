@@ -29,11 +29,12 @@ default_rng(seed)``); about 1,000 images of 64 px per second on one CPU core.
 from __future__ import annotations
 
 import functools
-import operator
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from arb_jax.checks import as_int
 
 __all__ = [
     "CLASSES",
@@ -271,9 +272,9 @@ def make_dataset(n: int, *, image_size: int = 64, seed: int = 0) -> DemoData:
       `DemoData`: images (n, S, S, 3) uint8 RGB, labels (n,) int32 (balanced: label i % K
       shuffled), masks (n, S, S) bool on the object's pixels (alpha > 0.5).
     """
-    n = _as_int(n, "n", 1)
-    image_size = _as_int(image_size, "image_size", 16)
-    seed = _as_int(seed, "seed", 0)
+    n = as_int(n, "n", 1)
+    image_size = as_int(image_size, "image_size", 16)
+    seed = as_int(seed, "seed", 0)
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.int32)
     images = np.empty((n, image_size, image_size, 3), np.uint8)
@@ -293,7 +294,7 @@ def patch_coverage(masks: np.ndarray, patch: int) -> np.ndarray:
     Returns:
       (N, H/p, W/p) float32 in [0, 1].
     """
-    patch = _as_int(patch, "patch", 1)
+    patch = as_int(patch, "patch", 1)
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"masks must have shape (N, H, W), got {masks.shape}")
@@ -302,15 +303,3 @@ def patch_coverage(masks: np.ndarray, patch: int) -> np.ndarray:
         raise ValueError(f"mask size {h}x{w} is not a multiple of the patch size {patch}")
     cells = masks.astype(np.float32).reshape(n, h // patch, patch, w // patch, patch)
     return cells.mean(axis=(2, 4))
-
-
-def _as_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got bool {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if out < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {out}")
-    return out

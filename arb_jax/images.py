@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from arb_jax.checks import as_int
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset(
@@ -113,17 +115,11 @@ def _check_uint8_rgb(img: Any, what: str = "img") -> np.ndarray:
     return img
 
 
-def _positive_int(x: Any, what: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x <= 0:
-        raise ValueError(f"{what} must be a positive int, got {x!r}")
-    return int(x)
-
-
 def _target_size(size: int | tuple[int, int], h: int, w: int) -> tuple[int, int]:
     """(H, W) after resizing an ``h × w`` image: short side = ``size``, or exactly ``size``."""
     if isinstance(size, (tuple, list)):
         return _as_pair(size)
-    s = _positive_int(size, "size")
+    s = as_int(size, "size")
     if h <= w:
         return s, max(1, round(w * s / h))
     return max(1, round(h * s / w)), s
@@ -147,7 +143,7 @@ def prepare(img: np.ndarray, size: int | tuple[int, int] | None, patch: int) -> 
       TypeError: ``img`` is not a uint8 numpy array.
     """
     img = _check_uint8_rgb(img)
-    patch = _positive_int(patch, "patch")
+    patch = as_int(patch, "patch")
     h, w = img.shape[:2]
     th, tw = (h, w) if size is None else _target_size(size, h, w)
     if th < patch or tw < patch:
@@ -262,13 +258,13 @@ def load_images(paths: str | Path | Sequence[str | Path], vit_or_patch: Any,
       ``(N, H, W, 3) float32``, ImageNet-normalised; H and W are multiples of the patch.
     """
     if hasattr(vit_or_patch, "image_size") and hasattr(vit_or_patch, "config"):
-        patch = _positive_int(vit_or_patch.config.patch, "vit.config.patch")
+        patch = as_int(vit_or_patch.config.patch, "vit.config.patch")
         target = tuple(int(s) for s in np.broadcast_to(vit_or_patch.image_size, (2,)))
         if size is not None and _as_pair(size) != target:
             raise ValueError(f"size={size!r} disagrees with the model's image_size {target}; "
                              f"load the model for that size instead")
     elif isinstance(vit_or_patch, (int, np.integer)) and not isinstance(vit_or_patch, bool):
-        patch = _positive_int(vit_or_patch, "patch")
+        patch = as_int(vit_or_patch, "patch")
         if size is None:
             raise ValueError("size is required when vit_or_patch is a patch size")
         target = _as_pair(size)
@@ -326,8 +322,8 @@ def _as_pair(size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(size, (tuple, list)):
         if len(size) != 2:
             raise ValueError(f"size must be an int or an (H, W) pair, got {size!r}")
-        return _positive_int(size[0], "size[0]"), _positive_int(size[1], "size[1]")
-    s = _positive_int(size, "size")
+        return as_int(size[0], "size[0]"), as_int(size[1], "size[1]")
+    s = as_int(size, "size")
     return s, s
 
 

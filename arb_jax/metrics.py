@@ -17,12 +17,13 @@ p-values (Appendix C) lives in `arb_jax.stats`.
 from __future__ import annotations
 
 import functools
-import operator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from arb_jax.checks import as_int
 
 __all__ = [
     "mean_percentile_in_roi",
@@ -120,15 +121,7 @@ def mean_percentile_in_roi(
     weights = _check_weights(roi_weights)
     before = _check_map(before, "before", weights, single=True)
     after = _check_map(after, "after", weights)
-    if patch is not None:
-        if isinstance(patch, bool):
-            raise TypeError("patch must be an integer or None, got bool")
-        try:
-            patch = operator.index(patch)
-        except TypeError:
-            raise TypeError(f"patch must be an integer or None, got {patch!r}") from None
-        if patch < 1:
-            raise ValueError(f"patch must be >= 1, got {patch}")
+    patch = as_int(patch, "patch", allow_none=True)
     dtype = jnp.result_type(before.dtype, after.dtype)
     return _mean_percentile(before.astype(dtype), after.astype(dtype), weights, patch)
 

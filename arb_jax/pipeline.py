@@ -52,6 +52,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from arb_jax import bootstrap, regularize, stats
+from arb_jax.checks import as_int
 from arb_jax.models.vit import check_images
 from arb_jax.regularize import Percentile
 
@@ -76,15 +77,6 @@ IMAGES, BOOT = "images", "boot"  # mesh axis names
 # --------------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------------
-
-
-def _check_count(value: Any, name: str, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
-    return int(value)
 
 
 def _check_number(value: Any, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
@@ -152,9 +144,9 @@ class ARBOptions:
 
     def __post_init__(self):
         put = object.__setattr__
-        put(self, "n_boot", _check_count(self.n_boot, "n_boot"))
-        put(self, "boot_chunk", _check_count(self.boot_chunk, "boot_chunk", allow_none=True))
-        put(self, "image_chunk", _check_count(self.image_chunk, "image_chunk", allow_none=True))
+        put(self, "n_boot", as_int(self.n_boot, "n_boot"))
+        put(self, "boot_chunk", as_int(self.boot_chunk, "boot_chunk", allow_none=True))
+        put(self, "image_chunk", as_int(self.image_chunk, "image_chunk", allow_none=True))
         for name, allowed in (("sampler", tuple(bootstrap.SAMPLERS)), ("pvalue", PVALUE_METHODS),
                               ("pi0_method", PI0_METHODS), ("lfdr_null", LFDR_NULLS)):
             value = getattr(self, name)
@@ -310,7 +302,7 @@ def arb_statistics(attn: Any, attn_null: Any, opts: ARBOptions | None = None,
     if attn.ndim != 2 or attn_null.ndim != 3 or attn_null.shape[1:] != attn.shape:
         raise ValueError(f"attn must be (h, w) and attn_null (B, h, w) of the same grid, got "
                          f"{attn.shape} and {attn_null.shape}")
-    patch = _check_count(patch, "patch")
+    patch = as_int(patch, "patch")
     static, values = _split_options(opts)
     return _statistics_jit(attn, attn_null, values, static, patch)
 
@@ -567,7 +559,7 @@ def image_mesh(devices: Sequence[jax.Device] | None = None, boot: int = 1) -> Me
     divide the number of devices.
     """
     devices = list(devices) if devices is not None else jax.local_devices()
-    boot = _check_count(boot, "boot")
+    boot = as_int(boot, "boot")
     if len(devices) % boot:
         raise ValueError(f"boot={boot} does not divide the {len(devices)} devices")
     if boot == 1:

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from arb_jax import stats
+from arb_jax.checks import as_int
 
 __all__ = [
     "Percentile",
@@ -291,13 +292,8 @@ def map_percentile(x: Any, q: Any, *, map_ndim: int | None = None, roi: Any = No
         x = x.astype(jnp.float32)
     x, _, map_ndim, roi = _prepare(x, {}, map_ndim, roi)
     q = _check_per_map(q, "percentile q", x.shape[: x.ndim - map_ndim], (0.0, 100.0))
-    return _map_percentile_jit(x, q, roi, map_ndim=map_ndim, repeat=_check_repeat(repeat))
-
-
-def _check_repeat(repeat: Any) -> int:
-    if isinstance(repeat, bool) or not isinstance(repeat, int | np.integer) or repeat < 1:
-        raise ValueError(f"repeat (pixels per map entry) must be an int >= 1, got {repeat!r}")
-    return int(repeat)
+    return _map_percentile_jit(x, q, roi, map_ndim=map_ndim,
+                               repeat=as_int(repeat, "repeat (pixels per map entry)"))
 
 
 def _map_percentile(x: jax.Array, q: jax.Array, map_ndim: int, roi: jax.Array | None,
@@ -389,7 +385,7 @@ def _run(rules: tuple[str, ...], attn: Any, arrays: dict[str, Any], map_ndim: An
         if _is_concrete(s["p"]) and not bool(((s["p"] >= 0) & (s["p"] <= 1)).all()):
             raise ValueError("p-values must lie in [0, 1] for Benjamini–Hochberg")
     return _shrink(attn, s.get("z"), s.get("p"), s.get("lfdr"), pi0, alpha, beta, z_th, q, roi,
-                   rules=rules, map_ndim=map_ndim, repeat=_check_repeat(repeat))
+                   rules=rules, map_ndim=map_ndim, repeat=as_int(repeat, "repeat (pixels per map entry)"))
 
 
 # ----------------------------------------------------------------------------- rules

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
+
+from arb_jax.checks import as_int
 
 __all__ = [
     "square_noise",
@@ -39,20 +40,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- validation helpers
-
-
-def _as_int(value, name: str, minimum: int = 1) -> int:
-    """A Python int >= minimum, or a clear error (bools and floats are refused)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got bool {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        kind = type(value).__name__
-        raise TypeError(f"{name} must be an integer, got {kind} {value!r}") from None
-    if out < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {out}")
-    return out
 
 
 def _check_image(image: ArrayLike) -> jax.Array:
@@ -136,7 +123,7 @@ def square_noise(
     """
     key = _check_key(key)
     image = _check_image(image)
-    size = _as_int(size, "size")
+    size = as_int(size, "size")
     height, width, _ = image.shape
     if size > min(height, width):
         raise ValueError(f"square of size {size} does not fit in an image of {height}x{width}")
@@ -235,7 +222,7 @@ def diffuse_noise(
     """
     key = _check_key(key)
     image = _check_image(image)
-    size = _as_int(size, "size")
+    size = as_int(size, "size")
     height, width, _ = image.shape
     if size * size > height * width:
         raise ValueError(f"size**2 = {size * size} exceeds the {height}x{width} image's pixels")
@@ -258,7 +245,7 @@ def roi_patch_weights(roi_mask: ArrayLike, patch: int) -> jax.Array:
       (H/p, W/p) float32 in [0, 1]: (number of ROI pixels in the patch) / p**2.
     """
     roi_mask = jnp.asarray(roi_mask)
-    patch = _as_int(patch, "patch")
+    patch = as_int(patch, "patch")
     if roi_mask.ndim != 2:
         raise ValueError(f"roi_mask must have shape (H, W), got shape {roi_mask.shape}")
     height, width = roi_mask.shape

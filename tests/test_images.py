@@ -187,10 +187,12 @@ def test_prepare_errors(photos):
         images.prepare(photos.chelsea.astype(np.float32), 64, 8)
     with pytest.raises(ImageError, match=r"\(H, W, 3\)"):
         images.prepare(photos.camera, 64, 8)
-    with pytest.raises(ValueError, match="patch must be a positive int"):
+    with pytest.raises(ValueError, match="patch must be >= 1, got 0"):
         images.prepare(photos.chelsea, 64, 0)
-    with pytest.raises(ValueError, match="size must be a positive int"):
+    with pytest.raises(ValueError, match="size must be >= 1, got -3"):
         images.prepare(photos.chelsea, -3, 8)
+    with pytest.raises(TypeError, match="size must be an integer, got float 64.0"):
+        images.prepare(photos.chelsea, 64.0, 8)
 
 
 # ----------------------------------------------------------------------------- normalise
