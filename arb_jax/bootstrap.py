@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from arb_jax.checks import as_int
+from arb_jax.checks import as_int, one_image, one_key
 
 __all__ = [
     "SAMPLERS",
@@ -41,38 +41,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_image(image: Any) -> jax.Array:
-    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
-        raise TypeError(f"image must be an array (H, W, C), got {type(image).__name__}")
-    image = jnp.asarray(image)
-    if image.ndim != 3:
-        raise ValueError(
-            f"image must have shape (H, W, C) (one image, channels last), got shape {image.shape}"
-        )
-    if not jnp.issubdtype(image.dtype, jnp.floating):
-        raise TypeError(f"image must be a float array (normalised pixels), got dtype {image.dtype}")
-    if min(image.shape) < 1:
-        raise ValueError(f"image must not be empty, got shape {image.shape}")
-    return image
-
-
-def _check_key(key: Any) -> jax.Array:
-    if not isinstance(key, jax.Array):
-        raise TypeError(
-            f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), "
-            f"got {type(key).__name__}"
-        )
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.ndim != 0:
-            raise ValueError(f"key must be a single PRNG key (shape ()), got shape {key.shape}")
-    elif key.dtype != jnp.uint32 or key.ndim != 1:
-        raise TypeError(
-            "key must be a JAX PRNG key (jax.random.key, or a raw uint32 jax.random.PRNGKey), "
-            f"got dtype {key.dtype} shape {key.shape}"
-        )
-    return key
 
 
 def _check_start(start: Any) -> Any:
@@ -192,8 +160,8 @@ def sample_range(name: str, key: jax.Array, image: jax.Array, start: int | jax.A
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    key = _check_key(key)
-    image = _check_image(image)
+    key = one_key(key)
+    image = one_image(image)
     count = as_int(count, "count")
     start = _check_start(start)
     if name == "normal":

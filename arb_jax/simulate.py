@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from arb_jax.checks import as_int
+from arb_jax.checks import as_int, one_image, one_key
 
 __all__ = [
     "square_noise",
@@ -40,30 +40,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- validation helpers
-
-
-def _check_image(image: ArrayLike) -> jax.Array:
-    image = jnp.asarray(image)
-    if image.ndim != 3:
-        raise ValueError(f"image must have shape (H, W, C), got shape {image.shape}")
-    if not jnp.issubdtype(image.dtype, jnp.floating):
-        raise TypeError(f"image must be a floating array (normalised), got dtype {image.dtype}")
-    if image.shape[0] * image.shape[1] < 2:
-        raise ValueError(f"image needs at least 2 pixels for a ddof=1 std, got shape {image.shape}")
-    return image
-
-
-def _check_key(key: ArrayLike) -> jax.Array:
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"key must be a single PRNG key, got a key array of shape {key.shape}")
-    elif key.dtype != jnp.uint32 or key.shape != (2,):
-        raise TypeError(
-            "key must be a jax.random.key(...) or a jax.random.PRNGKey(...) (uint32, shape (2,)), "
-            f"got dtype {key.dtype} and shape {key.shape}"
-        )
-    return key
 
 
 def _channel_noise(key: jax.Array, image: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -121,8 +97,8 @@ def square_noise(
     Returns:
       ``(noisy, roi)``: the (H, W, C) image, same dtype, and the (H, W) bool ROI mask (the square).
     """
-    key = _check_key(key)
-    image = _check_image(image)
+    key = one_key(key)
+    image = one_image(image, min_pixels=2)  # a std with ddof=1
     size = as_int(size, "size")
     height, width, _ = image.shape
     if size > min(height, width):
@@ -220,8 +196,8 @@ def diffuse_noise(
     Returns:
       ``(noisy, roi)``: the (H, W, C) image, same dtype, and the (H, W) bool ROI mask.
     """
-    key = _check_key(key)
-    image = _check_image(image)
+    key = one_key(key)
+    image = one_image(image, min_pixels=2)  # a std with ddof=1
     size = as_int(size, "size")
     height, width, _ = image.shape
     if size * size > height * width:

@@ -147,10 +147,14 @@ def test_square_bad_arguments(kwargs, error, match):
 def test_square_bad_image_and_key():
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
         simulate.square_noise(jax.random.key(0), np.zeros((8, 8), np.float32), 2)
-    with pytest.raises(TypeError, match="floating"):
+    with pytest.raises(TypeError, match="float array"):
         simulate.square_noise(jax.random.key(0), np.zeros((8, 8, 3), np.int32), 2)
+    with pytest.raises(ValueError, match="at least 2 pixel"):
+        simulate.square_noise(jax.random.key(0), np.zeros((1, 1, 3), np.float32), 1)
     with pytest.raises(TypeError, match="key"):
         simulate.square_noise(np.arange(3), _image(), 2)
+    with pytest.raises(ValueError, match="single PRNG key"):
+        simulate.square_noise(jax.random.split(jax.random.key(0), 2), _image(), 2)
 
 
 # --------------------------------------------------------------------------- diffuse noise
