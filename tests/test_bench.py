@@ -257,3 +257,19 @@ def test_list_and_helpers(capsys):
     assert len(time_calls(lambda: calls.append(1), 5, 0.0)) == 1  # budget spent: one run
     with pytest.raises(dataclasses.FrozenInstanceError):
         bc.PRESETS["smoke"].cases[0].n_boot = 2
+
+
+def test_gpu_baseline_batch_fits_8_gib_of_attention_maps():
+    """On a GPU the baseline batches its forwards: as many images as keep the 12 layers'
+    float32 attention maps (output_attentions) under 8 GiB, at most 1 + B; one at a time on a CPU."""
+    from bench.run import Context, _baseline_batch
+
+    gpu, cpu = Context(quiet=True, torch_device="cuda"), Context(quiet=True)
+    case = {c.name: c for c in bc.PRESETS["gpu"].cases}
+    vits16, vits8 = get_config("dino_vits16"), get_config("dino_vits8")
+    per16 = 12 * 6 * 197 ** 2 * 4                      # ViT-S/16 at 224 px: 11.2 MB per image
+    assert _baseline_batch(case["vits16_224_B256"], vits16, gpu) == 257
+    assert _baseline_batch(case["scaleB_vits16_224_B1024"], vits16, gpu) == (8 << 30) // per16
+    assert _baseline_batch(case["paper_vits8_488_B16"], vits8, gpu) == 2   # 4.0 GB per image
+    assert _baseline_batch(case["vits16_224_B256"], vits16, cpu) == 1
+    assert _baseline_batch(bc.PRESETS["smoke"].cases[1], get_config("test_tiny8"), cpu) == 2
