@@ -38,6 +38,14 @@ def _show_map(ax: Any, m: np.ndarray, hw: tuple[int, int], vmax: float, title: s
     ax.set_axis_off()
 
 
+def _unit_histogram(ax: Any, values: np.ndarray, color: str, title: str, xlabel: str) -> None:
+    """Histogram of values in [0, 1] (20 bins) over the patches."""
+    ax.hist(np.ravel(values), bins=20, range=(0, 1), color=color)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("patches")
+
+
 def plot_result(res: Any, images: Any = None, path: str | Path | None = None, index: int = 0,
                 roi: np.ndarray | None = None, title: str | None = None) -> Any:
     """Figure of one image's ARB result (like the paper's Fig. 2); saved to ``path`` if given.
@@ -82,18 +90,10 @@ def plot_result(res: Any, images: Any = None, path: str | Path | None = None, in
     ax.set_xlabel("z")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    ax = axes[1, 2]
-    ax.hist(p.ravel(), bins=20, range=(0, 1), color="tab:green")
-    ax.axhline(pi0 * p.size / 20, color="k", ls="--", lw=1, label=f"π₀ = {pi0:.2f}")
-    ax.set_title("p-values", fontsize=10)
-    ax.set_xlabel("p")
-    ax.set_ylabel("patches")
-    ax.legend(fontsize=8)
-    ax = axes[1, 3]
-    ax.hist(lfdr.ravel(), bins=20, range=(0, 1), color="tab:orange")
-    ax.set_title("local FDR", fontsize=10)
-    ax.set_xlabel("lfdr")
-    ax.set_ylabel("patches")
+    _unit_histogram(axes[1, 2], p, "tab:green", "p-values", "p")
+    axes[1, 2].axhline(pi0 * p.size / 20, color="k", ls="--", lw=1, label=f"π₀ = {pi0:.2f}")
+    axes[1, 2].legend(fontsize=8)
+    _unit_histogram(axes[1, 3], lfdr, "tab:orange", "local FDR", "lfdr")
     if title:
         fig.suptitle(title, fontsize=12)
     if path is not None:
