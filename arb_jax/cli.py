@@ -363,14 +363,19 @@ def use_compilation_cache() -> Path | None:
     """Turn on JAX's persistent compilation cache in ``<arb cache>/xla`` (``hub.cache_dir``), so
     a rerun (a resumed sweep, the same command on other images) skips the XLA compiles it did
     already. ``JAX_COMPILATION_CACHE_DIR``, when set, wins; ``JAX_ENABLE_COMPILATION_CACHE=false``
-    turns it off. Returns the folder JAX will use (None: JAX's own setting)."""
+    turns it off; a cache folder that cannot be made leaves it off. Returns the folder in use
+    (None: JAX's own setting)."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return None
-    import jax
-
     from arb_jax import hub
 
     path = hub.cache_dir() / "xla"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    import jax
+
     jax.config.update("jax_compilation_cache_dir", str(path))
     return path
 

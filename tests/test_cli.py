@@ -309,3 +309,8 @@ def test_arb_program_keeps_compiled_programs_in_the_cache(tmp_path):
         np.testing.assert_array_equal(a[k], b[k])
     run("o3", {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "mine")})
     assert any((tmp_path / "mine").iterdir())
+    (tmp_path / "file").write_text("not a folder")           # no cache possible: none, quietly
+    proc = subprocess.run([*argv, "--out", str(tmp_path / "o4")], capture_output=True, text=True,
+                          env={**env, "ARB_CACHE": str(tmp_path / "file")}, timeout=300)
+    assert proc.returncode == 0 and "cache" not in proc.stderr.lower(), proc.stderr[-3000:]
+    assert (tmp_path / "o4" / "coffee.npz").exists()
