@@ -64,7 +64,8 @@ def one_image(image: Any, min_pixels: int = 1) -> Any:
                          f"{image.shape}")
     if not jnp.issubdtype(image.dtype, jnp.floating):
         raise TypeError(f"image must be a float array (normalised pixels), got dtype {image.dtype}")
-    if image.shape[2] < 1 or image.shape[0] * image.shape[1] < max(1, min_pixels):
-        raise ValueError(f"image must have at least {max(1, min_pixels)} pixel(s) and a channel, "
-                         f"got shape {image.shape}")
+    need = max(1, min_pixels)
+    if image.shape[2] < 1 or image.shape[0] * image.shape[1] < need:
+        raise ValueError(f"image must have at least {need} pixel(s) and a channel, got shape "
+                         f"{image.shape}")
     return image
