@@ -16,6 +16,7 @@ import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -119,6 +120,17 @@ def _read_inputs(items: Sequence[str]) -> tuple[list[_Input], list[str]]:
     return unique, errors
 
 
+class _Job(NamedTuple):
+    """An image ready for ARB: its input, the settings its outputs record, its ARB key
+    fold_in(key(seed), index), the (H, W, 3) prepared (and noised) image and the noise ROI."""
+
+    inp: _Input
+    settings: dict
+    key: Any
+    x: np.ndarray
+    roi: np.ndarray | None
+
+
 def _source_stamp(source: str) -> str:
     """What identifies the input's content for a resume: the photo name, or the file's resolved
     path, size and modification time."""
@@ -140,21 +152,12 @@ def _saved_settings(path: Path) -> dict | None:
         return None
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename onto ``path``: a kill never leaves a half-written output."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def cmd_regularize(args: argparse.Namespace) -> int:
     import jax
+    import jax.numpy as jnp
     from tqdm import tqdm
 
-    from arb_jax import images, loading, pipeline, plotting, simulate
+    from arb_jax import files, images, loading, pipeline, plotting, simulate
 
     inputs, input_errors = _read_inputs(args.images)
     for line in input_errors:
@@ -177,15 +180,14 @@ def cmd_regularize(args: argparse.Namespace) -> int:
               "heads": args.heads, "inject_noise": args.inject_noise, "seed": args.seed,
               "dtype": args.dtype}
 
-    def settings(inp: _Input) -> dict:
-        return {**common, "index": inp.index, "source": _source_stamp(inp.source)}
-
-    def done(inp: _Input) -> bool:
+    def done(inp: _Input, settings: dict) -> bool:
         if args.figures and not (out_dir / f"{inp.name}.png").exists():
             return False
-        return _saved_settings(out_dir / f"{inp.name}.npz") == settings(inp)
+        return _saved_settings(out_dir / f"{inp.name}.npz") == settings
 
-    todo = [inp for inp in inputs if args.redo or not done(inp)]
+    todo = [(inp, settings) for inp in inputs
+            for settings in [{**common, "index": inp.index, "source": _source_stamp(inp.source)}]
+            if args.redo or not done(inp, settings)]
     if len(todo) < len(inputs) and not args.quiet:
         print(f"arb: {len(inputs) - len(todo)} of {len(inputs)} images already done with these "
               f"settings in {out_dir}; skipping them (--redo to run them again)")
@@ -202,42 +204,41 @@ def cmd_regularize(args: argparse.Namespace) -> int:
         failures += 1
         print(f"arb: error: {name}: {exc}", file=sys.stderr)
 
-    def run(batch: list[tuple[_Input, np.ndarray, np.ndarray | None]]) -> None:
+    def run(batch: list[_Job]) -> None:
         """ARB on images of one size in one call; their .png and .npz written as they finish."""
         t0 = time.perf_counter()
-        x = np.stack([b[1] for b in batch])
+        x = np.stack([job.x for job in batch])
         hw = tuple(x.shape[1:3])
         try:
             if hw not in models:
                 models[hw] = base.at_size(hw)
             vit = models[hw]
-            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.array([b[0].index for b in batch]))
             res = pipeline.regularize_attention(
-                vit, x, keys, n_boot=args.n_boot, sampler=args.sampler, width=args.width,
-                pvalue=args.pvalue, alpha=args.alpha, beta=args.beta, heads=args.heads,
-                return_null=True, boot_chunk=args.boot_chunk)
+                vit, x, jnp.stack([job.key for job in batch]), n_boot=args.n_boot,
+                sampler=args.sampler, width=args.width, pvalue=args.pvalue, alpha=args.alpha,
+                beta=args.beta, heads=args.heads, return_null=True, boot_chunk=args.boot_chunk)
             res_np = res.to_numpy()
         except (ValueError, OSError) as exc:
-            for inp, _, _ in batch:
-                fail(inp.name, exc)
+            for job in batch:
+                fail(job.inp.name, exc)
             bar.update(len(batch))
             return
         dt = (time.perf_counter() - t0) / len(batch)
-        for j, (inp, xj, roi) in enumerate(batch):
+        for j, (inp, settings, _, xj, roi) in enumerate(batch):
             try:
                 arrays = {k: v[j] for k, v in res_np.items()}
                 arrays["image"] = xj
                 if roi is not None:
                     arrays["roi"] = roi
-                arrays["settings"] = np.array(json.dumps(settings(inp), sort_keys=True))
+                arrays["settings"] = np.array(json.dumps(settings, sort_keys=True))
                 pi0 = float(arrays["pi0"])
+                npz = out_dir / f"{inp.name}.npz"
                 if args.figures:
                     title = (f"{inp.name} — {vit.meta.get('name', args.model)}, B={args.n_boot}, "
                              f"{args.sampler} bootstrap, π₀={pi0:.2f}")
                     fig = plotting.plot_result(res, images=x, index=j, roi=roi, title=title)
-                    _write_atomic(out_dir / f"{inp.name}.png", lambda t, fig=fig: fig.savefig(t, dpi=110))
-                npz = out_dir / f"{inp.name}.npz"
-                _write_atomic(npz, lambda t, a=arrays: np.savez_compressed(t, **a))
+                    files.write_atomic(npz.with_suffix(".png"), lambda t, f=fig: f.savefig(t, dpi=110))
+                files.write_atomic(npz, lambda t, a=arrays: np.savez_compressed(t, **a))
             except (ValueError, OSError) as exc:
                 fail(inp.name, exc)
                 continue
@@ -249,12 +250,12 @@ def cmd_regularize(args: argparse.Namespace) -> int:
                 tqdm.write(f"{inp.name}: pi0={pi0:.3f} zeroed p={zeroed['p']:.0f}% "
                            f"lfdr={zeroed['lfdr']:.0f}% pi0={zeroed['pi0']:.0f}% ({dt:.1f} s) -> {shown}")
 
-    def load(inp: _Input) -> tuple[np.ndarray | None, str, dict]:
+    def load(item: tuple[_Input, dict]) -> tuple[np.ndarray | None, str, dict]:
         """(prepared image or None, reason, {"note": conversion note, "shape": (H, W) read})."""
         read: dict = {}
 
         def read_rgb() -> np.ndarray:
-            img, read["note"] = inp.load()
+            img, read["note"] = item[0].load()
             read["shape"] = tuple(img.shape[:2])
             return img
 
@@ -263,7 +264,7 @@ def cmd_regularize(args: argparse.Namespace) -> int:
     waiting: dict[tuple[int, int], list] = {}  # images of one size, waiting for a full batch
     try:
         for chunk in images.prefetch(todo, args.batch, load):
-            for inp, (x, reason, read) in chunk:
+            for (inp, settings), (x, reason, read) in chunk:
                 if read.get("note") and not args.quiet:
                     tqdm.write(f"arb: {inp.name}: converted to RGB ({read['note']})")
                 if x is None:
@@ -275,17 +276,17 @@ def cmd_regularize(args: argparse.Namespace) -> int:
                                f"centre-cropped to multiples of the patch ({patch} px)")
                     said_crop = True
                 roi = None
+                key_i = jax.random.fold_in(key, inp.index)
                 if args.inject_noise:
                     if args.inject_noise > min(x.shape[:2]):
                         fail(inp.name, CLIError(f"--inject-noise {args.inject_noise} is larger "
                                                 f"than the image {tuple(x.shape[:2])}"))
                         bar.update(1)
                         continue
-                    key_i = jax.random.fold_in(key, inp.index)
                     noisy, roi = simulate.square_noise(jax.random.split(key_i)[1], x, args.inject_noise)
                     x, roi = np.asarray(noisy), np.asarray(roi)
                 group = waiting.setdefault(tuple(x.shape[:2]), [])
-                group.append((inp, x, roi))
+                group.append(_Job(inp, settings, key_i, x, roi))
                 if len(group) == args.batch:
                     run(waiting.pop(tuple(x.shape[:2])))
         for group in waiting.values():

@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from arb_jax import images, loading, sweep
+from arb_jax.files import write_atomic, write_text_atomic
 from arb_jax.models import ViT
 from arb_jax.sweep import Item
 
@@ -286,9 +287,7 @@ def _save_features(path: Path, splits: dict[str, Features], skipped: list[tuple[
     for name, f in splits.items():
         arrays.update({f"{name}_ids": f.ids, f"{name}_labels": f.labels, f"{name}_x": f.x})
     arrays["skipped"] = np.array([f"{i}\t{r}" for i, r in skipped], dtype=str)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def _load_features(path: Path, record: dict[str, Any]
@@ -341,13 +340,14 @@ def _num(text: str) -> float | int | None:
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+
+    write_atomic(path, write)
 
 
 def _append_metrics(path: Path, row: dict[str, Any]) -> None:
@@ -360,14 +360,15 @@ def _append_metrics(path: Path, row: dict[str, Any]) -> None:
 
 def _write_split(path: Path, train: Features, val: Features) -> None:
     """``image_id,class,split`` of every image used (split: train or val)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image_id", "class", "split"])
-        for name, feats in (("train", train), ("val", val)):
-            writer.writerows([i, c, name] for i, c in zip(feats.ids.tolist(), feats.labels.tolist(),
-                                                           strict=True))
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image_id", "class", "split"])
+            for name, feats in (("train", train), ("val", val)):
+                writer.writerows([i, c, name] for i, c in zip(feats.ids.tolist(),
+                                                               feats.labels.tolist(), strict=True))
+
+    write_atomic(path, write)
 
 
 def _fmt(v: Any) -> str:
@@ -524,9 +525,7 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
         _write_split(out / SPLIT_FILE, train, val)
         if steps:
             _check_record(out, old, record, _CHECKED)
-        tmp = out / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, out / CONFIG_FILE)
+        write_text_atomic(out / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
         xt = jnp.asarray(train.x)
         yt = jnp.asarray([index[c] for c in train.labels.tolist()], jnp.int32)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from arb_jax.files import write_text_atomic
+
 BASE_URL = "https://dl.fbaipublicfiles.com/"
 _CHUNK = 1 << 20  # bytes per read while streaming
 _USER_AGENT = "arb-jax/0.1 (+urllib)"
@@ -197,10 +199,7 @@ def _read_sidecar(dest: Path) -> str | None:
 
 
 def _write_sidecar(dest: Path, digest: str) -> None:
-    side = _sidecar(dest)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(f"{digest}  {dest.name}\n")
-    os.replace(tmp, side)
+    write_text_atomic(_sidecar(dest), f"{digest}  {dest.name}\n")
 
 
 def _remove(*paths: Path) -> None:

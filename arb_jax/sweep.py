@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from arb_jax import images, loading, metrics, pipeline, regularize, simulate, stats
+from arb_jax.files import write_text_atomic
 
 __all__ = [
     "COLUMNS",
@@ -630,9 +631,7 @@ def _check_config(out: Path, record: dict[str, Any]) -> None:
             raise ValueError(f"{out} holds a sweep with other settings ({'; '.join(diff)}); "
                              "resume with the same settings or write to another --out")
         return
-    tmp = out / f".{CONFIG_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
 def _roi_corner(roi: np.ndarray) -> tuple[int, int]:

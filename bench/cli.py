@@ -59,15 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{c.dtype}, baseline={c.baseline}, check={c.check}")
         return 0
 
+    from arb_jax.files import write_text_atomic
     from bench.run import jsonable, run_preset
     from bench.tables import to_markdown
 
     def write(result: dict) -> None:  # after every case: a killed run keeps what it measured
         result = jsonable(result)
         if json_out is not None:
-            _replace(json_out, json.dumps(result, indent=1) + "\n")
+            write_text_atomic(json_out, json.dumps(result, indent=1) + "\n")
         if md_out is not None:
-            _replace(md_out, to_markdown(result) + "\n")
+            write_text_atomic(md_out, to_markdown(result) + "\n")
 
     result = run_preset(preset, cases, ablations=not args.no_ablations, quiet=args.quiet,
                         budget_s=args.budget_s, on_result=write)
@@ -83,8 +84,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     return 0
 
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -198,21 +198,6 @@ def test_batch_equals_one_at_a_time_and_no_figures(capsys, tmp_path, photos):
     assert rc == 1 and "--batch must be >= 1" in err
 
 
-def test_interrupted_write_leaves_no_output(tmp_path):
-    target = tmp_path / "img.npz"
-
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(b"half an archive")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        cli._write_atomic(target, write)
-    assert list(tmp_path.iterdir()) == []
-    cli._write_atomic(target, lambda t: np.savez_compressed(t, a=np.arange(3)))
-    np.testing.assert_array_equal(np.load(target)["a"], np.arange(3))
-    assert [f.name for f in tmp_path.iterdir()] == ["img.npz"]
-
-
 def test_image_smaller_than_a_patch(capsys, tmp_path, photos):
     Image.fromarray(photos["coffee"]).save(tmp_path / "c.png")
     rc, _, err = _run(capsys, "regularize", str(tmp_path / "c.png"), "--size", "4", "--quiet",

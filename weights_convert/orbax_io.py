@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from arb_jax.files import write_text_atomic
 from arb_jax.models.config import ViTConfig
 from weights_convert.errors import CheckpointFormatError, CheckpointKeysError
 from weights_convert.formats import canonical_shapes, flatten_params
@@ -83,9 +84,7 @@ def write_converted(dst: str | os.PathLike, config: ViTConfig, params: dict[str,
     dst.mkdir(parents=True, exist_ok=True)
     save_params(params_dir, params)
     record = {"format_version": FORMAT_VERSION, "config": config.to_dict(), **meta}
-    tmp = meta_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, meta_file)
+    write_text_atomic(meta_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return dst
 
 
