@@ -19,6 +19,7 @@ from typing import Any
 from arb_jax.models.config import ViTConfig
 from weights_convert.errors import CheckpointError
 from weights_convert.formats import to_canonical
+from weights_convert.onnx_reader import OnnxWeights
 from weights_convert.orbax_io import write_converted
 from weights_convert.readers import flatten_tree, load_tree, resolve_weights_file, sha256_file
 
@@ -43,10 +44,11 @@ def read_checkpoint(src: str | os.PathLike, *, heads: int | None = None,
     """Read and convert a checkpoint in memory (nothing written).
 
     Args:
-      src: a ``.pth`` / ``.bin`` / ``.ckpt`` (zip-format ``torch.save``) or ``.safetensors`` file,
-        or an HF model directory (``model.safetensors`` or ``pytorch_model.bin``).
-      heads: number of attention heads (not derivable from shapes); default: ``num_attention_heads``
-        of an HF ``config.json`` beside the file, else the DINO convention ``dim // 64``.
+      src: a ``.pth`` / ``.bin`` / ``.ckpt`` (zip-format ``torch.save``), ``.safetensors`` or
+        ``.onnx`` file, or an HF model directory (``model.safetensors`` or ``pytorch_model.bin``).
+      heads: number of attention heads (not derivable from shapes); default: what an ONNX graph's
+        head-split Reshape says, else ``num_attention_heads`` of an HF ``config.json`` beside the
+        file, else the DINO convention ``dim // 64``.
       which: branch of a DINO training checkpoint: ``"teacher"`` (default) or ``"student"``.
 
     Returns:
@@ -62,17 +64,32 @@ def read_checkpoint(src: str | os.PathLike, *, heads: int | None = None,
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
     weights = resolve_weights_file(src)
     tree, kind = load_tree(weights)
-    arrays, others = flatten_tree(tree)
-    hf_config, note = _hf_config(weights)
-    result = to_canonical(arrays, others, which=which, heads=heads, hf_config=hf_config)
+    extra_notes: list[str] = []
+    dropped: list[str] = []
+    pos_interp = None
+    if isinstance(tree, OnnxWeights):
+        arrays, others = tree.arrays, []
+        hf_config = {k: v for k, v in (("num_attention_heads", tree.heads),
+                                       ("layer_norm_eps", tree.eps)) if v is not None}
+        hf_config["_from"] = "the ONNX graph's"
+        note = None
+        extra_notes, dropped, pos_interp = tree.notes, tree.ignored, tree.pos_interp
+        if pos_interp:
+            extra_notes = [*extra_notes, f"position embeddings resampled with the {pos_interp!r} "
+                           "recipe, as the graph's Resize does"]
+    else:
+        arrays, others = flatten_tree(tree)
+        hf_config, note = _hf_config(weights)
+    result = to_canonical(arrays, others, which=which, heads=heads, hf_config=hf_config,
+                          pos_interp=pos_interp)
     meta = {
         "source": weights.name,
         "source_path": str(weights.absolute()),
         "sha256": sha256_file(weights),
         "file_kind": kind,
         "format": f"{result.container}/{result.layout}",
-        "dropped": result.dropped,
-        "notes": result.notes + ([note] if note else []),
+        "dropped": dropped + result.dropped,
+        "notes": extra_notes + result.notes + ([note] if note else []),
     }
     return result.config, result.params, meta
 
@@ -93,13 +110,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, heads: int | None
     return config, params
 
 
-DESCRIPTION = ("Convert a DINO / DINOv2 / timm / HF ViT checkpoint (.pth, .bin, .ckpt, .safetensors or "
-               "an HF directory) to canonical Flax params saved with Orbax. The file is read "
-               "without running code from it.")
+DESCRIPTION = ("Convert a DINO / DINOv2 / timm / HF ViT checkpoint (.pth, .bin, .ckpt, .safetensors, "
+               ".onnx or an HF directory) to canonical Flax params saved with Orbax. The file is "
+               "read without running code from it (an ONNX graph is never executed).")
 EPILOG = """examples:
   arb convert dino_deitsmall8_pretrain.pth vits8/
   arb convert dino_checkpoint.pth vits8_student/ --which student
   arb convert hf_model/ vit/ --heads 6
+  arb convert vit_s_focus.onnx imgfocus/     # an HF ViTModel / Dinov2Model ONNX export
 """
 
 

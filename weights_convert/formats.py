@@ -422,7 +422,8 @@ def _heads(dim: int, heads: int | None, hf_config: Mapping[str, Any] | None) -> 
             raise ValueError(f"heads must be a positive int, got {heads!r}")
         return heads, "given"
     if hf_config and "num_attention_heads" in hf_config:
-        return int(hf_config["num_attention_heads"]), "config.json num_attention_heads"
+        return (int(hf_config["num_attention_heads"]),
+                f"{hf_config.get('_from', 'config.json')} num_attention_heads")
     if dim % 64 or dim < 64:
         raise ValueError(
             f"cannot infer the number of heads for dim={dim} (DINO convention dim // 64 needs a "
@@ -436,7 +437,8 @@ def _shape(arrays: Mapping[str, np.ndarray], key: str, ndim: int) -> tuple[int, 
 
 
 def _infer(state: _State, head: _State, names: _Names, heads: int | None,
-           hf_config: Mapping[str, Any] | None) -> tuple[ViTConfig, list[str]]:
+           hf_config: Mapping[str, Any] | None, pos_interp: str | None = None
+           ) -> tuple[ViTConfig, list[str]]:
     a = state.arrays
     cls, patch_w = _shape(a, names.cls, 3), _shape(a, f"{names.patch}.weight", 4)
     norm_w = _shape(a, f"{names.norm}.weight", 1)
@@ -472,7 +474,7 @@ def _infer(state: _State, head: _State, names: _Names, heads: int | None,
     eps, notes = 1e-6, [f"heads={n_heads} ({heads_from})"]
     if hf_config and names.layout.startswith("hf"):
         eps = float(hf_config.get("layer_norm_eps", eps))
-        notes.append(f"eps={eps:g} (config.json layer_norm_eps)")
+        notes.append(f"eps={eps:g} ({hf_config.get('_from', 'config.json')} layer_norm_eps)")
         for field, value in (("hidden_size", dim), ("patch_size", patch_w[2]),
                              ("num_hidden_layers", max(indices) + 1)):
             if field in hf_config and int(hf_config[field]) != value:
@@ -484,11 +486,12 @@ def _infer(state: _State, head: _State, names: _Names, heads: int | None,
             mlp_dim=fc1[0] if fc1 else 4 * dim, pos_grid=pos_grid,
             n_registers=reg[1] if reg else 0,
             layerscale=any(k.endswith(names.ls1) for k in a if block_rx.match(k)),
-            eps=eps, n_classes=head_w[0] if head_w else 0)
+            eps=eps, n_classes=head_w[0] if head_w else 0, pos_interp=pos_interp or "dino")
     except ValueError as e:
         raise ValueError(f"inferred architecture is invalid: {e}") from None
-    for known in CONFIGS.values():
-        if known == ViTConfig(**{**config.to_dict(), "name": known.name}):
+    for known in CONFIGS.values():  # the official architectures take their registry name
+        if known.pos_interp == "dino" and known == ViTConfig(**{**config.to_dict(),
+                                                                "name": known.name}):
             config = known
             break
     return config, notes
@@ -529,7 +532,8 @@ def _head_state(head: _State, backbone: _State, names: _Names) -> _State:
 
 def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = None, *,
                  which: str = "teacher", heads: int | None = None,
-                 hf_config: Mapping[str, Any] | None = None) -> Conversion:
+                 hf_config: Mapping[str, Any] | None = None,
+                 pos_interp: str | None = None) -> Conversion:
     """Convert a flat checkpoint ``{dotted.key: array}`` to the canonical Flax tree.
 
     Args:
@@ -538,6 +542,8 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
       which: the branch of a DINO training checkpoint, ``"teacher"`` (default) or ``"student"``.
       heads: number of attention heads; default from ``hf_config`` else ``dim // 64``.
       hf_config: the HF ``config.json`` next to the file, if any (heads, LayerNorm eps, checks).
+      pos_interp: the position-embedding recipe of the source (``"dino"``, ``"size"``); default
+        ``"dino"``.
 
     Returns:
       A :class:`Conversion`; params are float32 whatever the source dtype.
@@ -551,7 +557,7 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
     for key, why in names.drops:
         backbone.drop(key, why)
     head = _head_state(head, backbone, names)
-    config, notes = _infer(backbone, head, names, heads, hf_config)
+    config, notes = _infer(backbone, head, names, heads, hf_config, pos_interp)
     pool = {**backbone.arrays, **head.arrays}
     origin = {**backbone.origin, **head.origin}
     missing, misshaped, used = [], [], set()

@@ -4,7 +4,9 @@ Two file kinds are read, told apart by their first bytes (not their extension):
 
 * PyTorch zip checkpoints (``.pth``, ``.bin``, ``.ckpt``): through the restricted unpickler of
   :mod:`weights_convert.safe_pickle` — no code from the file runs and torch is not imported;
-* ``.safetensors``: through the ``safetensors`` package's numpy API.
+* ``.safetensors``: through the ``safetensors`` package's numpy API;
+* ONNX exports (``.onnx``): through the ``onnx`` package's protobuf parser, the graph never run
+  (:mod:`weights_convert.onnx_reader`).
 
 A directory is read through the weights file it holds (``model.safetensors`` first, then
 ``pytorch_model.bin``), as saved by ``transformers``' ``save_pretrained``.
@@ -23,6 +25,7 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for safetensors'
 import numpy as np
 
 from weights_convert.errors import CheckpointFormatError
+from weights_convert.onnx_reader import looks_like_onnx, read_onnx
 from weights_convert.safe_pickle import Placeholder, load_torch_zip
 
 __all__ = ["flatten_tree", "load_tree", "resolve_weights_file", "sha256_file", "sniff_kind"]
@@ -64,7 +67,7 @@ def resolve_weights_file(src: str | os.PathLike) -> Path:
 
 
 def sniff_kind(path: str | os.PathLike) -> str:
-    """``"torch_zip"`` or ``"safetensors"`` from the first bytes of the file.
+    """``"torch_zip"``, ``"safetensors"`` or ``"onnx"`` from the first bytes of the file.
 
     Raises:
       CheckpointFormatError: empty file, legacy (non-zip) torch file, or neither format.
@@ -89,6 +92,12 @@ def sniff_kind(path: str | os.PathLike) -> str:
         raise CheckpointFormatError(
             f"{path}: safetensors header of {header_len} bytes does not fit in the "
             f"{size}-byte file (truncated?)")
+    if looks_like_onnx(head):
+        return "onnx"
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointFormatError(
+            f"{path}: not an ONNX model (a .onnx file must start with an ONNX ModelProto; "
+            f"starts with {head[:8]!r})")
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise CheckpointFormatError(
             f"{path}: a bare pickle, not a PyTorch zip checkpoint; bare pickles are refused")
@@ -119,12 +128,15 @@ def load_tree(path: str | os.PathLike) -> tuple[Any, str]:
 
     Returns:
       ``(tree, kind)``: the saved object with tensors as numpy arrays, and ``kind``
-      (``"torch_zip"`` or ``"safetensors"``).
+      (``"torch_zip"``, ``"safetensors"`` or ``"onnx"``; for ONNX the tree is the
+      :class:`~weights_convert.onnx_reader.OnnxWeights` read from the graph).
     """
     path = Path(path)
     kind = sniff_kind(path)
     if kind == "safetensors":
         return _load_safetensors(path), kind
+    if kind == "onnx":
+        return read_onnx(path), kind
     return load_torch_zip(path), kind
 
 

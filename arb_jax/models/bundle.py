@@ -288,6 +288,8 @@ def build_vit(
 
 def _pos_embed_for(pos: np.ndarray, config: ViTConfig, size: tuple[int, int]) -> np.ndarray:
     """``pos`` (1, 1 + tokens, D) for an input of ``size`` pixels: as it is when it already has
-    that grid, else resampled (DINO's bicubic; numpy in: float64 on the host)."""
+    that grid, else resampled (``config.pos_interp``'s bicubic; numpy in: float64 on the host)."""
     grid = (size[0] // config.patch, size[1] // config.patch)
-    return pos if pos.shape[1] == 1 + grid[0] * grid[1] else interpolate_pos_embed(pos, grid)
+    if pos.shape[1] == 1 + grid[0] * grid[1]:
+        return pos
+    return interpolate_pos_embed(pos, grid, config.pos_interp)

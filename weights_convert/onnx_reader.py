@@ -1,0 +1,310 @@
+"""ONNX ViT exports → ``{dotted.torch.name: array}``, read with the ``onnx`` protobuf parser.
+
+The graph is never executed: only its initializers (the weights) and the names, op types and
+attributes of the nodes that consume them are read. What ``torch.onnx.export`` writes for an HF
+``ViTModel`` / ``Dinov2Model`` (alone or inside a larger model) is mapped back to the names the
+module had in PyTorch, so :mod:`weights_convert.formats` converts it like any HF state dict:
+
+* named initializers keep their names (``backbone.encoder.layer.0.norm1.weight``, …);
+* a linear layer's weight is often an unnamed initializer (``onnx::MatMul_1966``) holding the
+  transposed (in, out) matrix; it is named after the node that consumes it
+  (``/backbone/encoder/layer.0/attention/attention/key/MatMul`` →
+  ``backbone.encoder.layer.0.attention.attention.key.weight``) and transposed back to PyTorch's
+  (out, in). A weight consumed by ``Gemm`` is transposed unless ``transB=1``; one consumed through
+  a ``Transpose`` node is already (out, in);
+* position embeddings that the exporter split into a constant CLS part (1, 1, D) and a patch-grid
+  part (1, M², D) (HF interpolates them in the traced graph) are joined again into
+  ``<prefix>embeddings.position_embeddings`` (1, 1 + M², D).
+
+Besides the weights, the graph tells what shapes cannot: the number of attention heads (the
+head-split ``Reshape`` of the first block), the LayerNorm epsilon, and how the position
+embeddings are resampled (a ``Resize`` with ``sizes`` is HF's ``size=(h, w)`` recipe). Tensors
+outside the ViT backbone (a decoder, a task head other than ``classifier``) are left out, with a
+note naming them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from weights_convert.errors import CheckpointFormatError, CheckpointKeysError
+
+__all__ = ["OnnxWeights", "looks_like_onnx", "read_onnx"]
+
+_BACKBONE_MARKERS = ("embeddings.patch_embeddings.projection.weight", "patch_embed.proj.weight")
+_HEADLESS_PREFIXES = ("", "vit.", "dinov2.")  # HF models whose task head formats.py reads itself
+
+
+class OnnxWeights(NamedTuple):
+    """What :func:`read_onnx` found in an ONNX file.
+
+    Attributes
+    ----------
+    arrays : dict of str to numpy.ndarray
+        The backbone's tensors under their PyTorch names (prefix before ``embeddings.`` removed),
+        linear weights in PyTorch's (out, in) layout.
+    heads : int or None
+        Attention heads read from the graph, None when no head-split ``Reshape`` was found.
+    eps : float or None
+        The first LayerNorm's epsilon, None when not found.
+    pos_interp : str or None
+        ``"size"`` when the graph resamples position embeddings with a ``Resize`` given
+        ``sizes`` (HF ``Dinov2Model``), ``"dino"`` with ``scales``, None without a ``Resize``.
+    ignored : list of str
+        ``"prefix.* (n tensors, why)"`` for each group of tensors left out.
+    notes : list of str
+        Other facts worth recording (producer, opset, prefix removed, how names were mapped).
+    """
+
+    arrays: dict[str, np.ndarray]
+    heads: int | None
+    eps: float | None
+    pos_interp: str | None
+    ignored: list[str]
+    notes: list[str]
+
+
+def looks_like_onnx(head: bytes) -> bool:
+    """Whether the first bytes of a file look like a serialized ONNX ``ModelProto``.
+
+    A ``ModelProto`` starts with field 1 (``ir_version``, a small varint: tag byte 0x08) and goes
+    on with another field's tag; a zip (``PK``), a pickle (0x80) or safetensors (a length) do not.
+    """
+    if len(head) < 3 or head[0] != 0x08 or not 1 <= head[1] <= 20:
+        return False
+    return head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42, 0x52, 0x72)
+
+
+def _load_model(path: Path) -> Any:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load_model(os.fspath(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as e:
+        raise CheckpointFormatError(
+            f"{path}: not a readable ONNX model (truncated or corrupt protobuf: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    if not model.HasField("graph") or not model.graph.initializer:
+        raise CheckpointFormatError(f"{path}: an ONNX file without weights (no initializers)")
+    return model
+
+
+def _check_no_external_data(model: Any, path: Path) -> None:
+    from onnx import TensorProto
+
+    for t in model.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in t.external_data}
+            where = entries.get("location", "?")
+            target = (path.parent / where).resolve()
+            outside = path.parent.resolve() not in (target, *target.parents)
+            raise CheckpointFormatError(
+                f"{path}: initializer {t.name!r} keeps its data in an external file "
+                f"({where!r}{', outside the model folder' if outside else ''}); external data is "
+                "refused: save the model with all tensors inside the .onnx file")
+
+
+def _scope(node_name: str) -> str:
+    """``/backbone/encoder/layer.0/attention/attention/key/MatMul`` → ``backbone.encoder.layer.0
+    .attention.attention.key`` (the module path of the op)."""
+    parts = [p for p in node_name.split("/") if p]
+    return ".".join(parts[:-1])
+
+
+def _constants(graph: Any) -> dict[str, np.ndarray]:
+    """Output name → value of every ``Constant`` node (small shape and scalar constants)."""
+    from onnx import numpy_helper
+
+    out = {}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    out[node.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def _attr(node: Any, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _read_heads(graph: Any, consts: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
+                dim: int) -> int | None:
+    """Heads from the first head-split ``Reshape`` of a q/k/v output: a shape ending (heads,
+    head_dim) with heads·head_dim = dim."""
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type != "Reshape" or "attention" not in node.name or len(node.input) < 2:
+            continue
+        shape_src = node.input[1]
+        values: list[int] = []
+        if shape_src in consts or shape_src in arrays:
+            values = [int(v) for v in np.ravel(consts.get(shape_src, arrays.get(shape_src)))]
+        elif shape_src in producers and producers[shape_src].op_type == "Concat":
+            for i in producers[shape_src].input:
+                values.append(int(np.ravel(consts[i])[0]) if i in consts and consts[i].size == 1
+                              else -1)
+        if len(values) == 4 and values[2] > 0 and values[3] > 0 and values[2] * values[3] == dim:
+            return values[2]
+    return None
+
+
+def _read_eps(graph: Any, consts: dict[str, np.ndarray]) -> float | None:
+    """Epsilon of the first LayerNorm: ``LayerNormalization``'s attribute, or the constant added
+    to the variance in a decomposed LayerNorm (``ReduceMean → Add(eps) → Sqrt``)."""
+    consumers = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    for node in graph.node:
+        if node.op_type == "LayerNormalization":
+            return _shortest(_attr(node, "epsilon", 1e-5))
+        if node.op_type == "Add" and any(c.op_type == "Sqrt" for c in consumers[node.output[0]]):
+            for i in node.input:
+                if i in consts and consts[i].size == 1:
+                    return _shortest(consts[i].ravel()[0])
+    return None
+
+
+def _shortest(value: Any) -> float:
+    """The shortest decimal that rounds to the same float32 (9.99999997e-07 → 1e-06)."""
+    return float(np.format_float_scientific(np.float32(value), unique=True))
+
+
+def _read_pos_interp(graph: Any) -> str | None:
+    for node in graph.node:
+        if node.op_type == "Resize" and "embeddings" in node.name:
+            if len(node.input) >= 4 and node.input[3]:
+                return "size"
+            return "dino"
+    return None
+
+
+def read_onnx(path: str | os.PathLike) -> OnnxWeights:
+    """Read the ViT weights of an ONNX file without executing its graph.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An ``.onnx`` file with every tensor inside it (external data is refused).
+
+    Returns
+    -------
+    OnnxWeights
+        The backbone tensors under PyTorch names, and what the graph says of heads, LayerNorm
+        epsilon and position-embedding resampling.
+
+    Raises
+    ------
+    CheckpointFormatError
+        Truncated or non-ONNX file, external data, no ViT backbone in the graph.
+    CheckpointKeysError
+        Float weights that cannot be given a PyTorch name (listed).
+    """
+    from onnx import numpy_helper
+
+    path = Path(path)
+    model = _load_model(path)
+    _check_no_external_data(model, path)
+    graph = model.graph
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for node in graph.node:
+        for i in node.input:
+            consumers[i].append(node)
+    raw = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+    arrays: dict[str, np.ndarray] = {}
+    unnamed_pos: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
+    unmapped: list[str] = []
+    mapped_by_node = 0
+
+    def linear_weight(name: str, x: np.ndarray, users: list[Any]) -> np.ndarray:
+        op = users[0].op_type if users else ""
+        if op == "MatMul":
+            return np.ascontiguousarray(x.T)
+        if op == "Gemm":
+            return x if _attr(users[0], "transB", 0) else np.ascontiguousarray(x.T)
+        return x  # through a Transpose (or another op): PyTorch's (out, in) already
+
+    for name, x in raw.items():
+        users = consumers.get(name, [])
+        is_float = np.issubdtype(x.dtype, np.floating)
+        named = not name.startswith("onnx::") and "::" not in name and not name.startswith("/")
+        if named:
+            if x.ndim == 2 and name.endswith(".weight") and users and users[0].op_type in (
+                    "MatMul", "Gemm"):
+                x = linear_weight(name, x, users)
+            arrays[name] = x
+            continue
+        if not is_float or x.size <= 1:
+            continue  # shape constants, scalars
+        scope = _scope(users[0].name) if users else ""
+        if users and users[0].op_type in ("MatMul", "Gemm") and x.ndim == 2 and scope:
+            key = scope + ".weight"
+            if key in arrays:
+                raise CheckpointKeysError(f"{path}: two ONNX weights map to {key}",
+                                          unexpected=[name])
+            arrays[key] = linear_weight(name, x, users)
+            mapped_by_node += 1
+        elif x.ndim == 3 and scope.endswith("embeddings"):
+            unnamed_pos[scope].append((name, x))
+        else:
+            unmapped.append(f"{name} {tuple(x.shape)} (used by {users[0].name if users else 'no node'})")
+
+    for scope, parts in unnamed_pos.items():
+        key = scope + ".position_embeddings"
+        if key in arrays:
+            unmapped.extend(f"{n} {tuple(x.shape)}" for n, x in parts)
+            continue
+        cls = [x for _, x in parts if x.shape[1] == 1]
+        grid = [x for _, x in parts if math.isqrt(x.shape[1]) ** 2 == x.shape[1] and x.shape[1] > 1]
+        full = [x for _, x in parts if x.shape[1] > 1 and math.isqrt(x.shape[1] - 1) ** 2
+                == x.shape[1] - 1]
+        if len(parts) == 2 and len(cls) == 1 and len(grid) == 1:
+            arrays[key] = np.concatenate([cls[0], grid[0]], axis=1)
+        elif len(parts) == 1 and len(full) == 1:
+            arrays[key] = full[0]
+        else:
+            unmapped.extend(f"{n} {tuple(x.shape)} (in {scope})" for n, x in parts)
+
+    prefix = next((k[: -len(m)] for k in arrays for m in _BACKBONE_MARKERS if k.endswith(m)), None)
+    if prefix is None:
+        raise CheckpointFormatError(
+            f"{path}: no ViT backbone in this ONNX graph (no initializer named like "
+            f"'embeddings.patch_embeddings.projection.weight' or 'patch_embed.proj.weight')")
+    ignored: list[str] = []
+    notes = [f"ONNX graph from {model.producer_name or 'unknown producer'} "
+             f"{model.producer_version}".rstrip() + ", opset "
+             + ", ".join(str(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")),
+             f"{mapped_by_node} unnamed linear weights named after the MatMul/Gemm node using them"]
+    if prefix not in _HEADLESS_PREFIXES:
+        kept = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        groups: dict[str, int] = defaultdict(int)
+        for k in arrays:
+            if not k.startswith(prefix):
+                groups[k.split(".", 1)[0]] += 1
+        ignored = [f"{g}.* ({n} tensors, not part of the ViT backbone)" for g, n in sorted(groups.items())]
+        notes.append(f"backbone under '{prefix}' in the graph; prefix removed")
+        arrays = kept
+    if unmapped:
+        raise CheckpointKeysError(
+            f"{path}: ONNX weights that could not be given a PyTorch name", unexpected=unmapped)
+    dim_key = next((k for k in arrays if re.search(r"(cls_token)$", k)), None)
+    dim = int(arrays[dim_key].shape[-1]) if dim_key else 0
+    consts = _constants(graph)
+    return OnnxWeights(arrays=arrays, heads=_read_heads(graph, consts, raw, dim) if dim else None,
+                       eps=_read_eps(graph, consts), pos_interp=_read_pos_interp(graph),
+                       ignored=ignored, notes=notes)
