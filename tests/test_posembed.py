@@ -102,3 +102,40 @@ def test_bad_inputs_raise_clear_errors():
         interpolate_pos_embed(np.zeros((1, 17, 8), np.int32), (3, 3))
     with pytest.raises(ValueError, match="maps 4 to 7, not 6"):
         bicubic_matrix(4, 6, 7.1 / 4)
+
+
+def _torch_size(pos: np.ndarray, h: int, w: int) -> np.ndarray:
+    """HF ``Dinov2Model.interpolate_pos_encoding``'s resampling: ``size=(h, w)``, in torch."""
+    M, D = int(round((pos.shape[1] - 1) ** 0.5)), pos.shape[2]
+    grid = torch.from_numpy(pos[:, 1:]).reshape(1, M, M, D).permute(0, 3, 1, 2)
+    grid = torch_interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, D).numpy()
+    return np.concatenate([pos[:, :1], grid], axis=1)
+
+
+@pytest.mark.parametrize("M,h,w", CASES)
+def test_size_recipe_equals_torch_size(M, h, w):
+    """The "size" recipe (HF Dinov2Model, ONNX Resize with sizes) equals torch's interpolate with
+    size=: float64 to rounding; float32 within the bound of test_float32_equals_torch (torch's own
+    float32 kernel is inexact by up to ~5e-6·max|x|); and it differs from DINO's scale-factor
+    recipe wherever that one samples elsewhere."""
+    pos = _pos(M)
+    np.testing.assert_allclose(interpolate_pos_embed(pos, (h, w), "size"), _torch_size(pos, h, w),
+                               rtol=0, atol=1e-12)
+    pos32 = pos.astype(np.float32)
+    scale = np.abs(pos32).max()
+    ref = _torch_size(pos32, h, w)
+    host = interpolate_pos_embed(pos32, (h, w), "size")
+    dev = np.asarray(jax.jit(interpolate_pos_embed, static_argnums=(1, 2))(
+        jnp.asarray(pos32), (h, w), "size"))
+    np.testing.assert_allclose(host, ref, rtol=0, atol=5e-6 * scale)
+    np.testing.assert_allclose(dev, ref, rtol=0, atol=5e-6 * scale)
+    np.testing.assert_allclose(dev, host, rtol=0, atol=4e-7 * scale)
+    if (h, w) != (M, M):
+        assert np.abs(interpolate_pos_embed(pos, (h, w), "size")
+                      - interpolate_pos_embed(pos, (h, w), "dino")).max() > 1e-3
+
+
+def test_unknown_recipe_is_refused():
+    with pytest.raises(ValueError, match="unknown position-embedding recipe 'bilinear'"):
+        interpolate_pos_embed(_pos(4), (3, 3), "bilinear")

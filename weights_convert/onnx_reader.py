@@ -144,7 +144,7 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
 def _read_heads(graph: Any, consts: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
                 dim: int) -> int | None:
     """Heads from the first head-split ``Reshape`` of a q/k/v output: a shape ending (heads,
-    head_dim) with heads·head_dim = dim."""
+    head_dim) with heads·head_dim = dim, or (-1, head_dim)."""
     producers = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
         if node.op_type != "Reshape" or "attention" not in node.name or len(node.input) < 2:
@@ -157,8 +157,12 @@ def _read_heads(graph: Any, consts: dict[str, np.ndarray], arrays: dict[str, np.
             for i in producers[shape_src].input:
                 values.append(int(np.ravel(consts[i])[0]) if i in consts and consts[i].size == 1
                               else -1)
-        if len(values) == 4 and values[2] > 0 and values[3] > 0 and values[2] * values[3] == dim:
+        if len(values) != 4 or values[3] <= 0 or dim % values[3]:
+            continue
+        if values[2] * values[3] == dim:  # (batch, tokens, heads, head_dim)
             return values[2]
+        if values[2] == -1:  # (batch, tokens, -1, head_dim), as transformers 5 writes it
+            return dim // values[3]
     return None
 
 
@@ -239,26 +243,36 @@ def read_onnx(path: str | os.PathLike) -> OnnxWeights:
             return x if _attr(users[0], "transB", 0) else np.ascontiguousarray(x.T)
         return x  # through a Transpose (or another op): PyTorch's (out, in) already
 
+    # The exporter stores equal tensors once (e.g. the zero biases of an untrained model) and
+    # gives the copy its other names through Identity nodes.
+    aliases = 0
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in raw and node.output[0] not in raw:
+            raw[node.output[0]] = raw[node.input[0]]
+            consumers[node.output[0]] = consumers.get(node.output[0], [])
+            aliases += 1
     for name, x in raw.items():
         users = consumers.get(name, [])
         is_float = np.issubdtype(x.dtype, np.floating)
         named = not name.startswith("onnx::") and "::" not in name and not name.startswith("/")
+        linear_users = [u for u in users if u.op_type in ("MatMul", "Gemm") and _scope(u.name)]
         if named:
-            if x.ndim == 2 and name.endswith(".weight") and users and users[0].op_type in (
-                    "MatMul", "Gemm"):
-                x = linear_weight(name, x, users)
+            leaf = name.rsplit(".", 1)[-1]
+            if x.ndim == 2 and leaf == "weight" and linear_users:
+                x = linear_weight(name, x, linear_users)
             arrays[name] = x
             continue
         if not is_float or x.size <= 1:
             continue  # shape constants, scalars
         scope = _scope(users[0].name) if users else ""
-        if users and users[0].op_type in ("MatMul", "Gemm") and x.ndim == 2 and scope:
-            key = scope + ".weight"
-            if key in arrays:
-                raise CheckpointKeysError(f"{path}: two ONNX weights map to {key}",
-                                          unexpected=[name])
-            arrays[key] = linear_weight(name, x, users)
-            mapped_by_node += 1
+        if linear_users and x.ndim == 2:
+            for user in linear_users:
+                key = _scope(user.name) + ".weight"
+                if key in arrays:
+                    raise CheckpointKeysError(f"{path}: two ONNX weights map to {key}",
+                                              unexpected=[name])
+                arrays[key] = linear_weight(name, x, [user])
+                mapped_by_node += 1
         elif x.ndim == 3 and scope.endswith("embeddings"):
             unnamed_pos[scope].append((name, x))
         else:
@@ -290,6 +304,9 @@ def read_onnx(path: str | os.PathLike) -> OnnxWeights:
              f"{model.producer_version}".rstrip() + ", opset "
              + ", ".join(str(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")),
              f"{mapped_by_node} unnamed linear weights named after the MatMul/Gemm node using them"]
+    if aliases:
+        notes.append(f"{aliases} tensors shared by several modules in the graph (equal values "
+                     "stored once by the exporter) named by Identity nodes")
     if prefix not in _HEADLESS_PREFIXES:
         kept = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         groups: dict[str, int] = defaultdict(int)
