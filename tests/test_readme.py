@@ -33,7 +33,12 @@ def test_figure_shown_exists_and_is_the_main_commands_output():
     figure = re.search(r"!\[[^]]*\]\(([^)]+)\)", README).group(1)
     png = ROOT / figure
     assert png.exists(), figure
-    assert Image.open(png).size == (1650, 814)
+    main_cmd = _blocks("bash")[0].strip().splitlines()[0]
+    out = re.search(r"--out (\S+)", main_cmd).group(1)
+    photo = re.search(r"skimage:(\w+)", main_cmd).group(1)
+    assert figure == f"docs/{photo}_arb.png" and f"`{out}/{photo}.png` (below)" in README
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.width > im.height
 
 
 def test_python_example_runs(tmp_path, monkeypatch):
