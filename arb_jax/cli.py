@@ -346,9 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run_convert)
-    from arb_jax import finetune, report, sweep, train_demo
+    from arb_jax import finetune, photo_data, photo_study, report, sweep, train_demo
 
-    for module in (sweep, report, finetune, train_demo):
+    for module in (sweep, report, finetune, train_demo, photo_data, photo_study):
         module.add_parser(sub, common)
     return parser
 
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-JAX_COMMANDS = ("regularize", "sweep", "finetune", "train-demo")  # commands that compile
+JAX_COMMANDS = ("regularize", "sweep", "finetune", "train-demo", "photo-study")  # that compile
 
 
 def use_compilation_cache() -> Path | None:

@@ -36,7 +36,7 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,33 @@ def open_source(data: str | Path, limit: int | None = None) -> Iterator[Item]:
 
 
 # ============================================================================ loader
+
+
+PLACEMENT_SEP = "@"
+
+
+def placements_of(items: Iterable[Item], k: int) -> Iterator[Item]:
+    """Each image ``k`` times, as items of their own: ``ID`` (placement 0), ``ID@1`` … ``ID@k-1``.
+
+    Parameters
+    ----------
+    items : iterable of Item
+        The data source.
+    k : int
+        Noise placements per image (>= 1). Placement ``j`` of an image has the id
+        ``f"{image_id}@{j}"`` (the first keeps the plain id), hence its own `image_key`: its own
+        noise position and its own bootstrap samples, and a row of its own. Raising ``k`` on a
+        resumed sweep adds the new placements and keeps the rows already written.
+
+    Yields
+    ------
+    Item
+        The same label and loader as the image.
+    """
+    for item in items:
+        for j in range(k):
+            yield item if j == 0 else Item(f"{item.image_id}{PLACEMENT_SEP}{j}", item.label,
+                                           item.load)
 
 
 def image_key(seed: int, image_id: str) -> jax.Array:
@@ -554,7 +581,8 @@ class SweepConfig:
     ``size × size`` pixels (None: the model's size). dtype: "float32" | "bfloat16". host,
     n_hosts: this host's share ``ids[host::n_hosts]``; distributed: take them from
     ``jax.distributed.initialize()``. workers: loader threads. boot_chunk: null forwards per
-    step (None: all).
+    step (None: all). placements: K noise placements per image (`placements_of`), each a row
+    of its own with its own key.
     """
 
     data: str
@@ -576,6 +604,7 @@ class SweepConfig:
     distributed: bool = False
     workers: int | None = None
     boot_chunk: int | None = None
+    placements: int = 1
 
     def __post_init__(self):
         if self.noise not in NOISES:
@@ -584,7 +613,7 @@ class SweepConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
         if self.pvalue not in PVALUES:
             raise ValueError(f"unknown p-value method {self.pvalue!r}; choose one of {PVALUES}")
-        for name in ("noise_size", "limit", "batch", "size", "workers", "boot_chunk"):
+        for name in ("noise_size", "limit", "batch", "size", "workers", "boot_chunk", "placements"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -660,6 +689,8 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = False,
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     items = open_source(cfg.data, cfg.limit)  # fails early on a bad source
+    if cfg.placements > 1:
+        items = placements_of(items, cfg.placements)
 
     base = loading.load_vit(cfg.model, dtype=cfg.dtype, progress=progress)
     patch = base.config.patch
@@ -850,6 +881,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--grid", default=None, metavar="SPEC",
                    help='e.g. "n_boot=1,4,16 width=0.5,1,2 alpha=0.1,0.3 beta=0.1,0.3"')
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images")
+    p.add_argument("--placements", type=int, default=1, metavar="K",
+                   help="noise placements per image, each a row with its own key (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=8,
                    help="images per device per step (default 8); results are bit-identical for "
@@ -876,7 +909,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         noise_size=args.noise_size, grid=grid, sampler=args.sampler, pvalue=args.pvalue,
         z_filter=args.z_filter, limit=args.limit, seed=args.seed, batch=args.batch,
         size=args.size, dtype=args.dtype, host=host, n_hosts=n_hosts,
-        distributed=args.distributed, workers=args.workers, boot_chunk=args.boot_chunk)
+        distributed=args.distributed, workers=args.workers, boot_chunk=args.boot_chunk,
+        placements=args.placements)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,204 @@
+"""The paper's simulation study on a real pretrained ViT and the real photos available offline.
+
+``arb photo-study --out DIR`` runs, one after the other and resumably (rerun the same command
+after an interruption):
+
+1. ``arb photos DIR/data``: 20 real photos in 3 classes (`arb_jax.photo_data`);
+2. four ``arb sweep`` runs with ``--placements K`` (K noise placements per photo, each its own
+   key and row), the model ``imgfocus_dinov2_vits14`` by default, the mean-z filter of
+   Appendix B, and 50 paired (α, β) thresholds from 0.02 to 1 (Fig. 5):
+
+   ============ ======= ====== ==================================================
+   run          noise   size   bootstrap
+   ============ ======= ====== ==================================================
+   square_224   square  224 px B ∈ {1, 4, 16} × width ∈ {0.5, 1, 2} (Fig. S11)
+   square_448   square  448 px B ∈ {1, 16}, width 1
+   diffuse_224  diffuse 224 px B ∈ {1, 16}, width 1
+   diffuse_448  diffuse 448 px B ∈ {1, 16}, width 1
+   ============ ======= ====== ==================================================
+
+   The noise square's side is the reference's 100 px at 488 px scaled to the size (46 px at
+   224, 92 px at 448); diffuse noise covers the same number of pixels;
+3. ``arb report`` of each run (``DIR/RUN/report``: Figs. 3, 4, 5, S7, S11 and the tables), with
+   the filter and without it (``DIR/RUN/report_all``);
+4. ``DIR/study.md``: D ± error per run, B and method at α = β = 0.3, all classes pooled, with and
+   without the filter, the Fig. S11 grid, and sRMSD of the ROI p-values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from arb_jax import photo_data, report, sweep
+from arb_jax.files import write_text_atomic
+
+__all__ = ["RUNS", "Run", "run_study", "study_markdown"]
+
+THRESHOLDS = "alpha=0.02:1:50 beta=0.02:1:50"
+
+
+class Run(NamedTuple):
+    """One sweep of the study: its folder name, noise, image side in pixels and grid."""
+
+    name: str
+    noise: str
+    size: int
+    grid: str
+
+
+RUNS = (
+    Run("square_224", "square", 224, f"n_boot=1,4,16 width=0.5,1,2 {THRESHOLDS}"),
+    Run("square_448", "square", 448, f"n_boot=1,16 {THRESHOLDS}"),
+    Run("diffuse_224", "diffuse", 224, f"n_boot=1,16 {THRESHOLDS}"),
+    Run("diffuse_448", "diffuse", 448, f"n_boot=1,16 {THRESHOLDS}"),
+)
+
+
+def _at(table: list[dict[str, Any]], n_boot: int, width: float, method: str,
+        cls: str = report.ALL) -> dict[str, Any] | None:
+    """The row of ``table`` at (n_boot, width, α = β ≈ 0.3) for ``method`` and ``cls``."""
+    rows = [r for r in table if r["n_boot"] == n_boot and r["width"] == width
+            and r["method"] == method and r["class"] == cls]
+    return min(rows, key=lambda r: abs(r["alpha"] - 0.3) + abs(r["beta"] - 0.3), default=None)
+
+
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None or not math.isfinite(r["D"]):
+        return "n/a"
+    return f"{r['D']:.3f} ± {r['err']:.3f}"
+
+
+def study_markdown(results: dict[str, tuple[list, list]], placements: int, model: str) -> str:
+    """The study's summary table (markdown) from ``{run: (rows, rows_kept)}``."""
+    lines = [f"# ARB on `{model}`: the simulation study on 20 real photos × {placements} "
+             "noise placements", "",
+             "D ± error (eq. 8) at α = β = 0.3, all classes pooled; n = rows used. "
+             "'filter': rows with |mean z in ROI| ≤ 1 (Appendix B); 'all': every row.", "",
+             "| run | B | rows (filter / all) | D_p | D_lfdr | D_π₀ | D_p (all) | D_lfdr (all) | "
+             "D_π₀ (all) | median sRMSD (ROI) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, (rows, kept) in results.items():
+        t_kept, t_all = report.suppression_table(kept), report.suppression_table(rows)
+        for n_boot in sorted({r["n_boot"] for r in rows}):
+            k = _at(t_kept, n_boot, 1.0, "p")
+            a = _at(t_all, n_boot, 1.0, "p")
+            main = [r for r in rows if r["n_boot"] == n_boot and r["width"] == 1.0
+                    and abs(r["alpha"] - 0.3) < 1e-9]
+            srmsd = np.nanmedian([r["srmsd_roi"] for r in main]) if main else math.nan
+            lines.append(
+                f"| {name} | {n_boot} | {k['n'] if k else 0} / {a['n'] if a else 0} | "
+                + " | ".join(_cell(_at(t_kept, n_boot, 1.0, m)) for m in ("p", "lfdr", "pi0"))
+                + " | "
+                + " | ".join(_cell(_at(t_all, n_boot, 1.0, m)) for m in ("p", "lfdr", "pi0"))
+                + f" | {srmsd:.3f} |")
+    grids = [n for n, (rows, _) in results.items() if len({r["width"] for r in rows}) > 1]
+    if grids:
+        rows, kept = results[grids[0]]
+        table = report.suppression_table(kept)
+        widths = sorted({r["width"] for r in rows})
+        lines += ["", f"Fig. S11 grid ({grids[0]}, filter): D at α = β = 0.3", "",
+                  "| B | width | D_p | D_lfdr | D_π₀ |", "|---|---|---|---|---|"]
+        for n_boot in sorted({r["n_boot"] for r in rows}):
+            for w in widths:
+                lines.append(f"| {n_boot} | {w:g} | "
+                             + " | ".join(_cell(_at(table, n_boot, w, m))
+                                          for m in ("p", "lfdr", "pi0")) + " |")
+        lines += ["", f"Per class ({grids[0]}, B = 1, filter)", "",
+                  "| class | n | D_p | D_lfdr | D_π₀ |", "|---|---|---|---|---|"]
+        for cls in sorted({r["class"] for r in kept}):
+            r0 = _at(table, 1, 1.0, "p", cls)
+            lines.append(f"| {cls} | {r0['n'] if r0 else 0} | "
+                         + " | ".join(_cell(_at(table, 1, 1.0, m, cls)) for m in ("p", "lfdr", "pi0"))
+                         + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_study(out: str | Path, *, model: str = "imgfocus_dinov2_vits14", placements: int = 5,
+              batch: int = 4, runs: tuple[Run, ...] = RUNS, progress: bool = True,
+              log=print) -> Path:
+    """Run (or resume) the whole study into ``out``; returns the path of ``study.md``.
+
+    Parameters
+    ----------
+    out : path
+        The study folder: ``data/``, one folder per run, ``study.md``.
+    model : str
+        Any name or path ``load_vit`` takes.
+    placements : int
+        Noise placements per photo (rows per photo and run).
+    batch : int
+        Images per ARB call.
+    runs : tuple of Run
+        The sweeps to run (default: all four of ``RUNS``).
+    progress, log
+        Progress bars, and where notes go.
+    """
+    out = Path(out).expanduser()
+    data = out / "data"
+    if not data.is_dir():
+        photo_data.write_photo_dataset(data)
+    results = {}
+    for i, run in enumerate(runs, 1):
+        t0 = time.perf_counter()
+        log(f"arb: study run {i}/{len(runs)}: {run.name} ({run.noise} noise, {run.size} px, "
+            f"{run.grid.split(' alpha')[0]})")
+        cfg = sweep.SweepConfig(data=str(data), model=model, out=str(out / run.name),
+                                noise=run.noise, grid=sweep.parse_grid(run.grid), size=run.size,
+                                batch=batch, placements=placements)
+        sweep.run_sweep(cfg, progress=progress, log=log)
+        report.make_report(out / run.name, out / run.name / "report")
+        report.make_report(out / run.name, out / run.name / "report_all", include_filtered=True)
+        rows, _ = report.read_results(out / run.name)
+        results[run.name] = (rows, [r for r in rows if r["passed"]])
+        log(f"arb: {run.name} done in {time.perf_counter() - t0:.0f} s -> {out / run.name}")
+    path = out / "study.md"
+    write_text_atomic(path, study_markdown(results, placements, model))
+    return path
+
+
+EPILOG = """example:
+  arb photo-study --out results/photo_study              # about 20-40 minutes on 2 CPU cores
+  arb photo-study --out results/photo_study --placements 10 --model dino_vits8
+
+Writes DIR/data (the photos), DIR/RUN/{rows.csv,report/,report_all/} for the runs square_224,
+square_448, diffuse_224, diffuse_448, and DIR/study.md. Rerun the same command to resume.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``arb photo-study``."""
+    p = subparsers.add_parser("photo-study", parents=[common], epilog=EPILOG,
+                              help="the simulation study on the offline real photos",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR", help="study folder")
+    p.add_argument("--model", default="imgfocus_dinov2_vits14",
+                   help="name or path (default: imgfocus_dinov2_vits14)")
+    p.add_argument("--placements", type=int, default=5, metavar="K",
+                   help="noise placements per photo (default 5)")
+    p.add_argument("--batch", type=int, default=4, help="images per ARB call (default 4)")
+    p.add_argument("--runs", default=None, metavar="NAMES",
+                   help=f"comma-separated subset of {', '.join(r.name for r in RUNS)}")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``arb photo-study``."""
+    runs = RUNS
+    if args.runs:
+        wanted = [n.strip() for n in args.runs.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {r.name for r in RUNS})
+        if unknown:
+            raise ValueError(f"unknown study runs {unknown}; known: {[r.name for r in RUNS]}")
+        runs = tuple(r for r in RUNS if r.name in wanted)
+    path = run_study(args.out, model=args.model, placements=args.placements, batch=args.batch,
+                     runs=runs, progress=not args.quiet,
+                     log=(lambda m: None) if args.quiet else print)
+    if not args.quiet:
+        print(f"arb: study summary -> {path}")
+    return 0
