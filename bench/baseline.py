@@ -1,6 +1,7 @@
 """The baseline: ARB the way the authors' PyTorch code, and a PyTorch user, would run it.
 
-An HF transformers ``ViTModel`` (eager attention, ``output_attentions=True``) with the same
+An HF transformers ``ViTModel`` (``Dinov2Model`` for a DINOv2 configuration with LayerScale;
+eager attention, ``output_attentions=True``) with the same
 weights as our Flax ViT runs on the image and on each bootstrap image (one at a time on a CPU,
 batched on a GPU); the last layer's CLS-row attention over the patches is averaged over heads,
 upsampled by nearest neighbour to pixels (``torch.nn.functional.interpolate``, as DINO's
@@ -40,6 +41,20 @@ _HF_BLOCK = {
     "norm1": (r"layers?\.{i}\.layernorm_before",),
     "norm2": (r"layers?\.{i}\.layernorm_after",),
 }
+# The same roles in HF Dinov2Model ("encoder.layer.i.attention.q_proj" in transformers 5, else
+# "...attention.attention.query"; LayerScale "layer_scale1.lambda1").
+_HF_DINOV2_BLOCK = {
+    "q": (r"layer\.{i}\.attention\.q_proj", r"layer\.{i}\.attention\.attention\.query"),
+    "k": (r"layer\.{i}\.attention\.k_proj", r"layer\.{i}\.attention\.attention\.key"),
+    "v": (r"layer\.{i}\.attention\.v_proj", r"layer\.{i}\.attention\.attention\.value"),
+    "o": (r"layer\.{i}\.attention\.o_proj", r"layer\.{i}\.attention\.output\.dense"),
+    "fc1": (r"layer\.{i}\.mlp\.fc1",),
+    "fc2": (r"layer\.{i}\.mlp\.fc2",),
+    "norm1": (r"layer\.{i}\.norm1",),
+    "norm2": (r"layer\.{i}\.norm2",),
+    "ls1": (r"layer\.{i}\.layer_scale1\.lambda1",),
+    "ls2": (r"layer\.{i}\.layer_scale2\.lambda1",),
+}
 _HF_TOP = {
     "cls": (r"embeddings\.cls_token",),
     "pos": (r"embeddings\.position_embeddings",),
@@ -64,9 +79,9 @@ def hf_state_dict(config: ViTConfig, params: Mapping[str, Any], keys: list[str])
     Linear kernels (Din, Dout) → weights (Dout, Din); q|k|v split; the patch kernel
     (p, p, 3, D) → (D, 3, p, p); ``pos_embed`` is taken as it is (resampled for the image size).
     """
-    if config.n_registers or config.layerscale:
-        raise ValueError(f"the HF ViTModel baseline supports DINO (v1) configurations only, not "
-                         f"{config.name or config} (registers / LayerScale)")
+    if config.n_registers:
+        raise ValueError(f"the HF baseline supports no register tokens ({config.name or config})")
+    block_patterns = _HF_DINOV2_BLOCK if config.layerscale else _HF_BLOCK
     a = lambda x: np.asarray(x, np.float32)  # noqa: E731
     D = config.dim
     sd: dict[str, np.ndarray] = {}
@@ -82,7 +97,8 @@ def hf_state_dict(config: ViTConfig, params: Mapping[str, Any], keys: list[str])
     put(_HF_TOP["norm"], ".bias", a(params["norm"]["bias"]))
     for i in range(config.depth):
         b = params[f"block_{i}"]
-        pats = {role: tuple(p.replace("{i}", str(i)) for p in pp) for role, pp in _HF_BLOCK.items()}
+        pats = {role: tuple(p.replace("{i}", str(i)) for p in pp)
+                for role, pp in block_patterns.items()}
         qkv_w, qkv_b = a(b["attn"]["qkv"]["kernel"]), a(b["attn"]["qkv"]["bias"])
         for j, role in enumerate("qkv"):
             put(pats[role], ".weight", qkv_w[:, j * D:(j + 1) * D].T)
@@ -93,6 +109,11 @@ def hf_state_dict(config: ViTConfig, params: Mapping[str, Any], keys: list[str])
         for role, ours in (("norm1", b["norm1"]), ("norm2", b["norm2"])):
             put(pats[role], ".weight", a(ours["scale"]))
             put(pats[role], ".bias", a(ours["bias"]))
+        if config.layerscale:
+            put(pats["ls1"], "", a(b["ls1"]["gamma"]))
+            put(pats["ls2"], "", a(b["ls2"]["gamma"]))
+    if "embeddings.mask_token" in keys:  # DINOv2's, unused at inference
+        sd["embeddings.mask_token"] = np.zeros((1, D), np.float32)
     missing = sorted(set(keys) - set(sd))
     if missing:
         raise KeyError(f"HF parameters left without a value: {missing}")
@@ -122,7 +143,17 @@ def hf_vit(config: ViTConfig, params: Mapping[str, Any], image_size: int, device
     except TypeError:  # older transformers
         hf_config = transformers.ViTConfig(**kw)
     hf_config._attn_implementation = "eager"
-    model = transformers.ViTModel(hf_config, add_pooling_layer=False)
+    if config.layerscale:  # DINOv2: LayerScale, MLP ratio from the config
+        if config.mlp_dim % config.dim:
+            raise ValueError(f"the HF Dinov2Model baseline needs mlp_dim a multiple of dim, got "
+                             f"{config.mlp_dim} and {config.dim}")
+        hf_config = transformers.Dinov2Config(
+            mlp_ratio=config.mlp_dim // config.dim, attn_implementation="eager",
+            **{k: v for k, v in kw.items() if k != "intermediate_size"})
+        hf_config._attn_implementation = "eager"
+        model = transformers.Dinov2Model(hf_config)
+    else:
+        model = transformers.ViTModel(hf_config, add_pooling_layer=False)
     keys = list(model.state_dict())
     sd = {k: torch.tensor(v) for k, v in hf_state_dict(config, params, keys).items()}
     model.load_state_dict(sd, strict=True)

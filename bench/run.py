@@ -29,6 +29,28 @@ from bench.cases import Ablation, Case, Preset, as_dict
 
 WEIGHTS = "random-init fixture (build_vit(name, None), seed 0): real architecture, not pretrained"
 
+
+def bench_vit(model: str, image_size: int, dtype: str = "float32"):
+    """The ViT of a case and what its weights are.
+
+    A name of ``arb_jax.hub.CHECKPOINTS`` that is a real pretrained model available here
+    (``imgfocus_dinov2_vits14``) runs with its real weights (``load_vit``, fetched once); any
+    other configuration name is a random-init fixture of that architecture (seed 0), which costs
+    the same FLOPs.
+
+    Returns
+    -------
+    (ViT, str)
+        The bundle at ``image_size`` in ``dtype``, and the ``weights`` line of the record.
+    """
+    from arb_jax import hub, loading
+    from arb_jax.models import build_vit
+
+    if model in hub.CHECKPOINTS and hub.get_checkpoint(model).package:
+        vit = loading.load_vit(model, image_size=image_size, dtype=dtype, progress=False)
+        return vit, f"pretrained: {model} ({hub.get_checkpoint(model).source})"
+    return build_vit(model, None, image_size=image_size, dtype=dtype, seed=0), WEIGHTS
+
 # Our statistics vs the baseline's (float32 both; the baseline's lfdr is statsmodels' float64
 # fit of the float32 z). attn: max |Δ| / max attn. maps: fraction of grid entries that differ
 # by more than 1e-4·max attn (a p or lfdr within rounding of its threshold can flip).
@@ -304,18 +326,17 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
     """Benchmark one case; returns its JSON record. Raises CheckFailedError if the check fails."""
     import jax
 
-    from arb_jax.models import build_vit, get_config
     from arb_jax.pipeline import arb_statistics, null_images, regularize_attention
 
-    config = get_config(case.model)
+    vit, weights = bench_vit(case.model, case.image_size, case.dtype)
+    config = vit.config
     B, N, p = case.n_boot, case.n_images, config.patch
     rec: dict[str, Any] = {
-        "case": case.name, "group": case.group, "model": case.model, "weights": WEIGHTS,
+        "case": case.name, "group": case.group, "model": case.model, "weights": weights,
         "image_size": case.image_size, "tokens": fl.n_tokens(config, case.image_size),
         "n_boot": B, "n_images": N, "dtype": case.dtype, "boot_chunk": case.boot_chunk,
         "device": machine.describe_device(),
     }
-    vit = build_vit(case.model, None, image_size=case.image_size, dtype=case.dtype, seed=0)
     from arb_jax.models.vit import attention_impl
 
     rec["attention"] = attention_impl("auto", vit.module.dtype)
@@ -354,7 +375,7 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
         if case.dtype == "float32" and b_check == B:
             ours0 = _image0(first)
         else:
-            vit32 = build_vit(case.model, None, image_size=case.image_size, dtype="float32", seed=0)
+            vit32, _ = bench_vit(case.model, case.image_size, "float32")
             ours0 = _image0(regularize_attention(vit32, images[:1], key, b_check, **opts))
         nulls = np.asarray(null_images(key, images[:1], b_check)[0])  # image 0's, as ours
         ctx.log(f"  check: baseline on image 0 with our {b_check} null images")

@@ -127,8 +127,14 @@ def test_hf_baseline_model_has_our_weights():
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="pos_embed has"):
         bl.hf_vit(vit.config, vit.params, 64)
-    with pytest.raises(ValueError, match="DINO \\(v1\\)"):
+    with pytest.raises(ValueError, match="supports no register tokens"):
         bl.hf_state_dict(get_config("test_tiny14_reg"), {}, [])
+    # DINOv2 (LayerScale): an HF Dinov2Model with the same weights
+    v2 = build_vit("test_tiny14", None, image_size=56, seed=4)
+    x2 = np.random.default_rng(1).standard_normal((2, 56, 56, 3)).astype(np.float32)
+    theirs2 = bl.hf_cls_attention(bl.hf_vit(v2.config, v2.params, 56),
+                                  torch.from_numpy(x2.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(theirs2, np.asarray(v2.cls_attention(x2)).mean(1), rtol=0, atol=1e-6)
 
 
 def test_numpy_statistics_equal_ours_on_patches():

@@ -93,7 +93,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     for name, n_boot in (("tiny_grid", 1), ("tiny_grid", 2), ("tiny_diffuse", 1)):
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {name} | {n_boot} |"))
         assert line.count("|") == 11 and "/ 40 |" in line
-    assert "Fig. S11 grid (tiny_grid, filter)" in text and "| 2 | 0.5 |" in text
+    assert "Fig. S11 grid (tiny_grid; filter)" in text and "| tiny_grid | 2 | 0.5 |" in text
     for name in ("tiny_grid", "tiny_diffuse"):
         assert (tmp_path / "study" / name / "report" / "fig4_suppression.png").is_file()
         assert (tmp_path / "study" / name / "report_all" / "summary.md").is_file()

