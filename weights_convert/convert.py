@@ -76,7 +76,7 @@ def read_checkpoint(src: str | os.PathLike, *, heads: int | None = None,
         extra_notes, dropped, pos_interp = tree.notes, tree.ignored, tree.pos_interp
         if pos_interp:
             extra_notes = [*extra_notes, f"position embeddings resampled with the {pos_interp!r} "
-                           "recipe, as the graph's Resize does"]
+                           "recipe (read off the ONNX graph)"]
     else:
         arrays, others = flatten_tree(tree)
         hf_config, note = _hf_config(weights)

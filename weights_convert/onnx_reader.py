@@ -25,6 +25,7 @@ note naming them.
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import re
@@ -97,26 +98,75 @@ def _load_model(path: Path) -> Any:
     return model
 
 
-def _check_no_external_data(model: Any, path: Path) -> None:
-    from onnx import TensorProto
+def _external_array(t: Any, path: Path) -> np.ndarray:
+    """The data of an initializer stored in an external file, read with plain file I/O.
 
-    for t in model.graph.initializer:
-        if t.data_location == TensorProto.EXTERNAL:
-            entries = {e.key: e.value for e in t.external_data}
-            where = entries.get("location", "?")
-            target = (path.parent / where).resolve()
-            outside = path.parent.resolve() not in (target, *target.parents)
-            raise CheckpointFormatError(
-                f"{path}: initializer {t.name!r} keeps its data in an external file "
-                f"({where!r}{', outside the model folder' if outside else ''}); external data is "
-                "refused: save the model with all tensors inside the .onnx file")
+    The file must lie inside the model's folder (after resolving links), and the declared
+    offset and length must fit in it and match the tensor's shape and dtype: a reference
+    outside the folder, to a missing file, or past its end is refused.
+    """
+    from onnx import helper
+
+    entries = {e.key: e.value for e in t.external_data}
+    where = entries.get("location", "")
+    folder = path.parent.resolve()
+    target = (path.parent / where).resolve()
+    if not where or folder not in target.parents:
+        raise CheckpointFormatError(
+            f"{path}: initializer {t.name!r} points to external data {where!r} outside the model "
+            "folder; refused (external data must sit in the .onnx file's folder)")
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+        offset, length = int(entries.get("offset", 0)), entries.get("length")
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointFormatError(
+            f"{path}: initializer {t.name!r} has an unreadable external-data entry") from None
+    shape = tuple(int(d) for d in t.dims)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if length is not None and int(length) != nbytes or offset < 0:
+        raise CheckpointFormatError(
+            f"{path}: initializer {t.name!r}: external data of {length} bytes at offset {offset} "
+            f"does not hold a {dtype} tensor of shape {shape} ({nbytes} bytes)")
+    if not target.is_file() or target.stat().st_size < offset + nbytes:
+        raise CheckpointFormatError(
+            f"{path}: initializer {t.name!r}: external data file {where!r} is missing or ends "
+            f"before byte {offset + nbytes}")
+    with open(target, "rb") as f:
+        f.seek(offset)
+        data = f.read(nbytes)
+    return np.frombuffer(data, dtype).reshape(shape).copy()
 
 
-def _scope(node_name: str) -> str:
-    """``/backbone/encoder/layer.0/attention/attention/key/MatMul`` → ``backbone.encoder.layer.0
-    .attention.attention.key`` (the module path of the op)."""
-    parts = [p for p in node_name.split("/") if p]
-    return ".".join(parts[:-1])
+def _scope(node: Any) -> str:
+    """The module path of the PyTorch module an op came from.
+
+    The TorchScript exporter names nodes after it (``/backbone/encoder/layer.0/attention/
+    attention/key/MatMul`` → ``backbone.encoder.layer.0.attention.attention.key``); the
+    ``torch.export`` exporter (``dynamo=True``) records it in the node's ``pkg.torch.onnx.
+    name_scopes`` metadata (``[..., 'encoder.layer.0.attention.q_proj', 'linear']``).
+    """
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            if isinstance(scopes, list) and len(scopes) >= 2 and isinstance(scopes[-2], str):
+                return scopes[-2]
+            return ""
+    parts = [p for p in node.name.split("/") if p]
+    return ".".join(parts[:-1]) if node.name.startswith("/") else ""
+
+
+_TOP_LEVEL_PARAMS = ("cls_token", "pos_embed", "register_tokens", "mask_token")
+
+
+def _is_param_name(name: str) -> bool:
+    """Whether an initializer's name is a PyTorch parameter path (``encoder.layer.0.norm1.weight``)
+    rather than one the exporter made up (``onnx::MatMul_1966``, ``val_30``, ``expand``)."""
+    if name.startswith(("onnx::", "/")) or "::" in name:
+        return False
+    return "." in name or name in _TOP_LEVEL_PARAMS
 
 
 def _constants(graph: Any) -> dict[str, np.ndarray]:
@@ -147,7 +197,8 @@ def _read_heads(graph: Any, consts: dict[str, np.ndarray], arrays: dict[str, np.
     head_dim) with heads·head_dim = dim, or (-1, head_dim)."""
     producers = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
-        if node.op_type != "Reshape" or "attention" not in node.name or len(node.input) < 2:
+        if node.op_type != "Reshape" or "attention" not in (_scope(node) or node.name) or len(
+                node.input) < 2:
             continue
         shape_src = node.input[1]
         values: list[int] = []
@@ -189,11 +240,18 @@ def _shortest(value: Any) -> float:
 
 
 def _read_pos_interp(graph: Any) -> str | None:
+    """``"size"`` or ``"dino"`` from the graph's position-embedding ``Resize``; without one (an
+    export at the native size), ``"size"`` for an HF ``Dinov2Model`` (the recipe its code runs),
+    else None."""
     for node in graph.node:
-        if node.op_type == "Resize" and "embeddings" in node.name:
+        if node.op_type == "Resize" and "embeddings" in (_scope(node) or node.name):
             if len(node.input) >= 4 and node.input[3]:
                 return "size"
             return "dino"
+    for node in graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.class_hierarchy" and "modeling_dinov2" in prop.value:
+                return "size"
     return None
 
 
@@ -203,7 +261,8 @@ def read_onnx(path: str | os.PathLike) -> OnnxWeights:
     Parameters
     ----------
     path : str or os.PathLike
-        An ``.onnx`` file with every tensor inside it (external data is refused).
+        An ``.onnx`` file; tensors stored as external data (as ``torch.onnx.export(...,
+        dynamo=True)`` writes them) are read from files in the same folder, never elsewhere.
 
     Returns
     -------
@@ -214,23 +273,32 @@ def read_onnx(path: str | os.PathLike) -> OnnxWeights:
     Raises
     ------
     CheckpointFormatError
-        Truncated or non-ONNX file, external data, no ViT backbone in the graph.
+        Truncated or non-ONNX file, external data outside the model's folder (or missing, or
+        shorter than declared), no ViT backbone in the graph.
     CheckpointKeysError
         Float weights that cannot be given a PyTorch name (listed).
     """
+    import onnx
     from onnx import numpy_helper
 
     path = Path(path)
     model = _load_model(path)
-    _check_no_external_data(model, path)
     graph = model.graph
     consumers: dict[str, list[Any]] = defaultdict(list)
     for node in graph.node:
         for i in node.input:
             consumers[i].append(node)
-    raw = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    external = 0
+    raw = {}
+    for t in graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raw[t.name] = _external_array(t, path)
+            external += 1
+        else:
+            raw[t.name] = numpy_helper.to_array(t)
 
     arrays: dict[str, np.ndarray] = {}
+    notes_extra: list[str] = []
     unnamed_pos: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
     unmapped: list[str] = []
     mapped_by_node = 0
@@ -245,7 +313,7 @@ def read_onnx(path: str | os.PathLike) -> OnnxWeights:
 
     # The exporter stores equal tensors once (e.g. the zero biases of an untrained model) and
     # gives the copy its other names through Identity nodes.
-    aliases = 0
+    aliases = folded = 0
     for node in graph.node:
         if node.op_type == "Identity" and node.input[0] in raw and node.output[0] not in raw:
             raw[node.output[0]] = raw[node.input[0]]
@@ -254,8 +322,8 @@ def read_onnx(path: str | os.PathLike) -> OnnxWeights:
     for name, x in raw.items():
         users = consumers.get(name, [])
         is_float = np.issubdtype(x.dtype, np.floating)
-        named = not name.startswith("onnx::") and "::" not in name and not name.startswith("/")
-        linear_users = [u for u in users if u.op_type in ("MatMul", "Gemm") and _scope(u.name)]
+        named = _is_param_name(name)
+        linear_users = [u for u in users if u.op_type in ("MatMul", "Gemm") and _scope(u)]
         if named:
             leaf = name.rsplit(".", 1)[-1]
             if x.ndim == 2 and leaf == "weight" and linear_users:
@@ -264,10 +332,10 @@ def read_onnx(path: str | os.PathLike) -> OnnxWeights:
             continue
         if not is_float or x.size <= 1:
             continue  # shape constants, scalars
-        scope = _scope(users[0].name) if users else ""
+        scope = _scope(users[0]) if users else ""
         if linear_users and x.ndim == 2:
             for user in linear_users:
-                key = _scope(user.name) + ".weight"
+                key = _scope(user) + ".weight"
                 if key in arrays:
                     raise CheckpointKeysError(f"{path}: two ONNX weights map to {key}",
                                               unexpected=[name])
@@ -275,13 +343,21 @@ def read_onnx(path: str | os.PathLike) -> OnnxWeights:
                 mapped_by_node += 1
         elif x.ndim == 3 and scope.endswith("embeddings"):
             unnamed_pos[scope].append((name, x))
+        elif np.all(x == x.flat[0]):
+            folded += 1  # a constant the exporter folded (an all-zero attention mask): no weight
         else:
             unmapped.append(f"{name} {tuple(x.shape)} (used by {users[0].name if users else 'no node'})")
 
     for scope, parts in unnamed_pos.items():
         key = scope + ".position_embeddings"
-        if key in arrays:
-            unmapped.extend(f"{n} {tuple(x.shape)}" for n, x in parts)
+        cls_key = scope + ".cls_token"
+        if key in arrays:  # the named position embeddings: a (1, 1, D) part is the CLS token
+            if len(parts) == 1 and parts[0][1].shape[1] == 1 and cls_key not in arrays:
+                arrays[cls_key] = parts[0][1]  # expanded to the traced batch of 1 and folded
+                notes_extra.append(f"{parts[0][0]} {tuple(parts[0][1].shape)} (a folded Expand "
+                                   f"of the CLS token) taken as {cls_key}")
+            else:
+                unmapped.extend(f"{n} {tuple(x.shape)}" for n, x in parts)
             continue
         cls = [x for _, x in parts if x.shape[1] == 1]
         grid = [x for _, x in parts if math.isqrt(x.shape[1]) ** 2 == x.shape[1] and x.shape[1] > 1]
@@ -304,6 +380,11 @@ def read_onnx(path: str | os.PathLike) -> OnnxWeights:
              f"{model.producer_version}".rstrip() + ", opset "
              + ", ".join(str(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")),
              f"{mapped_by_node} unnamed linear weights named after the MatMul/Gemm node using them"]
+    notes += notes_extra
+    if external:
+        notes.append(f"{external} tensors read from external data files beside the model")
+    if folded:
+        notes.append(f"{folded} constant-valued tensors folded by the exporter (no weights) ignored")
     if aliases:
         notes.append(f"{aliases} tensors shared by several modules in the graph (equal values "
                      "stored once by the exporter) named by Identity nodes")
