@@ -126,9 +126,38 @@ def study_markdown(results: dict[str, tuple[list, list]], placements: int, model
     return "\n".join(lines) + "\n"
 
 
+FIGURES = (  # (run, report folder, figure) → copied as f"{run}_{figure}"
+    ("square_224", "report", "fig3_before_after.png"),
+    ("square_224", "report", "fig4_suppression.png"),
+    ("square_224", "report", "fig5_sens_spec.png"),
+    ("square_224", "report", "figS7_srmsd.png"),
+    ("square_224", "report", "figS11_grid.png"),
+    ("square_224_width", "report", "figS11_grid.png"),
+    ("diffuse_224", "report", "fig4_suppression.png"),
+    ("square_448", "report", "fig4_suppression.png"),
+    ("diffuse_448", "report", "fig4_suppression.png"),
+    ("square_224", "report_all", "fig4_suppression.png"),
+)
+"""The figures ``--figures DIR`` copies (those docs/real_model_study.md shows)."""
+
+
+def copy_figures(out: str | Path, dest: str | Path) -> list[Path]:
+    """Copy ``FIGURES`` of a finished study in ``out`` to ``dest`` as ``RUN[_all]_FIGURE``."""
+    out, dest = Path(out), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for run, folder, fig in FIGURES:
+        src = out / run / folder / fig
+        if src.is_file():
+            target = dest / f"{run}{'_all' if folder == 'report_all' else ''}_{fig}"
+            target.write_bytes(src.read_bytes())
+            copied.append(target)
+    return copied
+
+
 def run_study(out: str | Path, *, model: str = "imgfocus_dinov2_vits14", placements: int = 5,
               batch: int = 4, runs: tuple[Run, ...] = RUNS, progress: bool = True,
-              log=print) -> Path:
+              log=print, figures: str | Path | None = None) -> Path:
     """Run (or resume) the whole study into ``out``; returns the path of ``study.md``.
 
     Parameters
@@ -145,6 +174,8 @@ def run_study(out: str | Path, *, model: str = "imgfocus_dinov2_vits14", placeme
         The sweeps to run (default: all four of ``RUNS``).
     progress, log
         Progress bars, and where notes go.
+    figures : path, optional
+        Also copy the figures of ``FIGURES`` (and ``study.md``) there.
     """
     out = Path(out).expanduser()
     data = out / "data"
@@ -166,11 +197,14 @@ def run_study(out: str | Path, *, model: str = "imgfocus_dinov2_vits14", placeme
         log(f"arb: {run.name} done in {time.perf_counter() - t0:.0f} s -> {out / run.name}")
     path = out / "study.md"
     write_text_atomic(path, study_markdown(results, placements, model))
+    if figures is not None:
+        copy_figures(out, figures)
+        write_text_atomic(Path(figures) / "study.md", path.read_text())
     return path
 
 
 EPILOG = """example:
-  arb photo-study --out results/photo_study              # about 20-40 minutes on 2 CPU cores
+  arb photo-study --out results/photo_study --figures docs/real_model_study   # ~40 min, 2 cores
   arb photo-study --out results/photo_study --placements 10 --model dino_vits8
 
 Writes DIR/data (the photos), DIR/RUN/{rows.csv,report/,report_all/} for the runs square_224,
@@ -190,6 +224,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--placements", type=int, default=5, metavar="K",
                    help="noise placements per photo (default 5)")
     p.add_argument("--batch", type=int, default=4, help="images per ARB call (default 4)")
+    p.add_argument("--figures", default=None, metavar="DIR",
+                   help="also copy the study's main figures and study.md to DIR")
     p.add_argument("--runs", default=None, metavar="NAMES",
                    help=f"comma-separated subset of {', '.join(r.name for r in RUNS)}")
     p.set_defaults(func=run)
@@ -205,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown study runs {unknown}; known: {[r.name for r in RUNS]}")
         runs = tuple(r for r in RUNS if r.name in wanted)
     path = run_study(args.out, model=args.model, placements=args.placements, batch=args.batch,
-                     runs=runs, progress=not args.quiet,
+                     runs=runs, progress=not args.quiet, figures=args.figures,
                      log=(lambda m: None) if args.quiet else print)
     if not args.quiet:
         print(f"arb: study summary -> {path}")

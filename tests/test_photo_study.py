@@ -101,8 +101,9 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     rows = len(_rows(tmp_path / "study" / "tiny_grid" / "rows.csv"))
     assert rows == 40 * 4
     again = photo_study.run_study(tmp_path / "study", model=MODEL, placements=2, batch=8,
-                                  runs=runs, progress=False, log=lambda m: None)
-    assert again.read_text() == text
+                                  runs=runs, progress=False, log=lambda m: None,
+                                  figures=tmp_path / "figs")
+    assert again.read_text() == text == (tmp_path / "figs" / "study.md").read_text()
     assert len(_rows(tmp_path / "study" / "tiny_grid" / "rows.csv")) == rows
 
 
