@@ -121,13 +121,14 @@ class _Budget:
     def tensor_max(self) -> int:
         return self.limits.tensor_floor + int(self.limits.tensor_ratio * self.storage_bytes)
 
-    def tensor(self, nbytes: int, extent: int, what: str) -> None:
+    def tensor(self, nbytes: int, extent: int, what: Callable[[], str]) -> None:
         """Spend ``nbytes`` on a tensor; ``extent`` (its bytes with 0-sized dims counted as 1)
-        must fit as well, so that numpy never sees an impossible shape."""
+        must fit as well, so that numpy never sees an impossible shape. ``what()`` describes the
+        tensor (only called for the message)."""
         limit = self.tensor_max()
         if self.tensor_bytes + nbytes > limit or extent > limit:
             raise CheckpointLimitError(
-                f"{self.path}: {what} would take {max(nbytes, extent)} bytes; the tensors of "
+                f"{self.path}: {what()} would take {max(nbytes, extent)} bytes; the tensors of "
                 f"this file may take {limit} bytes in all (64 MiB + 2 x its {self.storage_bytes} "
                 f"bytes of storages), {self.tensor_bytes} are taken (stride-0 or overlapping "
                 "views?)")
@@ -318,7 +319,7 @@ def _tensor_from_storage(storage: Any, offset: Any, size: Any, stride: Any,
     if len(size) > max_ndim:
         raise CheckpointLimitError(f"tensor of {len(size)} dimensions (at most {max_ndim})")
     buffer = storage.buffer
-    key = escape(repr(storage.key))
+    key = escape(repr(storage.key)) if not storage.key.isalnum() else repr(storage.key)
     if dtype is not None and dtype != buffer.dtype:  # untyped (byte) storage + v3 dtype
         if buffer.nbytes % dtype.itemsize:
             raise CheckpointFormatError(
@@ -327,7 +328,10 @@ def _tensor_from_storage(storage: Any, offset: Any, size: Any, stride: Any,
         buffer = buffer.view(dtype)
     item = buffer.itemsize
     numel = math.prod(size)
-    what = f"a tensor of size {brief(size)} (stride {brief(stride)}) of storage {key}"
+
+    def what() -> str:
+        return f"a tensor of size {brief(size)} (stride {brief(stride)}) of storage {key}"
+
     if numel == 0:
         if budget is not None:
             budget.tensor(0, math.prod(max(n, 1) for n in size) * item, what)
@@ -444,31 +448,74 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._storages[key]
 
 
+def _opcode_table() -> dict[int, int]:
+    """Opcode byte → how its argument is laid out: a fixed byte count (>= 0), or one of the
+    ``pickletools`` markers for a newline-terminated or length-prefixed argument (< 0)."""
+    table = {}
+    for op in pickletools.opcodes:
+        table[op.code.encode("latin-1")[0]] = 0 if op.arg is None else op.arg.n
+    return table
+
+
+_OPCODE_ARGS = _opcode_table()
+_TWO_LINES = frozenset(b"ci")  # GLOBAL, INST: "module\nname\n"
+_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False), pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+           pickletools.TAKEN_FROM_ARGUMENT4U: (4, False), pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
+_PUT, _BINPUT, _LONG_BINPUT, _MEMOIZE, _FRAME, _STOP = b"pqr\x94\x95."
+
+
 def _scan_pickle(data: bytes, path: str, limits: ReadLimits) -> None:
     """Walk the opcodes of ``data`` (nothing is built) and refuse what would make the C
     unpickler allocate beyond the pickle's size: a memo index far beyond the memo writes so far
-    (the unpickler grows its memo array to the index), a frame longer than the pickle."""
-    puts = 0
-    try:
-        for op, arg, pos in pickletools.genops(data):
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                if arg > 2 * puts + limits.memo_slack:
-                    raise CheckpointLimitError(
-                        f"{path}: pickle memo index {arg} at byte {pos} after {puts} memo writes "
-                        "(the unpickler would allocate a memo of that size)")
-                puts += 1
-            elif op.name == "MEMOIZE":
-                puts += 1
-            elif op.name == "FRAME" and arg > len(data) - pos:
-                raise CheckpointFormatError(
-                    f"{path}: pickle frame of {arg} bytes at byte {pos} runs past the end of the "
-                    f"{len(data)}-byte pickle")
-    except CheckpointError:
-        raise
-    except Exception as e:  # genops: ValueError for unknown opcodes, truncated arguments
-        raise CheckpointFormatError(
-            f"{path}: corrupt pickle in the checkpoint ({type(e).__name__}: {brief(str(e))})"
-        ) from None
+    (the unpickler grows its memo array to the index), a frame or an argument longer than what
+    is left of the pickle, an unknown opcode."""
+    puts, i, end = 0, 0, len(data)
+    args, prefix, two_lines = _OPCODE_ARGS, _PREFIX, _TWO_LINES
+    while i < end:
+        code, pos = data[i], i
+        i += 1
+        n = args.get(code)
+        if n is None:
+            raise CheckpointFormatError(f"{path}: corrupt pickle: unknown opcode {code:#04x} at "
+                                        f"byte {pos}")
+        if n >= 0:
+            arg_at, i = i, i + n
+        elif n == pickletools.UP_TO_NEWLINE:
+            arg_at = i
+            for _ in range(2 if code in two_lines else 1):
+                newline = data.find(b"\n", i)
+                if newline < 0:
+                    raise CheckpointFormatError(f"{path}: corrupt pickle: truncated at byte {pos}")
+                i = newline + 1
+        else:
+            width, signed = prefix[n]
+            length = int.from_bytes(data[i:i + width], "little", signed=signed)
+            if length < 0:
+                raise CheckpointFormatError(f"{path}: corrupt pickle: negative length at byte {pos}")
+            arg_at, i = i + width, i + width + length
+        if i > end:
+            raise CheckpointFormatError(
+                f"{path}: corrupt pickle: the argument at byte {pos} runs past its end "
+                f"({end} bytes; truncated, or a declared length that lies)")
+        if code in (_BINPUT, _LONG_BINPUT, _PUT):
+            if code == _PUT:
+                text = data[arg_at:i - 1]
+                index = int(text) if text.isdigit() and len(text) < 20 else -1
+            else:
+                index = int.from_bytes(data[arg_at:i], "little")
+            if not 0 <= index <= 2 * puts + limits.memo_slack:
+                raise CheckpointLimitError(
+                    f"{path}: pickle memo index {index} at byte {pos} after {puts} memo writes "
+                    "(the unpickler would allocate a memo of that size)")
+            puts += 1
+        elif code == _MEMOIZE:
+            puts += 1
+        elif code == _FRAME and int.from_bytes(data[arg_at:i], "little") > end - i:
+            raise CheckpointFormatError(
+                f"{path}: pickle frame at byte {pos} runs past the end of the {end}-byte pickle")
+        elif code == _STOP:
+            return
+    raise CheckpointFormatError(f"{path}: corrupt pickle: no STOP opcode (truncated?)")
 
 
 def _find_root(names: list[str], path: str) -> str:
