@@ -68,7 +68,7 @@ def read_checkpoint(src: str | os.PathLike, *, heads: int | None = None,
     weights = resolve_weights_file(src)
     try:
         tree, kind = load_tree(weights)
-        arrays, others = flatten_tree(tree)
+        arrays, others = flatten_tree(tree, path=weights)
         del tree
         hf_config, note = _hf_config(weights)
         result = to_canonical(arrays, others, which=which, heads=heads, hf_config=hf_config)

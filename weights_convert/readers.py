@@ -181,7 +181,8 @@ def _source(parts: tuple[Any, ...]) -> str:
 
 
 def flatten_tree(tree: Any, prefix: str = "", *, max_depth: int = 100,
-                 max_entries: int = 2_000_000, max_key_chars: int = 1 << 27
+                 max_entries: int = 2_000_000, max_key_chars: int = 1 << 27,
+                 path: str | os.PathLike | None = None
                  ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Flatten nested mappings / lists into ``{"a.b.0.c": array}``.
 
@@ -195,6 +196,7 @@ def flatten_tree(tree: Any, prefix: str = "", *, max_depth: int = 100,
       max_depth: the deepest nesting of containers walked.
       max_entries: the most container entries visited (shared containers count every time).
       max_key_chars: the most characters of dotted keys built, in all.
+      path: the file the tree was read from, named in the errors.
 
     Returns:
       ``(arrays, others)``: every numpy array under its dotted path, and the dotted paths of the
@@ -206,10 +208,18 @@ def flatten_tree(tree: Any, prefix: str = "", *, max_depth: int = 100,
       CheckpointIntegrityError: two arrays with one dotted key (``{"a.b": x, "a": {"b": y}}``),
         naming both sources.
     """
+    try:
+        return _flatten(tree, prefix, max_depth, max_entries, max_key_chars)
+    except CheckpointError as e:
+        raise (e.with_path(path) if path is not None else e) from None
+
+
+def _flatten(tree: Any, prefix: str, max_depth: int, max_entries: int, max_key_chars: int
+             ) -> tuple[dict[str, np.ndarray], list[str]]:
     arrays: dict[str, np.ndarray] = {}
     sources: dict[str, tuple[Any, ...]] = {}
     others: list[str] = []
-    on_path: set[int] = set()
+    on_path: dict[int, str] = {}  # id → key of the containers being walked
     seen: set[int] = set()
     entries = key_chars = 0
     _exit = object()
@@ -217,7 +227,7 @@ def flatten_tree(tree: Any, prefix: str = "", *, max_depth: int = 100,
     while stack:
         node, key, parts, depth = stack.pop()
         if node is _exit:
-            on_path.discard(key)  # key holds the id of the container being left
+            on_path.pop(key, None)  # type: ignore[call-overload]  (key: the id left)
             continue
         if isinstance(node, np.ndarray):
             if key in arrays:
@@ -237,7 +247,10 @@ def flatten_tree(tree: Any, prefix: str = "", *, max_depth: int = 100,
             continue
         where = escape(repr(key)) if key else "the top level"
         if id(node) in on_path:
-            raise CheckpointLimitError(f"a container that contains itself, at {where}")
+            first = on_path[id(node)]
+            raise CheckpointLimitError(
+                f"the container at {escape(repr(first)) if first else 'the top level'} contains "
+                f"itself (again at {where})")
         if depth >= max_depth:
             raise CheckpointLimitError(
                 f"containers nested more than {max_depth} deep, at {brief(key, 200)}")
@@ -248,7 +261,7 @@ def flatten_tree(tree: Any, prefix: str = "", *, max_depth: int = 100,
             raise CheckpointLimitError(
                 f"more than {max_entries} entries in the saved object{shared}")
         seen.add(id(node))
-        on_path.add(id(node))
+        on_path[id(node)] = key
         stack.append((_exit, id(node), (), 0))  # type: ignore[arg-type]
         children = []
         for k, v in items:
