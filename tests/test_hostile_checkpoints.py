@@ -112,16 +112,16 @@ def patch_member_header(path: Path, name: str, *, flags: int | None = None,
 
 
 def deflated_zeros(z: zipfile.ZipFile, name: str, nbytes: int, head: bytes = b"",
-                   tail: bytes = b"") -> None:
-    """Stream a deflated member of ``head + nbytes zeros + tail`` (never held in memory)."""
-    chunk = bytes(1 << 22)
+                   tail: bytes = b"", fill: bytes = b"\x00") -> None:
+    """Stream a deflated member of ``head + nbytes × fill + tail`` (never held in memory)."""
+    chunk = fill * (1 << 22)
     info = zipfile.ZipInfo(name)
     info.compress_type = zipfile.ZIP_DEFLATED
     with z.open(info, "w", force_zip64=True) as f:
         f.write(head)
         for _ in range(nbytes // len(chunk)):
             f.write(chunk)
-        f.write(bytes(nbytes % len(chunk)))
+        f.write(fill * (nbytes % len(chunk)))
         f.write(tail)
 
 
@@ -195,6 +195,20 @@ def case_inflated_pickle(d: Path) -> Path:
     return path
 
 
+def case_object_flood(d: Path) -> Path:
+    """60 MB of EMPTY_SET opcodes, deflated (within the inflation budget): 14 GB of sets."""
+    path = d / "sets.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        deflated_zeros(z, "archive/data.pkl", 60_000_000, head=b"\x80\x04", tail=b".",
+                       fill=b"\x8f")
+    return path
+
+
+def case_set_flood(d: Path) -> Path:
+    """5 MB of EMPTY_SET opcodes, stored: under the opcode count, over the budget (1.2 GB)."""
+    return torch_zip(d / "fewsets.pth", b"\x80\x04" + b"\x8f" * 5_000_000 + b".")
+
+
 def case_huge_numel(d: Path) -> Path:
     pkl = tensor_pickle({"w": _Tensor(_Storage("0", 1 << 62), 0, (2,), (1,))})
     return torch_zip(d / "numel.pth", pkl, {"0": bytes(8)})
@@ -216,6 +230,10 @@ MEMORY_CASES = {
                          r"'archive/data/0' inflates to 300000000 bytes, beyond the budget"),
     "inflated_pickle": (case_inflated_pickle, CheckpointLimitError,
                         r"'archive/data.pkl' inflates to 200000012 bytes, beyond the budget"),
+    "object_flood": (case_object_flood, CheckpointLimitError,
+                     r"would build more than 536870912 bytes of objects \(over 5368709 opcodes\)"),
+    "set_flood": (case_set_flood, CheckpointLimitError,
+                  r"would build about 1\d{9} bytes of objects \(5000002 opcodes, 5000000 sets\)"),
     "huge_numel": (case_huge_numel, CheckpointFormatError,
                    r"'archive/data/0' has 8 bytes, needs 18446744073709551616"),
 }
@@ -545,6 +563,7 @@ def test_inflation_and_tensor_budgets_documented_match_the_defaults():
     assert "max(64 MiB, 8 × the file's size)" in doc
     assert limits.tensor_floor == 64 << 20 and limits.tensor_ratio == 2
     assert "64 MiB + 2 × the bytes of the storages read" in doc
+    assert limits.pickle_objects == 512 << 20 and "at no more than 512 MiB" in doc
     assert math.isclose(limits.tensor_ratio, 2.0)
 
 

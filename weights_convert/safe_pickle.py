@@ -33,7 +33,10 @@ before anything is allocated:
   views of one storage) are at most ``64 MiB + 2 × the bytes of the storages read``; offsets,
   sizes and strides must stay inside their storage (Python ints: no overflow);
 * the pickle is scanned before it is run: memo indices must grow with the pickle (a crafted
-  ``LONG_BINPUT 2**31`` would make the unpickler allocate gigabytes), frames must fit in it.
+  ``LONG_BINPUT 2**31`` would make the unpickler allocate gigabytes), frames and arguments must fit
+  in it, and the objects it builds are estimated (100 bytes an opcode, 240 a set, 4 a byte of
+  text) at no more than 512 MiB (a pickle of 60 million one-byte ``EMPTY_SET`` opcodes would build
+  14 GB).
 
 Whatever goes wrong raises a :class:`~weights_convert.errors.CheckpointError` (a
 :class:`~weights_convert.errors.CheckpointLimitError` for the budget); no other exception type
@@ -84,6 +87,8 @@ class ReadLimits:
         ``tensor_floor + tensor_ratio × bytes of the storages read``.
       max_ndim: the most dimensions a tensor may have.
       memo_slack: a memo index may exceed twice the number of memo writes so far by this much.
+      pickle_objects: the most bytes of Python objects the pickle may build, as estimated from
+        its opcodes before it runs.
     """
 
     inflate_ratio: float = 8.0
@@ -92,6 +97,7 @@ class ReadLimits:
     tensor_floor: int = 64 * _MiB
     max_ndim: int = 32
     memo_slack: int = 1024
+    pickle_objects: int = 512 * _MiB
 
 
 DEFAULT_LIMITS = ReadLimits()
@@ -462,18 +468,29 @@ _TWO_LINES = frozenset(b"ci")  # GLOBAL, INST: "module\nname\n"
 _PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False), pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
            pickletools.TAKEN_FROM_ARGUMENT4U: (4, False), pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
 _PUT, _BINPUT, _LONG_BINPUT, _MEMOIZE, _FRAME, _STOP = b"pqr\x94\x95."
+_OP_COST, _SET_COST, _TEXT_COST = 100, 240, 4  # bytes of objects: an opcode, a set, a text byte
+_SETS = frozenset(b"\x8f\x91")  # EMPTY_SET, FROZENSET
 
 
 def _scan_pickle(data: bytes, path: str, limits: ReadLimits) -> None:
     """Walk the opcodes of ``data`` (nothing is built) and refuse what would make the C
     unpickler allocate beyond the pickle's size: a memo index far beyond the memo writes so far
     (the unpickler grows its memo array to the index), a frame or an argument longer than what
-    is left of the pickle, an unknown opcode."""
-    puts, i, end = 0, 0, len(data)
-    args, prefix, two_lines = _OPCODE_ARGS, _PREFIX, _TWO_LINES
+    is left of the pickle, an unknown opcode, more objects than ``limits.pickle_objects`` bytes
+    (estimated: ``_OP_COST`` an opcode, ``_SET_COST`` a set, ``_TEXT_COST`` a byte of argument)."""
+    puts, i, end, ops, sets = 0, 0, len(data), 0, 0
+    args, prefix, two_lines, set_codes = _OPCODE_ARGS, _PREFIX, _TWO_LINES, _SETS
+    max_ops = limits.pickle_objects // _OP_COST
     while i < end:
         code, pos = data[i], i
         i += 1
+        ops += 1
+        if ops > max_ops:  # stop early: the scan itself takes time
+            raise CheckpointLimitError(
+                f"{path}: the pickle would build more than {limits.pickle_objects} bytes of objects "
+                f"(over {max_ops} opcodes), beyond the budget")
+        if code in set_codes:
+            sets += 1
         n = args.get(code)
         if n is None:
             raise CheckpointFormatError(f"{path}: corrupt pickle: unknown opcode {code:#04x} at "
@@ -514,8 +531,14 @@ def _scan_pickle(data: bytes, path: str, limits: ReadLimits) -> None:
             raise CheckpointFormatError(
                 f"{path}: pickle frame at byte {pos} runs past the end of the {end}-byte pickle")
         elif code == _STOP:
-            return
-    raise CheckpointFormatError(f"{path}: corrupt pickle: no STOP opcode (truncated?)")
+            break
+    else:
+        raise CheckpointFormatError(f"{path}: corrupt pickle: no STOP opcode (truncated?)")
+    estimate = _OP_COST * ops + (_SET_COST - _OP_COST) * sets + _TEXT_COST * i
+    if estimate > limits.pickle_objects:
+        raise CheckpointLimitError(
+            f"{path}: the pickle would build about {estimate} bytes of objects ({ops} opcodes, "
+            f"{sets} sets), beyond the budget of {limits.pickle_objects}")
 
 
 def _find_root(names: list[str], path: str) -> str:
