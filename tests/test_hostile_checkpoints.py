@@ -314,19 +314,21 @@ def test_limits_are_the_stated_budget(tmp_path):
         wc.load_torch_zip(tmp_path / "over.pth", limits=limits)
 
 
-def test_a_60k_tensor_checkpoint_opens_in_linear_time(tmp_path):
-    # Storages were looked up in a list: 60k tensors took 13x the time of 15k (19.5 s).
+def test_a_many_tensor_checkpoint_opens_in_linear_time(tmp_path):
+    # Storages were looked up in a list: 60k tensors took 13x the time of 15k (19.5 s); 32k take
+    # 11x the time of 8k. CPU time of this process, best of two, so that a loaded machine does
+    # not decide the ratio.
     times = {}
-    for n in (15_000, 60_000):
+    for n in (8_000, 32_000):
         torch.save({f"t{i}": torch.zeros(2) for i in range(n)}, tmp_path / f"{n}.pth")
         runs = []
-        for _ in range(2 if n == 15_000 else 1):
-            t0 = time.perf_counter()
+        for _ in range(2):
+            t0 = time.process_time()
             arrays, _ = wc.flatten_tree(wc.load_tree(tmp_path / f"{n}.pth")[0])
-            runs.append(time.perf_counter() - t0)
+            runs.append(time.process_time() - t0)
         assert len(arrays) == n
         times[n] = min(runs)
-    assert times[60_000] < 8 * times[15_000], times  # 4x the tensors; quadratic gives ~13x
+    assert times[32_000] < 7 * times[8_000], times  # 4x the tensors; quadratic gives ~11x
 
 
 # --------------------------------------------------------------------------------------------

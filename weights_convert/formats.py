@@ -628,7 +628,7 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
         if len(pieces) == len(entry.sources):
             flat[path] = _assemble(entry.kind, pieces)
             if not np.isfinite(flat[path]).all():
-                nonfinite += [f"{escape(origin[src])} ({counts})"
+                nonfinite += [(origin[src], counts)
                               for src, x in zip(entry.sources, pieces, strict=True)
                               if (counts := _nonfinite_counts(x))]
     unexpected = backbone.unexpected + head.unexpected + sorted(
@@ -641,9 +641,9 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
     if nonfinite:
         raise CheckpointIntegrityError(
             f"non-finite weights (NaN or ±inf) in {len(nonfinite)} tensor(s): "
-            + ", ".join(nonfinite[:20]) + (f", … ({len(nonfinite)} in all)"
-                                           if len(nonfinite) > 20 else ""),
-            tensors=[t.rsplit(" (", 1)[0] for t in nonfinite])
+            + ", ".join(f"{escape(name)} ({counts})" for name, counts in nonfinite[:20])
+            + (f", … ({len(nonfinite)} in all)" if len(nonfinite) > 20 else ""),
+            tensors=[name for name, _ in nonfinite])
     dtypes = sorted({str(a.dtype) for a in pool.values()})
     notes = (backbone.notes + head.notes + [f"tensor names: {names.naming}"] + notes
              + [f"source dtypes: {', '.join(dtypes)}"])

@@ -175,9 +175,16 @@ def _key_text(key: Any) -> str:
     return brief(key, 60)
 
 
-def _source(parts: tuple[Any, ...]) -> str:
-    """``['blocks'][0]['norm1']['weight']``: where a leaf sits in the saved object (escaped)."""
-    return "".join(f"[{brief(p, 80)}]" for p in parts) or "the top level"
+def _source(parts: tuple[Any, Any] | None) -> str:
+    """``['blocks'][0]['norm1']['weight']``: where a leaf sits in the saved object (escaped).
+
+    ``parts`` is a linked path ``(((None, 'blocks'), 0), 'norm1')…``: children share their
+    parent's path, so that a wide or deep tree costs one small tuple per entry."""
+    keys = []
+    while parts is not None:
+        parts, key = parts
+        keys.append(key)
+    return "".join(f"[{brief(k, 80)}]" for k in reversed(keys)) or "the top level"
 
 
 def flatten_tree(tree: Any, prefix: str = "", *, max_depth: int = 100,
@@ -217,17 +224,17 @@ def flatten_tree(tree: Any, prefix: str = "", *, max_depth: int = 100,
 def _flatten(tree: Any, prefix: str, max_depth: int, max_entries: int, max_key_chars: int
              ) -> tuple[dict[str, np.ndarray], list[str]]:
     arrays: dict[str, np.ndarray] = {}
-    sources: dict[str, tuple[Any, ...]] = {}
+    sources: dict[str, tuple[Any, Any] | None] = {}
     others: list[str] = []
     on_path: dict[int, str] = {}  # id → key of the containers being walked
     seen: set[int] = set()
     entries = key_chars = 0
     _exit = object()
-    stack: list[tuple[Any, str, tuple[Any, ...], int]] = [(tree, prefix, (), 0)]
+    stack: list[tuple[Any, Any, tuple[Any, Any] | None, int]] = [(tree, prefix, None, 0)]
     while stack:
         node, key, parts, depth = stack.pop()
         if node is _exit:
-            on_path.pop(key, None)  # type: ignore[call-overload]  (key: the id left)
+            on_path.pop(key, None)  # key: the id of the container left
             continue
         if isinstance(node, np.ndarray):
             if key in arrays:
@@ -262,7 +269,7 @@ def _flatten(tree: Any, prefix: str, max_depth: int, max_entries: int, max_key_c
                 f"more than {max_entries} entries in the saved object{shared}")
         seen.add(id(node))
         on_path[id(node)] = key
-        stack.append((_exit, id(node), (), 0))  # type: ignore[arg-type]
+        stack.append((_exit, id(node), None, 0))
         children = []
         for k, v in items:
             text = _key_text(k)
@@ -272,6 +279,6 @@ def _flatten(tree: Any, prefix: str, max_depth: int, max_entries: int, max_key_c
                 raise CheckpointLimitError(
                     f"more than {max_key_chars} characters of keys in the saved object (shared "
                     "containers expanding exponentially, or huge keys)")
-            children.append((v, child, (*parts, k), depth + 1))
+            children.append((v, child, (parts, k), depth + 1))
         stack.extend(reversed(children))
     return arrays, others

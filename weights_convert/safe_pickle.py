@@ -120,8 +120,8 @@ class _Budget:
             raise CheckpointLimitError(
                 f"{self.path}: zip member {escape(repr(member))} inflates to {nbytes} bytes, "
                 f"beyond the budget of {self.inflate_max} bytes for all members of this "
-                f"{self.file_size}-byte file (max(64 MiB, 8 x file size); {self.inflated} used; "
-                "zip bomb?)")
+                f"{self.file_size}-byte file (max({self.limits.inflate_floor}, "
+                f"{self.limits.inflate_ratio:g} x file size); {self.inflated} used; zip bomb?)")
         self.inflated += nbytes
 
     def tensor_max(self) -> int:
@@ -135,9 +135,9 @@ class _Budget:
         if self.tensor_bytes + nbytes > limit or extent > limit:
             raise CheckpointLimitError(
                 f"{self.path}: {what()} would take {max(nbytes, extent)} bytes; the tensors of "
-                f"this file may take {limit} bytes in all (64 MiB + 2 x its {self.storage_bytes} "
-                f"bytes of storages), {self.tensor_bytes} are taken (stride-0 or overlapping "
-                "views?)")
+                f"this file may take {limit} bytes in all ({self.limits.tensor_floor} + "
+                f"{self.limits.tensor_ratio:g} x its {self.storage_bytes} bytes of storages), "
+                f"{self.tensor_bytes} are taken (stride-0 or overlapping views?)")
         self.tensor_bytes += nbytes
 
 # Legacy ``<Name>Storage`` classes of the typed-storage path → element dtype.
@@ -325,18 +325,19 @@ def _tensor_from_storage(storage: Any, offset: Any, size: Any, stride: Any,
     if len(size) > max_ndim:
         raise CheckpointLimitError(f"tensor of {len(size)} dimensions (at most {max_ndim})")
     buffer = storage.buffer
-    key = escape(repr(storage.key)) if not storage.key.isalnum() else repr(storage.key)
+    key = storage.key
     if dtype is not None and dtype != buffer.dtype:  # untyped (byte) storage + v3 dtype
         if buffer.nbytes % dtype.itemsize:
             raise CheckpointFormatError(
-                f"storage {key}: {buffer.nbytes} bytes is not a whole number of "
+                f"storage {escape(repr(key))}: {buffer.nbytes} bytes is not a whole number of "
                 f"{dtype} elements")
         buffer = buffer.view(dtype)
     item = buffer.itemsize
     numel = math.prod(size)
 
     def what() -> str:
-        return f"a tensor of size {brief(size)} (stride {brief(stride)}) of storage {key}"
+        return (f"a tensor of size {brief(size)} (stride {brief(stride)}) of storage "
+                f"{escape(repr(key))}")
 
     if numel == 0:
         if budget is not None:
@@ -346,8 +347,8 @@ def _tensor_from_storage(storage: Any, offset: Any, size: Any, stride: Any,
     if last >= buffer.size:
         raise CheckpointFormatError(
             f"tensor of size {brief(size)}, stride {brief(stride)}, offset {brief(offset)} reads "
-            f"element {brief(last)} of storage {key}, which holds {buffer.size} (truncated or "
-            "corrupt file?)")
+            f"element {brief(last)} of storage {escape(repr(key))}, which holds {buffer.size} "
+            "(truncated or corrupt file?)")
     if budget is not None:
         budget.tensor(numel * item, numel * item, what)
     # A stride along a dimension of size 1 is never used: 0 keeps huge ones out of numpy.
