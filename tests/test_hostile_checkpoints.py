@@ -301,6 +301,29 @@ def test_the_capped_reader_still_reads_a_genuine_checkpoint(tmp_path):
         np.testing.assert_array_equal(tree[k], v.numpy(), err_msg=k)
 
 
+def case_every_budget_nearly_full(d: Path) -> Path:
+    """A 7 MB file just inside every budget: 55 MB of deflated storage (with data.pkl, 62 of the
+    67 MB of inflation allowed), three copied views of it (165 of 177 MB of tensors), and 1.2
+    million distinct containers (about 270 of the 512 MiB of pickle objects)."""
+    path = d / "full.pth"
+    numel = 55_000_000 // 4
+    storage = _Storage("0", numel)
+    tree = {f"w{i}": _Tensor(storage, 0, (numel,), (1,)) for i in range(3)}
+    tree["x"] = [{} for _ in range(1_200_000)]
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", tensor_pickle(tree))
+        deflated_zeros(z, "archive/data/0", 4 * numel)
+    return path
+
+
+def test_a_file_inside_every_budget_is_read_in_bounded_memory(tmp_path):
+    path = case_every_budget_nearly_full(tmp_path)
+    assert path.stat().st_size < 10 * 10**6
+    out = read_capped(path)
+    assert out.get("result") == "3 arrays, 0 other leaves", out  # the containers are empty
+    assert out["maxrss"] < RSS_MAX, f"peak RSS {out['maxrss'] / 1e9:.2f} GB"
+
+
 def test_limits_are_the_stated_budget(tmp_path):
     # 64 MiB + 2 x storage bytes: exactly at the budget loads, one element more is refused.
     limits = wc.safe_pickle.ReadLimits(tensor_floor=1000, tensor_ratio=2.0)

@@ -246,22 +246,21 @@ def _flatten(tree: Any, prefix: str, max_depth: int, max_entries: int, max_key_c
             sources[key] = parts
             continue
         if isinstance(node, Mapping) and not isinstance(node, Placeholder):
-            items = list(node.items())
+            items: Any = node.items()
         elif isinstance(node, list | tuple):
-            items = list(enumerate(node))
+            items = enumerate(node)
         else:
             others.append(key)
             continue
-        where = escape(repr(key)) if key else "the top level"
         if id(node) in on_path:
             first = on_path[id(node)]
             raise CheckpointLimitError(
                 f"the container at {escape(repr(first)) if first else 'the top level'} contains "
-                f"itself (again at {where})")
+                f"itself (again at {escape(repr(key)) if key else 'the top level'})")
         if depth >= max_depth:
             raise CheckpointLimitError(
                 f"containers nested more than {max_depth} deep, at {brief(key, 200)}")
-        entries += len(items)
+        entries += len(node)  # before anything is built for its entries
         if entries > max_entries:
             shared = " (shared containers, e.g. a pickle whose memo references expand " \
                      "exponentially)" if id(node) in seen else ""
