@@ -29,7 +29,7 @@ def _escape_char(c: str) -> str:
     return f"\\U{code:08x}"
 
 
-def escape(text: Any) -> str:
+def escape(text: Any, limit: int | None = None) -> str:
     """``text`` (a ``str``, or anything ``str()`` accepts) with every non-printable character
     written as a ``repr``-style escape: ``"\\x1b"``, ``"\\n"``, ``"\\u202e"``.
 
@@ -41,6 +41,9 @@ def escape(text: Any) -> str:
     ----------
     text : Any
         The text to escape; a non-``str`` is converted with ``str()`` first.
+    limit : int, optional
+        The most characters returned: longer text is cut and ends in ``"…"`` (for text of
+        unknown length, such as a library's error message about a hostile file).
 
     Returns
     -------
@@ -53,9 +56,11 @@ def escape(text: Any) -> str:
     'blocks.0\\\\x1b[31m\\\\nforged'
     """
     text = text if isinstance(text, str) else str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else _escape_char(c) for c in text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else _escape_char(c) for c in text)
+    if limit is not None and len(text) > limit:
+        text = text[: max(limit - 1, 0)] + "…"
+    return text
 
 
 _REPR = reprlib.Repr()
@@ -90,5 +95,4 @@ def brief(value: Any, width: int = 120) -> str:
         text = _REPR.repr(value)
     except Exception:  # a hostile __repr__, or one that recurses: show the type only
         text = f"<{type(value).__name__}>"
-    text = escape(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return escape(text, width)

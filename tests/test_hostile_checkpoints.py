@@ -433,6 +433,27 @@ def test_corrupt_pickles_are_format_errors(tmp_path):
         _one_line_naming(info.value, path)
 
 
+def _safetensors(path: Path, header: bytes, data: bytes) -> Path:
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+@pytest.mark.parametrize("header, problem", [
+    (b'{"w": {"dtype": "F32", "shape": [40000, 40000], "data_offsets": [0, 4]}}',
+     "offset for tensor"),
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+     b'"b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', "offset for tensor"),
+    (b'{"w": {"dtype": "F32", "shape": [18446744073709551617], "data_offsets": [0, 4]}}',
+     "Error while deserializing header"),
+    (b'{"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "Error while deserializing header"),
+])
+def test_hostile_safetensors_headers_are_one_line_format_errors(tmp_path, header, problem):
+    path = _safetensors(tmp_path / "hostile.safetensors", header, bytes(4))
+    with pytest.raises(CheckpointFormatError) as info:
+        read_checkpoint(path)
+    _one_line_naming(info.value, path, "corrupt or truncated safetensors file", problem)
+
+
 def test_missing_checkpoint_is_a_checkpoint_error_and_a_file_not_found_error(tmp_path):
     with pytest.raises(CheckpointNotFoundError) as info:
         read_checkpoint(tmp_path / "nothere.pth")

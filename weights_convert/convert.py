@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from arb_jax.models.config import ViTConfig
-from arb_jax.text import brief, escape
+from arb_jax.text import escape
 from weights_convert.errors import CheckpointError, CheckpointFormatError, CheckpointLimitError
 from weights_convert.formats import to_canonical
 from weights_convert.orbax_io import write_converted
@@ -33,7 +33,7 @@ def _hf_config(weights: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        return None, f"{escape(path)} ignored: not valid JSON ({brief(str(e), 200)})"
+        return None, f"{escape(path)} ignored: not valid JSON ({escape(str(e), 200)})"
     if not isinstance(config, dict):
         return None, f"{escape(path)} ignored: not a JSON object"
     return config, None
@@ -80,7 +80,7 @@ def read_checkpoint(src: str | os.PathLike, *, heads: int | None = None,
     except (RecursionError, OverflowError, TypeError, KeyError, IndexError, AttributeError,
             SystemError) as e:  # a hostile file the checks above missed: still one line
         raise CheckpointFormatError(
-            f"{escape(weights)}: cannot convert ({type(e).__name__}: {brief(str(e))})") from None
+            f"{escape(weights)}: cannot convert ({type(e).__name__}: {escape(str(e), 200)})") from None
     meta = {
         "source": weights.name,
         "source_path": str(weights.absolute()),

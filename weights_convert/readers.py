@@ -132,7 +132,7 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     except (SafetensorError, OSError, TypeError, ValueError, OverflowError, RuntimeError) as e:
         raise CheckpointFormatError(
             f"{escape(path)}: corrupt or truncated safetensors file ({type(e).__name__}: "
-            f"{brief(str(e), 300)})") from None
+            f"{escape(str(e), 300)})") from None
 
 
 def load_tree(path: str | os.PathLike) -> tuple[Any, str]:
@@ -161,7 +161,7 @@ def load_tree(path: str | os.PathLike) -> tuple[Any, str]:
                                    ) from None
     except Exception as e:  # a hostile file: whatever fails is the file's fault, in one line
         raise CheckpointFormatError(
-            f"{escape(path)}: unreadable checkpoint ({type(e).__name__}: {brief(str(e))})"
+            f"{escape(path)}: unreadable checkpoint ({type(e).__name__}: {escape(str(e), 200)})"
         ) from None
 
 

@@ -620,7 +620,7 @@ def load_torch_zip(path: str | os.PathLike, *, limits: ReadLimits = DEFAULT_LIMI
         raise CheckpointLimitError(f"{path}: out of memory while reading the checkpoint") from None
     except Exception as e:  # a hostile file: whatever fails is the file's fault, in one line
         raise CheckpointFormatError(
-            f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {brief(str(e))})") from None
+            f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {escape(str(e), 200)})") from None
 
 
 def _load_torch_zip(raw_path: str, path: str, limits: ReadLimits) -> Any:
@@ -667,5 +667,5 @@ def _load_torch_zip(raw_path: str, path: str, limits: ReadLimits) -> Any:
         except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, zipfile.LargeZipFile,
                 ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as e:
             raise CheckpointFormatError(
-                f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {brief(str(e))})"
+                f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {escape(str(e), 200)})"
             ) from None
