@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from arb_jax import __version__
+from arb_jax.text import escape
 
 EPILOG_REGULARIZE = """examples:
   arb regularize skimage:astronaut --size 448 --inject-noise 64 --n-boot 8 --out out/
@@ -169,7 +170,7 @@ def cmd_regularize(args: argparse.Namespace) -> int:
 
     inputs, input_errors = _read_inputs(args.images)
     for line in input_errors:
-        print(f"arb: error: {line}", file=sys.stderr)
+        print(f"arb: error: {escape(line)}", file=sys.stderr)
     if not inputs:
         raise CLIError("no images to process")
     if args.batch < 1:
@@ -212,7 +213,7 @@ def cmd_regularize(args: argparse.Namespace) -> int:
         if args.debug:
             raise exc
         failures += 1
-        print(f"arb: error: {name}: {exc}", file=sys.stderr)
+        print(f"arb: error: {escape(name)}: {escape(exc)}", file=sys.stderr)
 
     def run(batch: list[_Job]) -> None:
         """ARB on images of one size in one call; their .png and .npz written as they finish."""
@@ -366,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one clear line unless --debug
         if debug:
             raise
-        print(f"arb: error: {exc}", file=sys.stderr)
+        print(f"arb: error: {escape(str(exc) or type(exc).__name__)}", file=sys.stderr)
         return 1
 
 

@@ -5,6 +5,18 @@
 bringing them to one size for a batch. ``expand_paths`` turns files, folders and globs into a
 list of files. ``denormalize`` undoes the normalisation for display. ``prefetch`` decodes the
 next batches in threads while the caller's device works; ``try_prepare`` is its loader's shape.
+
+Errors: everything wrong with an image raises :class:`ImageError` (a ``ValueError``) with one line
+naming the file or the problem; file names are escaped (:func:`arb_jax.text.escape`), so a name
+holding ESC or a newline neither recolours the terminal nor breaks the line::
+
+    ImageError              missing, a directory, not an image, corrupt, truncated, bad shape
+    └── ImageLimitError     beyond the stated budget: more than ``MAX_PIXELS`` pixels (checked on
+                            the header, before decoding at full bit depth), or an aspect ratio
+                            beyond ``MAX_ASPECT``:1 where the aspect is kept (its long side would
+                            make a huge token grid on the device)
+
+(Checkpoint files have their own hierarchy, :mod:`weights_convert.errors`.)
 """
 
 from __future__ import annotations
@@ -23,11 +35,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from arb_jax.checks import as_int
+from arb_jax.text import escape
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+MAX_PIXELS = 1 << 26  # 67 108 864 px (8192 x 8192): the most an image may have, read or resized
+MAX_ASPECT = 10  # the widest long side : short side of an image resized keeping its aspect
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,18 +52,36 @@ class ImageError(ValueError):
     """An image that cannot be read or prepared; the message names the file or the problem."""
 
 
+class ImageLimitError(ImageError):
+    """An image beyond the stated budget (``MAX_PIXELS``, ``MAX_ASPECT``), refused before it is
+    decoded or sent to the device."""
+
+
+def _gray16_to_rgb8(a: np.ndarray, rows: int = 256) -> np.ndarray:
+    """``(H, W)`` 0..65535 integers → ``(H, W, 3) uint8`` (``round(a / 257)``), a block of rows at
+    a time, so that no full-size wide temporary is made."""
+    out = np.empty((*a.shape, 3), np.uint8)
+    for r in range(0, a.shape[0], rows):
+        block = np.clip(a[r:r + rows].astype(np.int64), 0, 65535)
+        out[r:r + rows] = ((block + 128) // 257).astype(np.uint8)[..., None]
+    return out
+
+
 def _to_rgb(img: Image.Image) -> tuple[Image.Image, str]:
     """Convert a loaded Pillow image to 8-bit RGB; returns it and a note on what was done."""
     mode = img.mode
     if mode == "RGB":
         return img, ""
     if mode.startswith("I"):  # 16-bit ("I;16*"), or 32-bit int holding 8- or 16-bit values
-        a = np.asarray(img, dtype=np.float64)
-        if mode == "I" and a.max(initial=0) > 65535:
+        a = np.asarray(img)
+        top = int(a.max(initial=0))
+        if mode == "I" and top > 65535:
             raise ImageError("32-bit integer images beyond the 16-bit range are not supported")
-        scale = 1.0 if mode == "I" and a.max(initial=0) <= 255 else 257.0  # 0..65535 → 0..255
-        a = np.clip(np.rint(a / scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(a[..., None], 3, axis=-1)), f"{mode} gray → 8-bit RGB"
+        if mode == "I" and top <= 255:  # 8-bit values held in 32 bits
+            rgb = np.repeat(np.clip(a, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+        else:  # 0..65535 → 0..255
+            rgb = _gray16_to_rgb8(a)
+        return Image.fromarray(rgb), f"{mode} gray → 8-bit RGB"
     if mode == "F":
         raise ImageError("floating-point (mode 'F') images are not supported")
     has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
@@ -73,33 +106,44 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str]:
 
     Raises:
       ImageError: the file is missing, a directory, not an image, corrupt or truncated; the message
-        names the path.
+        names the path (escaped).
+      ImageLimitError: more than ``MAX_PIXELS`` pixels, refused from the header before decoding.
     """
     path = Path(path).expanduser()
+    name = escape(path)
     if not path.exists():
-        raise ImageError(f"image file not found: {path}")
+        raise ImageError(f"image file not found: {name}")
     if path.is_dir():
-        raise ImageError(f"expected an image file, got a directory: {path}")
+        raise ImageError(f"expected an image file, got a directory: {name}")
     if path.stat().st_size == 0:
-        raise ImageError(f"empty file, not an image: {path}")
+        raise ImageError(f"empty file, not an image: {name}")
     try:
         with Image.open(path) as im:
+            w, h = im.size  # from the header: nothing decoded yet
+            if w * h > MAX_PIXELS:
+                raise ImageLimitError(
+                    f"image of {w}x{h} px (W x H, mode {im.mode}) has {w * h} pixels, more than "
+                    f"the {MAX_PIXELS} (MAX_PIXELS) read: {name}")
             im.load()  # decode now: truncation and corruption surface here, not later
             im = ImageOps.exif_transpose(im) or im
             rgb, note = _to_rgb(im)
             arr = np.array(rgb, dtype=np.uint8)
     except UnidentifiedImageError as e:
-        raise ImageError(f"not a recognised image file: {path}") from e
+        raise ImageError(f"not a recognised image file: {name}") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"image too large (Pillow's decompression-bomb guard): {path}") from e
+        raise ImageLimitError(f"image too large (Pillow's decompression-bomb guard): {name}") from e
+    except ImageLimitError:
+        raise
     except ImageError as e:
-        raise ImageError(f"{e}: {path}") from e
+        raise ImageError(f"{e}: {name}") from e
     except PermissionError as e:
-        raise ImageError(f"cannot read image file (permission denied): {path}") from e
+        raise ImageError(f"cannot read image file (permission denied): {name}") from e
+    except MemoryError as e:
+        raise ImageLimitError(f"out of memory decoding the image: {name}") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
-        raise ImageError(f"corrupt or truncated image file: {path} ({e})") from e
+        raise ImageError(f"corrupt or truncated image file: {name} ({escape(e)})") from e
     if arr.ndim != 3 or arr.shape[-1] != 3 or min(arr.shape[:2]) == 0:
-        raise ImageError(f"image decoded to an unexpected shape {arr.shape}: {path}")
+        raise ImageError(f"image decoded to an unexpected shape {arr.shape}: {name}")
     if note:
         logger.debug("%s: %s", path, note)
     return arr, note
@@ -140,12 +184,22 @@ def prepare(img: np.ndarray, size: int | tuple[int, int] | None, patch: int) -> 
 
     Raises:
       ImageError: the resized image is smaller than one patch; bad shape.
+      ImageLimitError: an aspect ratio beyond ``MAX_ASPECT``:1 where it is kept (``size`` an int
+        or None), or a resized image of more than ``MAX_PIXELS`` pixels; refused before resizing.
       TypeError: ``img`` is not a uint8 numpy array.
     """
     img = _check_uint8_rgb(img)
     patch = as_int(patch, "patch")
     h, w = img.shape[:2]
+    if not isinstance(size, (tuple, list)) and max(h, w) > MAX_ASPECT * min(h, w):
+        raise ImageLimitError(
+            f"image of {h}x{w} px (H x W) has an aspect ratio of {max(h, w) / max(min(h, w), 1):.0f}:1, "
+            f"beyond the {MAX_ASPECT}:1 (MAX_ASPECT) supported with its aspect kept")
     th, tw = (h, w) if size is None else _target_size(size, h, w)
+    if th * tw > MAX_PIXELS:
+        raise ImageLimitError(
+            f"image of {h}x{w} px (H x W) resized to {th}x{tw} would have {th * tw} pixels, more "
+            f"than the {MAX_PIXELS} (MAX_PIXELS) supported")
     if th < patch or tw < patch:
         raise ImageError(f"image too small: {h}x{w} (H x W) resized to {th}x{tw} is smaller than "
                          f"one {patch}x{patch} patch")
@@ -226,17 +280,18 @@ def expand_paths(items: str | Path | Sequence[str | Path]) -> list[Path]:
             try:
                 found = sorted(p for p in path.iterdir() if _is_image_file(p))
             except OSError as e:
-                raise ImageError(f"cannot read folder {path}: {e.strerror or e}") from e
+                raise ImageError(f"cannot read folder {escape(path)}: {escape(e.strerror or e)}"
+                                 ) from e
             if not found:
                 raise ImageError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
-                                 f"in folder {path}")
+                                 f"in folder {escape(path)}")
         elif any(c in text for c in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
             found = [p for p in matches if _is_image_file(p)]
             if not found:
-                raise ImageError(f"no image file matches {text!r}")
+                raise ImageError(f"no image file matches {escape(repr(text))}")
         else:
-            raise ImageError(f"no such file or folder: {path}")
+            raise ImageError(f"no such file or folder: {escape(path)}")
         out.extend(found)
     if not out:
         raise ImageError("no image paths given")

@@ -457,7 +457,7 @@ def test_main_cli(tmp_path, capsys):
     assert wc.main([str(tmp_path / "src.pth"), str(tmp_path / "out")]) == 0
     assert "state_dict/dino" in capsys.readouterr().out
     assert (tmp_path / "out" / "arb_model.json").is_file()
-    assert wc.main([str(tmp_path / "nothere.pth"), str(tmp_path / "out2")]) == 2
+    assert wc.main([str(tmp_path / "nothere.pth"), str(tmp_path / "out2")]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -6,26 +6,38 @@
 
 PyTorch pickles are read by a restricted unpickler: no code from the file runs, torch is not
 imported; a pickle that names anything but tensor rebuilding, plain containers and inert data
-holders raises :class:`UnsafeCheckpointError`.
+holders raises :class:`UnsafeCheckpointError`. Every problem with a file raises a
+:class:`CheckpointError` (the hierarchy is in :mod:`weights_convert.errors`), within a memory
+budget stated by :class:`ReadLimits`.
 """
 
 from weights_convert.convert import convert, main, read_checkpoint
 from weights_convert.errors import (
+    CheckpointArchitectureError,
     CheckpointError,
     CheckpointFormatError,
+    CheckpointIntegrityError,
     CheckpointKeysError,
+    CheckpointLimitError,
+    CheckpointNotFoundError,
     UnsafeCheckpointError,
 )
 from weights_convert.formats import canonical_shapes, to_canonical
 from weights_convert.orbax_io import load_converted, restore_params, save_params
 from weights_convert.readers import flatten_tree, load_tree, sha256_file
-from weights_convert.safe_pickle import Placeholder, load_torch_zip
+from weights_convert.safe_pickle import DEFAULT_LIMITS, Placeholder, ReadLimits, load_torch_zip
 
 __all__ = [
+    "DEFAULT_LIMITS",
+    "CheckpointArchitectureError",
     "CheckpointError",
     "CheckpointFormatError",
+    "CheckpointIntegrityError",
     "CheckpointKeysError",
+    "CheckpointLimitError",
+    "CheckpointNotFoundError",
     "Placeholder",
+    "ReadLimits",
     "UnsafeCheckpointError",
     "canonical_shapes",
     "convert",

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from arb_jax.models.config import ViTConfig
-from weights_convert.errors import CheckpointError
+from arb_jax.text import escape
+from weights_convert.errors import CheckpointError, CheckpointFormatError, CheckpointLimitError
 from weights_convert.formats import to_canonical
 from weights_convert.onnx_reader import OnnxWeights
 from weights_convert.orbax_io import write_converted
@@ -32,10 +33,10 @@ def _hf_config(weights: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, None
     try:
         config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return None, f"{path} ignored: not valid JSON ({e})"
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        return None, f"{escape(path)} ignored: not valid JSON ({escape(str(e), 200)})"
     if not isinstance(config, dict):
-        return None, f"{path} ignored: not a JSON object"
+        return None, f"{escape(path)} ignored: not a JSON object"
     return config, None
 
 
@@ -57,31 +58,46 @@ def read_checkpoint(src: str | os.PathLike, *, heads: int | None = None,
       dropped keys, notes).
 
     Raises:
-      UnsafeCheckpointError, CheckpointFormatError, CheckpointKeysError, FileNotFoundError,
-      ValueError (bad ``heads`` / ``which``).
+      CheckpointError: anything wrong with the file, one line naming it (a subclass, see
+        :mod:`weights_convert.errors`: UnsafeCheckpointError, CheckpointFormatError,
+        CheckpointLimitError, CheckpointKeysError, CheckpointIntegrityError,
+        CheckpointArchitectureError, CheckpointNotFoundError — the last two also a ValueError /
+        FileNotFoundError).
+      ValueError: bad ``heads`` / ``which`` arguments.
     """
     if which not in ("teacher", "student"):
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
     weights = resolve_weights_file(src)
-    tree, kind = load_tree(weights)
-    extra_notes: list[str] = []
-    dropped: list[str] = []
-    pos_interp = None
-    if isinstance(tree, OnnxWeights):
-        arrays, others = tree.arrays, []
-        hf_config = {k: v for k, v in (("num_attention_heads", tree.heads),
-                                       ("layer_norm_eps", tree.eps)) if v is not None}
-        hf_config["_from"] = "the ONNX graph's"
-        note = None
-        extra_notes, dropped, pos_interp = tree.notes, tree.ignored, tree.pos_interp
-        if pos_interp:
-            extra_notes = [*extra_notes, f"position embeddings resampled with the {pos_interp!r} "
-                           "recipe (read off the ONNX graph)"]
-    else:
-        arrays, others = flatten_tree(tree)
-        hf_config, note = _hf_config(weights)
-    result = to_canonical(arrays, others, which=which, heads=heads, hf_config=hf_config,
-                          pos_interp=pos_interp)
+    try:
+        tree, kind = load_tree(weights)
+        extra_notes: list[str] = []
+        dropped: list[str] = []
+        pos_interp = None
+        if isinstance(tree, OnnxWeights):
+            arrays, others = tree.arrays, []
+            hf_config = {k: v for k, v in (("num_attention_heads", tree.heads),
+                                           ("layer_norm_eps", tree.eps)) if v is not None}
+            hf_config["_from"] = "the ONNX graph's"
+            note = None
+            extra_notes, dropped, pos_interp = tree.notes, tree.ignored, tree.pos_interp
+            if pos_interp:
+                extra_notes = [*extra_notes, f"position embeddings resampled with the "
+                               f"{pos_interp!r} recipe (read off the ONNX graph)"]
+        else:
+            arrays, others = flatten_tree(tree, path=weights)
+            hf_config, note = _hf_config(weights)
+        del tree
+        result = to_canonical(arrays, others, which=which, heads=heads, hf_config=hf_config,
+                              pos_interp=pos_interp)
+    except CheckpointError as e:
+        raise e.with_path(weights) from None
+    except MemoryError:
+        raise CheckpointLimitError(f"{escape(weights)}: out of memory converting the checkpoint"
+                                   ) from None
+    except (RecursionError, OverflowError, TypeError, KeyError, IndexError, AttributeError,
+            SystemError) as e:  # a hostile file the checks above missed: still one line
+        raise CheckpointFormatError(
+            f"{escape(weights)}: cannot convert ({type(e).__name__}: {escape(str(e), 200)})") from None
     meta = {
         "source": weights.name,
         "source_path": str(weights.absolute()),
@@ -146,13 +162,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m weights_convert SRC DST [--heads N] [--which teacher|student] [--overwrite]``."""
+    """``python -m weights_convert SRC DST [--heads N] [--which teacher|student] [--overwrite]
+    [--debug]``: 0 when converted; on any error one escaped line ``arb convert: error: …`` on
+    stderr and 1 (``--debug``: the traceback instead)."""
     parser = argparse.ArgumentParser(prog="arb convert", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback")
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"arb convert: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # one clear line unless --debug
+        if args.debug:
+            raise
+        print(f"arb convert: error: {escape(str(e) or type(e).__name__)}", file=sys.stderr)
+        return 1

@@ -26,6 +26,13 @@ Layouts (names of the tensors):
 
 The number of heads cannot be read off shapes: it is the ``heads`` argument when given, else
 ``num_attention_heads`` of an HF ``config.json``, else the DINO convention ``dim // 64``.
+
+Integrity: two sources for one parameter (a flat ``blocks.0.norm1.weight`` beside a nested
+``blocks`` → ``0`` → ``norm1`` → ``weight``, or a backbone key beside a head key of the same name)
+and NaN / ±inf weights are a :class:`~weights_convert.errors.CheckpointIntegrityError` naming the
+tensors; a ``config.json`` field of the wrong type is a
+:class:`~weights_convert.errors.CheckpointFormatError`. Key names from the file are escaped in
+every message, note and drop line (:func:`arb_jax.text.escape`).
 """
 
 from __future__ import annotations
@@ -39,7 +46,13 @@ import ml_dtypes
 import numpy as np
 
 from arb_jax.models.config import CONFIGS, ViTConfig
-from weights_convert.errors import CheckpointFormatError, CheckpointKeysError
+from arb_jax.text import brief, escape
+from weights_convert.errors import (
+    CheckpointArchitectureError,
+    CheckpointFormatError,
+    CheckpointIntegrityError,
+    CheckpointKeysError,
+)
 
 __all__ = ["Conversion", "canonical_shapes", "flatten_params", "to_canonical"]
 
@@ -161,12 +174,12 @@ class _State:
         for k in keys:
             self.arrays.pop(k)
         if len(keys) == 1 and keys[0] == prefix:
-            self.dropped.append(f"{self.origin.pop(prefix)} ({why})")
+            self.dropped.append(f"{escape(self.origin.pop(prefix))} ({why})")
         else:
             shown = self.origin[keys[0]][: -len(keys[0])] + prefix
             for k in keys:
                 self.origin.pop(k)
-            self.dropped.append(f"{shown}.* ({len(keys)} tensors, {why})")
+            self.dropped.append(f"{escape(shown)}.* ({len(keys)} tensors, {why})")
 
     def leftovers_unexpected(self) -> None:
         self.unexpected.extend(self.origin[k] for k in self.arrays)
@@ -219,7 +232,7 @@ def _select(arrays: Mapping[str, np.ndarray], others: list[str], which: str
     tops = _tops(arrays)
     ignored = sorted(_tops(others) - tops)
     if ignored:
-        root.notes.append(f"non-tensor entries ignored: {', '.join(ignored)}")
+        root.notes.append(f"non-tensor entries ignored: {', '.join(map(escape, ignored))}")
 
     def drop_rest(state: _State, why: str) -> None:
         for top in sorted(_tops(state.arrays)):
@@ -402,6 +415,14 @@ def _is_float(dtype: np.dtype) -> bool:
     return True
 
 
+def _nonfinite_counts(x: np.ndarray) -> str:
+    """``"3 NaN, 1 +inf"`` for the non-finite values of a float tensor; ``""`` when all finite."""
+    x = x.astype(np.float32)
+    counts = [(int(np.isnan(x).sum()), "NaN"), (int(np.isposinf(x).sum()), "+inf"),
+              (int(np.isneginf(x).sum()), "-inf")]
+    return ", ".join(f"{n} {what}" for n, what in counts if n)
+
+
 def _assemble(kind: str, pieces: list[np.ndarray]) -> np.ndarray:
     x = np.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
     x = x.astype(np.float32)
@@ -416,16 +437,36 @@ def _assemble(kind: str, pieces: list[np.ndarray]) -> np.ndarray:
 # Architecture inference
 
 
+def _config_int(hf_config: Mapping[str, Any], field: str) -> int:
+    """``hf_config[field]`` as a positive int (an int, or a float holding one)."""
+    value = hf_config[field]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 1 << 31:
+        raise CheckpointFormatError(
+            f"config.json: {escape(field)} must be a positive int, got {brief(value)}")
+    return value
+
+
+def _config_eps(hf_config: Mapping[str, Any], default: float) -> float:
+    value = hf_config.get("layer_norm_eps", default)
+    if (not isinstance(value, int | float) or isinstance(value, bool)
+            or not 0 < float(value) < 1):
+        raise CheckpointFormatError(
+            f"config.json: layer_norm_eps must be a number in (0, 1), got {brief(value)}")
+    return float(value)
+
+
 def _heads(dim: int, heads: int | None, hf_config: Mapping[str, Any] | None) -> tuple[int, str]:
     if heads is not None:
         if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
             raise ValueError(f"heads must be a positive int, got {heads!r}")
         return heads, "given"
     if hf_config and "num_attention_heads" in hf_config:
-        return (int(hf_config["num_attention_heads"]),
+        return (_config_int(hf_config, "num_attention_heads"),
                 f"{hf_config.get('_from', 'config.json')} num_attention_heads")
     if dim % 64 or dim < 64:
-        raise ValueError(
+        raise CheckpointArchitectureError(
             f"cannot infer the number of heads for dim={dim} (DINO convention dim // 64 needs a "
             "multiple of 64): pass heads=")
     return dim // 64, "DINO convention dim // 64"
@@ -473,13 +514,14 @@ def _infer(state: _State, head: _State, names: _Names, heads: int | None,
     n_heads, heads_from = _heads(dim, heads, hf_config if names.layout.startswith("hf") else None)
     eps, notes = 1e-6, [f"heads={n_heads} ({heads_from})"]
     if hf_config and names.layout.startswith("hf"):
-        eps = float(hf_config.get("layer_norm_eps", eps))
+        eps = _config_eps(hf_config, eps)
         notes.append(f"eps={eps:g} ({hf_config.get('_from', 'config.json')} layer_norm_eps)")
         for field, value in (("hidden_size", dim), ("patch_size", patch_w[2]),
                              ("num_hidden_layers", max(indices) + 1)):
-            if field in hf_config and int(hf_config[field]) != value:
+            if field in hf_config and _config_int(hf_config, field) != value:
                 raise CheckpointFormatError(
-                    f"config.json says {field}={hf_config[field]} but the tensors have {value}")
+                    f"config.json says {field}={brief(hf_config[field])} but the tensors have "
+                    f"{value}")
     try:
         config = ViTConfig(
             patch=patch_w[2], dim=dim, depth=max(indices) + 1, heads=n_heads,
@@ -488,7 +530,7 @@ def _infer(state: _State, head: _State, names: _Names, heads: int | None,
             layerscale=any(k.endswith(names.ls1) for k in a if block_rx.match(k)),
             eps=eps, n_classes=head_w[0] if head_w else 0, pos_interp=pos_interp or "dino")
     except ValueError as e:
-        raise ValueError(f"inferred architecture is invalid: {e}") from None
+        raise CheckpointArchitectureError(f"inferred architecture is invalid: {e}") from None
     for known in CONFIGS.values():  # the official architectures take their registry name
         if known.pos_interp == "dino" and known == ViTConfig(**{**config.to_dict(),
                                                                 "name": known.name}):
@@ -519,8 +561,8 @@ def _head_state(head: _State, backbone: _State, names: _Names) -> _State:
             backbone.drop("head", "DINO projection head, used in training only")
     elif names.layout.startswith("hf") and "classifier" in _tops(backbone.arrays):
         if head.arrays:
-            raise CheckpointKeysError("two classification heads",
-                                      unexpected=[backbone.origin["classifier.weight"]])
+            raise CheckpointKeysError("two classification heads", unexpected=[
+                o for k, o in backbone.origin.items() if k.startswith("classifier.")])
         head = backbone.take("classifier.")
     out = _State({})
     for k, v in head.arrays.items():
@@ -550,7 +592,11 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
 
     Raises:
       CheckpointKeysError: missing, unexpected or mis-shaped keys (listed by source name).
-      ValueError: bad ``which`` / ``heads``, or heads not inferable.
+      CheckpointIntegrityError: two sources for one parameter, or NaN / ±inf weights (named).
+      CheckpointFormatError: a ``config.json`` field of the wrong type, or disagreeing with the
+        tensors.
+      CheckpointArchitectureError: (a ``ValueError``) heads not inferable, invalid architecture.
+      ValueError: bad ``which`` / ``heads`` arguments.
     """
     backbone, head, container = _select(arrays, others or [], which)
     names = _names_for(list(backbone.arrays))
@@ -558,9 +604,15 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
         backbone.drop(key, why)
     head = _head_state(head, backbone, names)
     config, notes = _infer(backbone, head, names, heads, hf_config, pos_interp)
+    clash = sorted(set(backbone.arrays) & set(head.arrays))
+    if clash:
+        pairs = [f"{escape(backbone.origin[k])} and {escape(head.origin[k])}" for k in clash]
+        raise CheckpointIntegrityError(
+            f"two sources for one parameter: {'; '.join(pairs)}",
+            tensors=[t for k in clash for t in (backbone.origin[k], head.origin[k])])
     pool = {**backbone.arrays, **head.arrays}
     origin = {**backbone.origin, **head.origin}
-    missing, misshaped, used = [], [], set()
+    missing, misshaped, nonfinite, used = [], [], [], set()
     flat: dict[tuple[str, ...], np.ndarray] = {}
     entries = {entry.path: entry for entry in _entries(config, names)}
     for path, shape in canonical_shapes(config).items():
@@ -581,6 +633,10 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
                 pieces.append(x)
         if len(pieces) == len(entry.sources):
             flat[path] = _assemble(entry.kind, pieces)
+            if not np.isfinite(flat[path]).all():
+                nonfinite += [(origin[src], counts)
+                              for src, x in zip(entry.sources, pieces, strict=True)
+                              if (counts := _nonfinite_counts(x))]
     unexpected = backbone.unexpected + head.unexpected + sorted(
         origin[k] for k in pool if k not in used)
     if missing or unexpected or misshaped:
@@ -588,6 +644,12 @@ def to_canonical(arrays: Mapping[str, np.ndarray], others: list[str] | None = No
             f"checkpoint does not match the inferred {names.layout} ViT "
             f"(dim={config.dim}, depth={config.depth}, patch={config.patch})",
             missing=missing, unexpected=unexpected, misshaped=misshaped)
+    if nonfinite:
+        raise CheckpointIntegrityError(
+            f"non-finite weights (NaN or ±inf) in {len(nonfinite)} tensor(s): "
+            + ", ".join(f"{escape(name)} ({counts})" for name, counts in nonfinite[:20])
+            + (f", … ({len(nonfinite)} in all)" if len(nonfinite) > 20 else ""),
+            tensors=[name for name, _ in nonfinite])
     dtypes = sorted({str(a.dtype) for a in pool.values()})
     notes = (backbone.notes + head.notes + [f"tensor names: {names.naming}"] + notes
              + [f"source dtypes: {', '.join(dtypes)}"])

@@ -22,16 +22,39 @@ Any other global raises :class:`~weights_convert.errors.UnsafeCheckpointError` n
 (``"posix.system"``) before it is called. Tensors come back as numpy arrays (C-contiguous copies
 built with ``as_strided`` from the storage, honouring offset, size and stride; bfloat16 and float8
 via ``ml_dtypes``).
+
+Memory is bounded by the file's actual bytes and a stated budget (:class:`ReadLimits`), checked
+before anything is allocated:
+
+* zip members: only stored and deflated members, not encrypted, are read, and all the bytes read
+  (``data.pkl`` and storages) inflate to at most ``max(64 MiB, 8 × the file's size)``;
+* storages: a storage's declared element count must fit in its zip member;
+* tensors: every tensor is a copy, so the bytes of all tensors built (a stride-0 ``expand``, many
+  views of one storage) are at most ``64 MiB + 2 × the bytes of the storages read``; offsets,
+  sizes and strides must stay inside their storage (Python ints: no overflow);
+* the pickle is scanned before it is run: memo indices must grow with the pickle (a crafted
+  ``LONG_BINPUT 2**31`` would make the unpickler allocate gigabytes), frames and arguments must fit
+  in it, and the objects it builds are estimated (100 bytes an opcode, 240 a set, 4 a byte of
+  text) at no more than 512 MiB (a pickle of 60 million one-byte ``EMPTY_SET`` opcodes would build
+  14 GB).
+
+Whatever goes wrong raises a :class:`~weights_convert.errors.CheckpointError` (a
+:class:`~weights_convert.errors.CheckpointLimitError` for the budget); no other exception type
+(``RecursionError``, ``OverflowError``, ``MemoryError``, zip ``RuntimeError`` …) escapes
+:func:`load_torch_zip`. Text from the file is escaped in every message
+(:func:`arb_jax.text.escape`).
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import collections
+import dataclasses
 import io
 import math
 import os
 import pickle
+import pickletools
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -39,9 +62,83 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from weights_convert.errors import CheckpointFormatError, UnsafeCheckpointError
+from arb_jax.text import brief, escape
+from weights_convert.errors import (
+    CheckpointError,
+    CheckpointFormatError,
+    CheckpointLimitError,
+    UnsafeCheckpointError,
+)
 
-__all__ = ["Placeholder", "RestrictedUnpickler", "load_torch_zip"]
+__all__ = ["DEFAULT_LIMITS", "Placeholder", "ReadLimits", "RestrictedUnpickler", "load_torch_zip"]
+
+_MiB = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadLimits:
+    """The memory budget of one :func:`load_torch_zip`, relative to the file's actual bytes.
+
+    Attributes:
+      inflate_ratio, inflate_floor: all the zip members read inflate to at most
+        ``max(inflate_floor, inflate_ratio × file size)`` bytes (``torch.save`` stores members
+        uncompressed: ratio 1).
+      tensor_ratio, tensor_floor: the tensors built (each a copy) take at most
+        ``tensor_floor + tensor_ratio × bytes of the storages read``.
+      max_ndim: the most dimensions a tensor may have.
+      memo_slack: a memo index may exceed twice the number of memo writes so far by this much.
+      pickle_objects: the most bytes of Python objects the pickle may build, as estimated from
+        its opcodes before it runs.
+    """
+
+    inflate_ratio: float = 8.0
+    inflate_floor: int = 64 * _MiB
+    tensor_ratio: float = 2.0
+    tensor_floor: int = 64 * _MiB
+    max_ndim: int = 32
+    memo_slack: int = 1024
+    pickle_objects: int = 512 * _MiB
+
+
+DEFAULT_LIMITS = ReadLimits()
+
+
+class _Budget:
+    """Bytes inflated from the archive and bytes of tensors built so far, against the limits."""
+
+    def __init__(self, limits: ReadLimits, file_size: int, path: str):
+        self.limits = limits
+        self.path = path
+        self.file_size = file_size
+        self.inflate_max = max(limits.inflate_floor, int(limits.inflate_ratio * file_size))
+        self.inflated = 0
+        self.storage_bytes = 0
+        self.tensor_bytes = 0
+
+    def inflate(self, nbytes: int, member: str) -> None:
+        if self.inflated + nbytes > self.inflate_max:
+            raise CheckpointLimitError(
+                f"{self.path}: zip member {escape(repr(member))} inflates to {nbytes} bytes, "
+                f"beyond the budget of {self.inflate_max} bytes for all members of this "
+                f"{self.file_size}-byte file (max({self.limits.inflate_floor}, "
+                f"{self.limits.inflate_ratio:g} x file size); {self.inflated} used; zip bomb?)")
+        self.inflated += nbytes
+
+    def tensor_max(self) -> int:
+        return self.limits.tensor_floor + int(self.limits.tensor_ratio * self.storage_bytes)
+
+    def tensor(self, nbytes: int, extent: int, what: Callable[[], str]) -> None:
+        """Spend ``nbytes`` on a tensor; ``extent`` (its bytes with 0-sized dims counted as 1)
+        must fit as well, so that numpy never sees an impossible shape. ``what()`` describes the
+        tensor (only called for the message)."""
+        limit = self.tensor_max()
+        if self.tensor_bytes + nbytes > limit or extent > limit:
+            raise CheckpointLimitError(
+                f"{self.path}: {what()} would take {max(nbytes, extent)} bytes; the tensors of "
+                f"this file may take {limit} bytes in all ({self.limits.tensor_floor} + "
+                f"{self.limits.tensor_ratio:g} x its {self.storage_bytes} bytes of storages), "
+                f"{self.tensor_bytes} are taken (stride-0 or overlapping views?)")
+        self.tensor_bytes += nbytes
 
 # Legacy ``<Name>Storage`` classes of the typed-storage path → element dtype.
 _STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -148,16 +245,18 @@ class _TorchDtype(_DtypeHolder):
 
 
 class _Storage(_Frozen):
-    """One storage: a flat numpy buffer of ``numel`` elements of its dtype (read-only view)."""
+    """One storage: a flat numpy buffer of ``numel`` elements of its dtype (read-only view), and
+    the budget of the load it belongs to (tensors built from it are charged to it)."""
 
-    __slots__ = ("buffer", "key")
+    __slots__ = ("buffer", "key", "budget")
 
-    def __init__(self, buffer: np.ndarray, key: str):
+    def __init__(self, buffer: np.ndarray, key: str, budget: _Budget | None = None):
         object.__setattr__(self, "buffer", buffer)
         object.__setattr__(self, "key", key)
+        object.__setattr__(self, "budget", budget)
 
     def __repr__(self) -> str:
-        return f"_Storage({self.key})"
+        return f"_Storage({escape(self.key)})"
 
 
 class Placeholder(dict):
@@ -199,40 +298,63 @@ def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
 def _check_int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, tuple | list) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise CheckpointFormatError(f"tensor {what} must be a tuple of ints, got {value!r}")
+        raise CheckpointFormatError(f"tensor {what} must be a tuple of ints, got {brief(value)}")
     return tuple(value)
 
 
 def _tensor_from_storage(storage: Any, offset: Any, size: Any, stride: Any,
                          dtype: np.dtype | None = None) -> np.ndarray:
-    """A C-contiguous copy of the strided view ``storage[offset + Σ i_k·stride_k]``."""
+    """A C-contiguous copy of the strided view ``storage[offset + Σ i_k·stride_k]``.
+
+    Every check is done on Python ints before numpy sees the numbers (no overflow), and the
+    copy's bytes are charged to the storage's budget before it is allocated.
+    """
     if not isinstance(storage, _Storage):
         raise CheckpointFormatError(f"tensor storage is {type(storage).__name__}, not a storage")
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise CheckpointFormatError(f"tensor storage offset must be an int >= 0, got {offset!r}")
+        raise CheckpointFormatError(f"tensor storage offset must be an int >= 0, got {brief(offset)}")
     size = _check_int_tuple(size, "size")
     stride = _check_int_tuple(stride, "stride")
     if len(size) != len(stride):
-        raise CheckpointFormatError(f"tensor size {size} and stride {stride} differ in length")
+        raise CheckpointFormatError(f"tensor size {brief(size)} and stride {brief(stride)} differ "
+                                    "in length")
     if any(s < 0 for s in size) or any(s < 0 for s in stride):
-        raise CheckpointFormatError(f"negative tensor size {size} or stride {stride}")
+        raise CheckpointFormatError(f"negative tensor size {brief(size)} or stride {brief(stride)}")
+    budget = storage.budget
+    max_ndim = budget.limits.max_ndim if budget is not None else DEFAULT_LIMITS.max_ndim
+    if len(size) > max_ndim:
+        raise CheckpointLimitError(f"tensor of {len(size)} dimensions (at most {max_ndim})")
     buffer = storage.buffer
+    key = storage.key
     if dtype is not None and dtype != buffer.dtype:  # untyped (byte) storage + v3 dtype
         if buffer.nbytes % dtype.itemsize:
             raise CheckpointFormatError(
-                f"storage {storage.key}: {buffer.nbytes} bytes is not a whole number of "
+                f"storage {escape(repr(key))}: {buffer.nbytes} bytes is not a whole number of "
                 f"{dtype} elements")
         buffer = buffer.view(dtype)
-    if math.prod(size) == 0:
+    item = buffer.itemsize
+    numel = math.prod(size)
+
+    def what() -> str:
+        return (f"a tensor of size {brief(size)} (stride {brief(stride)}) of storage "
+                f"{escape(repr(key))}")
+
+    if numel == 0:
+        if budget is not None:
+            budget.tensor(0, math.prod(max(n, 1) for n in size) * item, what)
         return np.zeros(size, dtype=buffer.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= buffer.size:
         raise CheckpointFormatError(
-            f"tensor of size {size}, stride {stride}, offset {offset} reads element {last} of "
-            f"storage {storage.key}, which holds {buffer.size} (truncated or corrupt file?)")
-    item = buffer.itemsize
+            f"tensor of size {brief(size)}, stride {brief(stride)}, offset {brief(offset)} reads "
+            f"element {brief(last)} of storage {escape(repr(key))}, which holds {buffer.size} "
+            "(truncated or corrupt file?)")
+    if budget is not None:
+        budget.tensor(numel * item, numel * item, what)
+    # A stride along a dimension of size 1 is never used: 0 keeps huge ones out of numpy.
+    strides = tuple(s * item if n > 1 else 0 for n, s in zip(size, stride, strict=True))
     view = np.lib.stride_tricks.as_strided(
-        buffer[offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False)
+        buffer[offset:], shape=size, strides=strides, writeable=False)
     return np.array(view, order="C", copy=True)
 
 
@@ -274,14 +396,16 @@ class RestrictedUnpickler(pickle.Unpickler):
       load_storage: ``(key, dtype, numel) -> 1-D numpy array`` for the persistent ids
         ``("storage", <StorageType>, key, location, numel)`` of a torch checkpoint.
       path: file name used in error messages.
+      budget: the memory budget tensors are charged to (None: not checked).
     """
 
     def __init__(self, file: io.BufferedIOBase,
                  load_storage: Callable[[str, np.dtype, int], np.ndarray],
-                 path: str | None = None):
+                 path: str | None = None, budget: _Budget | None = None):
         super().__init__(file)
         self._load_storage = load_storage
-        self._path = path
+        self._path = escape(path) if path is not None else None
+        self._budget = budget
         self._storages: dict[str, _Storage] = {}
         self._placeholders: dict[str, type[Placeholder]] = {}  # fresh per load
 
@@ -314,18 +438,108 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
-            raise CheckpointFormatError(f"{self._path}: unknown persistent id {pid!r}")
+            raise CheckpointFormatError(f"{self._path}: unknown persistent id {brief(pid)}")
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _StorageType):
-            raise CheckpointFormatError(f"{self._path}: storage type {storage_type!r} unknown")
+            raise CheckpointFormatError(f"{self._path}: storage type {brief(storage_type)} unknown")
         if isinstance(key, bytes):
-            key = key.decode("ascii")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise CheckpointFormatError(f"{self._path}: bad storage record {pid!r}")
+            key = key.decode("ascii", "replace")
+        if (not isinstance(key, str) or not isinstance(numel, int) or isinstance(numel, bool)
+                or numel < 0):
+            raise CheckpointFormatError(f"{self._path}: bad storage record {brief(pid)}")
         if key not in self._storages:
             buffer = self._load_storage(key, storage_type.dtype, numel)
-            self._storages[key] = _Storage(buffer, key)
+            if self._budget is not None:
+                self._budget.storage_bytes += buffer.nbytes
+            self._storages[key] = _Storage(buffer, key, self._budget)
         return self._storages[key]
+
+
+def _opcode_table() -> dict[int, int]:
+    """Opcode byte → how its argument is laid out: a fixed byte count (>= 0), or one of the
+    ``pickletools`` markers for a newline-terminated or length-prefixed argument (< 0)."""
+    table = {}
+    for op in pickletools.opcodes:
+        table[op.code.encode("latin-1")[0]] = 0 if op.arg is None else op.arg.n
+    return table
+
+
+_OPCODE_ARGS = _opcode_table()
+_TWO_LINES = frozenset(b"ci")  # GLOBAL, INST: "module\nname\n"
+_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False), pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+           pickletools.TAKEN_FROM_ARGUMENT4U: (4, False), pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
+_PUT, _BINPUT, _LONG_BINPUT, _MEMOIZE, _FRAME, _STOP = b"pqr\x94\x95."
+_OP_COST, _SET_COST, _TEXT_COST = 100, 240, 4  # bytes of objects: an opcode, a set, a text byte
+_SETS = frozenset(b"\x8f\x91")  # EMPTY_SET, FROZENSET
+
+
+def _scan_pickle(data: bytes, path: str, limits: ReadLimits) -> None:
+    """Walk the opcodes of ``data`` (nothing is built) and refuse what would make the C
+    unpickler allocate beyond the pickle's size: a memo index far beyond the memo writes so far
+    (the unpickler grows its memo array to the index), a frame or an argument longer than what
+    is left of the pickle, an unknown opcode, more objects than ``limits.pickle_objects`` bytes
+    (estimated: ``_OP_COST`` an opcode, ``_SET_COST`` a set, ``_TEXT_COST`` a byte of argument)."""
+    puts, i, end, ops, sets = 0, 0, len(data), 0, 0
+    args, prefix, two_lines, set_codes = _OPCODE_ARGS, _PREFIX, _TWO_LINES, _SETS
+    max_ops = limits.pickle_objects // _OP_COST
+    while i < end:
+        code, pos = data[i], i
+        i += 1
+        ops += 1
+        if ops > max_ops:  # stop early: the scan itself takes time
+            raise CheckpointLimitError(
+                f"{path}: the pickle would build more than {limits.pickle_objects} bytes of objects "
+                f"(over {max_ops} opcodes), beyond the budget")
+        if code in set_codes:
+            sets += 1
+        n = args.get(code)
+        if n is None:
+            raise CheckpointFormatError(f"{path}: corrupt pickle: unknown opcode {code:#04x} at "
+                                        f"byte {pos}")
+        if n >= 0:
+            arg_at, i = i, i + n
+        elif n == pickletools.UP_TO_NEWLINE:
+            arg_at = i
+            for _ in range(2 if code in two_lines else 1):
+                newline = data.find(b"\n", i)
+                if newline < 0:
+                    raise CheckpointFormatError(f"{path}: corrupt pickle: truncated at byte {pos}")
+                i = newline + 1
+        else:
+            width, signed = prefix[n]
+            length = int.from_bytes(data[i:i + width], "little", signed=signed)
+            if length < 0:
+                raise CheckpointFormatError(f"{path}: corrupt pickle: negative length at byte {pos}")
+            arg_at, i = i + width, i + width + length
+        if i > end:
+            raise CheckpointFormatError(
+                f"{path}: corrupt pickle: the argument at byte {pos} runs past its end "
+                f"({end} bytes; truncated, or a declared length that lies)")
+        if code in (_BINPUT, _LONG_BINPUT, _PUT):
+            if code == _PUT:
+                text = data[arg_at:i - 1]
+                index = int(text) if text.isdigit() and len(text) < 20 else -1
+            else:
+                index = int.from_bytes(data[arg_at:i], "little")
+            if not 0 <= index <= 2 * puts + limits.memo_slack:
+                raise CheckpointLimitError(
+                    f"{path}: pickle memo index {index} at byte {pos} after {puts} memo writes "
+                    "(the unpickler would allocate a memo of that size)")
+            puts += 1
+        elif code == _MEMOIZE:
+            puts += 1
+        elif code == _FRAME and int.from_bytes(data[arg_at:i], "little") > end - i:
+            raise CheckpointFormatError(
+                f"{path}: pickle frame at byte {pos} runs past the end of the {end}-byte pickle")
+        elif code == _STOP:
+            break
+    else:
+        raise CheckpointFormatError(f"{path}: corrupt pickle: no STOP opcode (truncated?)")
+    estimate = _OP_COST * ops + (_SET_COST - _OP_COST) * sets + _TEXT_COST * i
+    if estimate > limits.pickle_objects:
+        raise CheckpointLimitError(
+            f"{path}: the pickle would build about {estimate} bytes of objects ({ops} opcodes, "
+            f"{sets} sets), beyond the budget of {limits.pickle_objects}")
 
 
 def _find_root(names: list[str], path: str) -> str:
@@ -335,7 +549,7 @@ def _find_root(names: list[str], path: str) -> str:
         raise CheckpointFormatError(
             f"{path}: zip archive without '<root>/data.pkl': not a PyTorch checkpoint")
     if len(roots) > 1:
-        raise CheckpointFormatError(f"{path}: zip archive holds several pickles {roots}")
+        raise CheckpointFormatError(f"{path}: zip archive holds several pickles {brief(roots)}")
     return roots[0]
 
 
@@ -350,11 +564,38 @@ def _native(buffer: np.ndarray, big_endian: bool) -> np.ndarray:
     return buffer.view(uint).byteswap().view(buffer.dtype)
 
 
-def load_torch_zip(path: str | os.PathLike) -> Any:
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str,
+                 budget: _Budget) -> bytes:
+    """The bytes of one zip member, checked against the archive and the budget before reading."""
+    name = escape(repr(info.filename))
+    if info.flag_bits & 0x1:
+        raise CheckpointFormatError(f"{path}: zip member {name} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CheckpointFormatError(
+            f"{path}: zip member {name} uses compression method {info.compress_type}; only "
+            "stored (0) and deflated (8) members are read, as torch itself does")
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise CheckpointFormatError(
+            f"{path}: stored zip member {name} declares {info.file_size} bytes but holds "
+            f"{info.compress_size} (corrupt archive)")
+    if info.header_offset + info.compress_size > budget.file_size:
+        raise CheckpointFormatError(
+            f"{path}: zip member {name} of {info.compress_size} bytes at offset "
+            f"{info.header_offset} runs past the end of the {budget.file_size}-byte file "
+            "(truncated?)")
+    budget.inflate(info.file_size, info.filename)
+    data = archive.read(info)
+    if len(data) != info.file_size:  # pragma: no cover - zipfile checks the size and CRC itself
+        raise CheckpointFormatError(f"{path}: zip member {name} is truncated")
+    return data
+
+
+def load_torch_zip(path: str | os.PathLike, *, limits: ReadLimits = DEFAULT_LIMITS) -> Any:
     """Unpickle a zip-format ``torch.save`` file with no code execution and no torch import.
 
     Args:
       path: the ``.pth`` / ``.bin`` / ``.ckpt`` file.
+      limits: the memory budget (see :class:`ReadLimits`; the default suits any real checkpoint).
 
     Returns:
       The saved object with every tensor replaced by a numpy array (C-contiguous, the tensor's
@@ -362,42 +603,69 @@ def load_torch_zip(path: str | os.PathLike) -> Any:
 
     Raises:
       UnsafeCheckpointError: the pickle names a global outside the allow-list.
-      CheckpointFormatError: not a zip, truncated or corrupt archive, missing storage, legacy
-        (non-zip) torch serialization.
+      CheckpointLimitError: declared sizes, strides, views, memo indices or zip inflation beyond
+        the file's bytes and the budget (checked before allocating).
+      CheckpointFormatError: not a zip, truncated or corrupt archive, missing storage, encrypted
+        or unsupported zip members, legacy (non-zip) torch serialization; any other failure of
+        the reader (a ``RecursionError``, ``OverflowError``, ``MemoryError`` …) is reported as
+        this too.
     """
-    path = os.fspath(path)
+    raw_path = os.fspath(path)
+    path = escape(raw_path)
     try:
-        archive = zipfile.ZipFile(path)
+        return _load_torch_zip(raw_path, path, limits)
+    except CheckpointError:
+        raise
+    except MemoryError:
+        raise CheckpointLimitError(f"{path}: out of memory while reading the checkpoint") from None
+    except Exception as e:  # a hostile file: whatever fails is the file's fault, in one line
+        raise CheckpointFormatError(
+            f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {escape(str(e), 200)})") from None
+
+
+def _load_torch_zip(raw_path: str, path: str, limits: ReadLimits) -> Any:
+    try:
+        archive = zipfile.ZipFile(raw_path)
     except zipfile.BadZipFile as e:
-        raise CheckpointFormatError(f"{path}: not a valid zip archive ({e})") from None
+        raise CheckpointFormatError(f"{path}: not a valid zip archive ({escape(e)})") from None
     with archive:
-        names = archive.namelist()
-        root = _find_root(names, path)
+        infos = {info.filename: info for info in archive.infolist()}  # a dict: O(1) per storage
+        root = _find_root(list(infos), path)
+        budget = _Budget(limits, os.path.getsize(raw_path), path)
         big_endian = False
-        if f"{root}/byteorder" in names:
-            order = archive.read(f"{root}/byteorder").decode("ascii", "replace").strip()
+        if (order_info := infos.get(f"{root}/byteorder")) is not None:
+            if order_info.file_size > 64:
+                raise CheckpointFormatError(
+                    f"{path}: byteorder member of {order_info.file_size} bytes (corrupt archive)")
+            order = _read_member(archive, order_info, path, budget).decode(
+                "ascii", "replace").strip()
             if order not in ("little", "big"):
-                raise CheckpointFormatError(f"{path}: unknown byteorder {order!r}")
+                raise CheckpointFormatError(f"{path}: unknown byteorder {brief(order)}")
             big_endian = order == "big"
 
         def load_storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
             member = f"{root}/data/{key}"
-            if member not in names:
-                raise CheckpointFormatError(f"{path}: storage {member!r} missing from the archive")
-            raw = archive.read(member)
-            need = numel * dtype.itemsize
-            if len(raw) < need:
+            info = infos.get(member)
+            if info is None:
                 raise CheckpointFormatError(
-                    f"{path}: storage {member!r} has {len(raw)} bytes, needs {need} "
-                    "(truncated file?)")
+                    f"{path}: storage {escape(repr(member))} missing from the archive")
+            need = numel * dtype.itemsize
+            if need > info.file_size:  # before reading: the member's size is in the directory
+                raise CheckpointFormatError(
+                    f"{path}: storage {escape(repr(member))} has {info.file_size} bytes, needs "
+                    f"{need} (truncated file?)")
+            raw = _read_member(archive, info, path, budget)
             return _native(np.frombuffer(raw, dtype=dtype, count=numel), big_endian)
 
+        pkl = infos[f"{root}/data.pkl"]
+        data = _read_member(archive, pkl, path, budget)
+        _scan_pickle(data, path, limits)
         try:
-            data = archive.read(f"{root}/data.pkl")
-            return RestrictedUnpickler(io.BytesIO(data), load_storage, path).load()
+            return RestrictedUnpickler(io.BytesIO(data), load_storage, raw_path, budget).load()
         except (UnsafeCheckpointError, CheckpointFormatError):
             raise
         except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, zipfile.LargeZipFile,
                 ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as e:
             raise CheckpointFormatError(
-                f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {e})") from None
+                f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {escape(str(e), 200)})"
+            ) from None
