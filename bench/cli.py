@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{c.dtype}, baseline={c.baseline}, check={c.check}")
         return 0
 
-    from arb_jax.files import write_text_atomic
+    from arb_jax.io.files import write_text_atomic
     from bench.run import jsonable, run_preset
     from bench.tables import to_markdown
 

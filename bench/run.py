@@ -219,7 +219,7 @@ def _median(xs: list[float]) -> float:
 def _photos() -> tuple[np.ndarray, ...]:
     """scikit-image's photos, decoded once per run; without scikit-image, smooth seeded images."""
     try:
-        from arb_jax.images import sample_images
+        from arb_jax.io.images import sample_images
 
         return tuple(sample_images().values())
     except ImportError:
@@ -233,7 +233,7 @@ def bench_images(n: int, size: int, patch: int) -> np.ndarray:
 
     Without scikit-image: smooth random images (seeded), so the benchmark still runs.
     """
-    from arb_jax.images import prepare
+    from arb_jax.io.images import prepare
 
     photos = _photos()
     return np.stack([prepare(photos[i % len(photos)], (size, size), patch) for i in range(n)])
@@ -304,8 +304,8 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
     """Benchmark one case; returns its JSON record. Raises CheckFailedError if the check fails."""
     import jax
 
+    from arb_jax.core.pipeline import arb_statistics, null_images, regularize_attention
     from arb_jax.models import build_vit, get_config
-    from arb_jax.pipeline import arb_statistics, null_images, regularize_attention
 
     config = get_config(case.model)
     B, N, p = case.n_boot, case.n_images, config.patch
@@ -525,7 +525,7 @@ def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
         return _profile(ab, vit, t_in.astype(dtype), module_time, base)
 
     # pipeline-level changes
-    from arb_jax.pipeline import arb_statistics, null_images, regularize_attention
+    from arb_jax.core.pipeline import arb_statistics, null_images, regularize_attention
 
     images = jax.device_put(bench_images(1, ab.image_size, c.patch))
     key = jax.random.key(1234)

@@ -16,7 +16,7 @@ import pytest
 
 # bench/ is a folder of the repository, not part of the installed package: pytest's
 # pythonpath = ["."] (pyproject.toml) makes it importable.
-from arb_jax import stats
+from arb_jax.core import stats
 from arb_jax.models import build_vit, get_config
 from arb_jax.models import vit as vit_module
 from bench import baseline as bl

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from arb_jax import bootstrap
+from arb_jax.core import bootstrap
 
 H, W, C = 16, 24, 3
 NAMES = ("normal", "pixel", "patch", "uniform")

@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arb_jax import __version__, cli, images, loading, pipeline, simulate
+from arb_jax import __version__, cli
+from arb_jax.checkpoints import loading
+from arb_jax.core import pipeline
+from arb_jax.io import images
+from arb_jax.study import simulate
 
 SIZE, B, NOISE = 48, 3, 16   # small: the demo ViT (patch 8) at 48 px is a 6x6 patch grid
 

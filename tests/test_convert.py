@@ -25,8 +25,8 @@ import torch
 from _hf import attention_linears  # tests/_hf.py
 from safetensors.torch import save_file
 
-import weights_convert as wc
-from weights_convert import (
+import arb_jax.convert as wc
+from arb_jax.convert import (
     CheckpointFormatError,
     CheckpointKeysError,
     UnsafeCheckpointError,

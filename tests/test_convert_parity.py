@@ -35,8 +35,8 @@ import transformers as tf
 from _hf import attention_linears  # tests/_hf.py
 from safetensors.torch import load_file, save_file
 
+from arb_jax.convert import convert, load_converted
 from arb_jax.models import build_vit
-from weights_convert import convert, load_converted
 
 TOL = 1e-5
 N_CLASSES = 5

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from skimage.measure import block_reduce
 
-from arb_jax import demo_data, train_demo
-from arb_jax.images import normalize
+from arb_jax.demo import data as demo_data
+from arb_jax.demo import train as train_demo
+from arb_jax.io.images import normalize
 from arb_jax.models import build_vit
 
 # Held-out figures of the shipped model on TEST_SEED composites (never a training or the

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arb_jax import finetune as ft
-from arb_jax import images, loading
+from arb_jax.checkpoints import loading
+from arb_jax.io import images
 from arb_jax.models import build_vit, get_config, random_params
-from arb_jax.sweep import SourceError
+from arb_jax.study import finetune as ft
+from arb_jax.study.sweep import SourceError
 
 MODEL = "random:test_tiny8"  # random-init fixture: patch 8, native 32 x 32
 CLASSES = {"astro": "astronaut", "cat": "chelsea", "cup": "coffee"}

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from arb_jax import hub
+from arb_jax.checkpoints import hub
 
 NAME = "dino_vits16"  # a checkpoint whose size is not pinned, so any served bytes are accepted
 REL = hub.CHECKPOINTS[NAME].url[len(hub.BASE_URL):]

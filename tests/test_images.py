@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from arb_jax import images
-from arb_jax.images import ImageError
+from arb_jax.io import images
+from arb_jax.io.images import ImageError
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arb_jax import metrics
-from arb_jax.simulate import roi_patch_weights
+from arb_jax.study import metrics
+from arb_jax.study.simulate import roi_patch_weights
 
 PERC_ATOL = 1e-4
 

@@ -20,10 +20,11 @@ import pytest
 from _subproc import jax_env, run_python  # tests/_subproc.py
 from statsmodels.stats.multitest import local_fdr as sm_local_fdr
 
-from arb_jax import bootstrap, images, pipeline, regularize, stats
+from arb_jax.core import bootstrap, pipeline, regularize, stats
+from arb_jax.core.pipeline import ARBOptions, ARBResult
+from arb_jax.core.regularize import Percentile
+from arb_jax.io import images
 from arb_jax.models import build_vit
-from arb_jax.pipeline import ARBOptions, ARBResult
-from arb_jax.regularize import Percentile
 
 PATCH = 8
 B = 6

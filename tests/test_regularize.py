@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from arb_jax import regularize as rg
-from arb_jax.regularize import Percentile
+from arb_jax.core import regularize as rg
+from arb_jax.core.regularize import Percentile
 
 # ----------------------------------------------------------------------------- references
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arb_jax import report, sweep
+from arb_jax.study import report, sweep
 
 # (image, class, perc_before, perc_after by method p/lfdr/pi0/z, passed)
 IMAGES = [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from arb_jax import simulate
+from arb_jax.study import simulate
 
 
 def _image(seed: int = 0, shape=(40, 56, 3)) -> np.ndarray:

@@ -20,7 +20,7 @@ from statsmodels.genmod.generalized_linear_model import GLM, families
 from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.multitest import local_fdr as sm_local_fdr
 
-from arb_jax import stats
+from arb_jax.core import stats
 
 SIZES = (100, 1_000, 10_000, 100_000)
 DISTS = ("normal_mixture", "t3", "ties")

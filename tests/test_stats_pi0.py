@@ -17,7 +17,7 @@ from scipy import interpolate, optimize
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from arb_jax import stats
+from arb_jax.core import stats
 
 REFERENCE = Path(__file__).parent / "data" / "qvalue_pi0est.json"
 CASES = json.loads(REFERENCE.read_text())["cases"]

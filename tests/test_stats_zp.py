@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arb_jax import stats
+from arb_jax.core import stats
 
 METHODS = stats.PVALUE_METHODS
 

@@ -25,8 +25,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arb_jax import images, loading, pipeline, regularize, simulate, sweep
-from arb_jax.pipeline import ARBResult
+from arb_jax.checkpoints import loading
+from arb_jax.core import pipeline, regularize
+from arb_jax.core.pipeline import ARBResult
+from arb_jax.io import images
+from arb_jax.study import simulate, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "random:test_tiny8"  # random-init fixture: patch 8, 32 x 32 native
@@ -67,7 +70,7 @@ def _args(photos: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _sweep(env, args, extra_env=None, script=None, timeout=300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, *(["-c", script] if script else ["-m", "arb_jax.sweep"]), *args]
+    cmd = [sys.executable, *(["-c", script] if script else ["-m", "arb_jax.study.sweep"]), *args]
     proc = subprocess.run(cmd, env={**env, **(extra_env or {})}, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -330,7 +333,7 @@ def test_distributed_hosts_write_their_shares(reference, photos, env, tmp_path):
                  "SLURM_LOCALID": str(k)}
         args = _args(photos, out, "--quiet", "--distributed")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "arb_jax.sweep", *args],
+            [sys.executable, "-m", "arb_jax.study.sweep", *args],
             env={**env, **slurm}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True))
     for proc in procs:
@@ -408,7 +411,7 @@ def test_sweep_refuses_to_mix_settings_in_one_folder(photos, tmp_path, monkeypat
 
 
 def test_hosts_take_interleaved_shares_and_report_merges_them(photos, tmp_path, monkeypatch):
-    from arb_jax import report
+    from arb_jax.study import report
 
     monkeypatch.setattr(pipeline, "regularize_attention", _fake_regularize([]))
     grid = sweep.parse_grid("n_boot=1,2 alpha=0.1,0.3")
@@ -544,7 +547,7 @@ def test_cli_options_and_errors(photos, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown noise"):
         sweep.SweepConfig(data=str(photos), noise="blob")
     # errors from python -m arb_jax.sweep are one line
-    proc = subprocess.run([sys.executable, "-m", "arb_jax.sweep", str(tmp_path / "missing"),
+    proc = subprocess.run([sys.executable, "-m", "arb_jax.study.sweep", str(tmp_path / "missing"),
                            "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1
@@ -559,7 +562,7 @@ def test_cli_options_and_errors(photos, tmp_path, capsys):
                     reason="the demo ViT (arb_jax/assets/demo_vit.msgpack) is not trained yet")
 def test_demo_model_suppresses_square_noise_for_every_method(tmp_path, env):
     """The paper's main study in miniature: B = 1, 20 px squares at 96 px, mean-z filter on."""
-    from arb_jax import report
+    from arb_jax.study import report
 
     data = tmp_path / "photos"
     sample = images.sample_images()

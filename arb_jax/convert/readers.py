@@ -3,7 +3,7 @@
 Two file kinds are read, told apart by their first bytes (not their extension):
 
 * PyTorch zip checkpoints (``.pth``, ``.bin``, ``.ckpt``): through the restricted unpickler of
-  :mod:`weights_convert.safe_pickle` — no code from the file runs and torch is not imported;
+  :mod:`arb_jax.convert.safe_pickle` — no code from the file runs and torch is not imported;
 * ``.safetensors``: through the ``safetensors`` package's numpy API.
 
 A directory is read through the weights file it holds (``model.safetensors`` first, then
@@ -22,8 +22,8 @@ from typing import Any
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for safetensors' numpy API)
 import numpy as np
 
-from weights_convert.errors import CheckpointFormatError
-from weights_convert.safe_pickle import Placeholder, load_torch_zip
+from arb_jax.convert.errors import CheckpointFormatError
+from arb_jax.convert.safe_pickle import Placeholder, load_torch_zip
 
 __all__ = ["flatten_tree", "load_tree", "resolve_weights_file", "sha256_file", "sniff_kind"]
 

@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from arb_jax import demo_data
-from arb_jax.images import normalize
+from arb_jax.demo import data as demo_data
+from arb_jax.io.images import normalize
 from arb_jax.models import VisionTransformer, ViTConfig
 
 __all__ = [
@@ -70,7 +70,7 @@ __all__ = [
     "main",
 ]
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 WEIGHTS_FILE = "demo_vit.msgpack"
 RECORD_FILE = "demo_vit.json"
 NOT_DINO = (

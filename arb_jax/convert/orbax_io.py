@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from arb_jax.files import write_text_atomic
+from arb_jax.convert.errors import CheckpointFormatError, CheckpointKeysError
+from arb_jax.convert.formats import canonical_shapes, flatten_params
+from arb_jax.io.files import write_text_atomic
 from arb_jax.models.config import ViTConfig
-from weights_convert.errors import CheckpointFormatError, CheckpointKeysError
-from weights_convert.formats import canonical_shapes, flatten_params
 
 __all__ = ["META_FILE", "PARAMS_DIR", "load_converted", "restore_params", "save_params",
            "write_converted"]
@@ -89,7 +89,7 @@ def write_converted(dst: str | os.PathLike, config: ViTConfig, params: dict[str,
 
 
 def load_converted(dst: str | os.PathLike) -> tuple[ViTConfig, dict[str, Any], dict[str, Any]]:
-    """Load a directory written by :func:`weights_convert.convert`.
+    """Load a directory written by :func:`arb_jax.convert.convert`.
 
     Returns:
       ``(config, params, meta)``: the :class:`ViTConfig`, the canonical tree (float32 numpy)

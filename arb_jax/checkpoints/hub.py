@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from arb_jax.files import write_text_atomic
+from arb_jax.io.files import write_text_atomic
 
 BASE_URL = "https://dl.fbaipublicfiles.com/"
 _CHUNK = 1 << 20  # bytes per read while streaming

@@ -32,9 +32,9 @@ from typing import Any
 import matplotlib
 import numpy as np
 
-from arb_jax import metrics
-from arb_jax.plotting import subplots
-from arb_jax.sweep import COLUMNS, METHODS, read_rows, row_key
+from arb_jax.io.plotting import subplots
+from arb_jax.study import metrics
+from arb_jax.study.sweep import COLUMNS, METHODS, read_rows, row_key
 
 __all__ = [
     "PAPER_POINT",

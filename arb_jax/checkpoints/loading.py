@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from arb_jax import hub
+from arb_jax.checkpoints import hub
 from arb_jax.models import CONFIGS, ViT, build_vit
 
 DEMO = "demo"
@@ -35,17 +35,17 @@ def load_vit(name_or_path: str | Path, image_size: int | tuple[int, int] | None 
     A model whose record names an ``image_size`` (e.g. one written by ``arb finetune``: the size
     its head was trained at) defaults to that size.
     """
-    from weights_convert import load_converted, read_checkpoint
+    from arb_jax.convert import load_converted, read_checkpoint
 
     name = str(name_or_path)
     if name == DEMO:
-        from arb_jax.train_demo import load_demo_params
+        from arb_jax.demo.train import load_demo_params
 
         config, params, meta = load_demo_params()
     elif name in hub.CHECKPOINTS:
         target = hub.converted_dir(name)
         if not (target / "arb_model.json").exists():
-            from weights_convert import convert
+            from arb_jax.convert import convert
 
             convert(hub.fetch(name, progress=progress), target)
         config, params, meta = load_converted(target)

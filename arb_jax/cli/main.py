@@ -93,7 +93,7 @@ def _read_inputs(items: Sequence[str]) -> tuple[list[_Input], list[str]]:
     Output names are file stems, made unique with a ``_2``, ``_3``, ... suffix. Files are read
     later, by the loaders.
     """
-    from arb_jax import images
+    from arb_jax.io import images
 
     found: list[tuple[str, str, Callable[[], tuple[np.ndarray, str]]]] = []
     errors: list[str] = []
@@ -157,7 +157,10 @@ def cmd_regularize(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     from tqdm import tqdm
 
-    from arb_jax import files, images, loading, pipeline, plotting, simulate
+    from arb_jax.checkpoints import loading
+    from arb_jax.core import pipeline
+    from arb_jax.io import files, images, plotting
+    from arb_jax.study import simulate
 
     inputs, input_errors = _read_inputs(args.images)
     for line in input_errors:
@@ -300,7 +303,7 @@ def cmd_regularize(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from arb_jax import hub, loading
+    from arb_jax.checkpoints import hub, loading
 
     print(f"{'name':22s} {'cached':8s} source")
     print(f"{loading.DEMO:22s} {'shipped':8s} trained by this project on synthetic composites "
@@ -325,15 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", parents=[common], help="known checkpoints, their sources, and the cache",
                        epilog="example:\n  arb models", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=cmd_models)
-    from weights_convert.convert import DESCRIPTION, EPILOG, add_arguments
-    from weights_convert.convert import run as run_convert
+    from arb_jax.convert.convert import DESCRIPTION, EPILOG, add_arguments
+    from arb_jax.convert.convert import run as run_convert
 
     p = sub.add_parser("convert", parents=[common], help="PyTorch/safetensors checkpoint -> Orbax + JSON",
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run_convert)
-    from arb_jax import finetune, report, sweep, train_demo
+    from arb_jax.demo import train as train_demo
+    from arb_jax.study import finetune, report, sweep
 
     for module in (sweep, report, finetune, train_demo):
         module.add_parser(sub, common)
@@ -368,7 +372,7 @@ def use_compilation_cache() -> Path | None:
     (None: JAX's own setting)."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return None
-    from arb_jax import hub
+    from arb_jax.checkpoints import hub
 
     path = hub.cache_dir() / "xla"
     try:

@@ -44,8 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arb_jax import images, loading, metrics, pipeline, regularize, simulate, stats
-from arb_jax.files import write_text_atomic
+from arb_jax.checkpoints import loading
+from arb_jax.core import pipeline, regularize, stats
+from arb_jax.io import images
+from arb_jax.io.files import write_text_atomic
+from arb_jax.study import metrics, simulate
 
 __all__ = [
     "COLUMNS",

@@ -38,8 +38,8 @@ from typing import Any, NamedTuple
 import ml_dtypes
 import numpy as np
 
+from arb_jax.convert.errors import CheckpointFormatError, CheckpointKeysError
 from arb_jax.models.config import CONFIGS, ViTConfig
-from weights_convert.errors import CheckpointFormatError, CheckpointKeysError
 
 __all__ = ["Conversion", "canonical_shapes", "flatten_params", "to_canonical"]
 

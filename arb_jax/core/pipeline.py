@@ -51,10 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from arb_jax import bootstrap, regularize, stats
 from arb_jax.checks import as_int
+from arb_jax.core import bootstrap, regularize, stats
+from arb_jax.core.regularize import Percentile
 from arb_jax.models.vit import check_images
-from arb_jax.regularize import Percentile
 
 __all__ = [
     "ARBOptions",

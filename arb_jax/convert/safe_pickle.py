@@ -18,7 +18,7 @@ A pickle can name any global (``os.system``) and call it while it loads. The
   Lightning's ``AttributeDict``; and ``_codecs.encode`` restricted to latin-1 (how protocol 2
   stores ``bytes``).
 
-Any other global raises :class:`~weights_convert.errors.UnsafeCheckpointError` naming it
+Any other global raises :class:`~arb_jax.convert.errors.UnsafeCheckpointError` naming it
 (``"posix.system"``) before it is called. Tensors come back as numpy arrays (C-contiguous copies
 built with ``as_strided`` from the storage, honouring offset, size and stride; bfloat16 and float8
 via ``ml_dtypes``).
@@ -39,7 +39,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from weights_convert.errors import CheckpointFormatError, UnsafeCheckpointError
+from arb_jax.convert.errors import CheckpointFormatError, UnsafeCheckpointError
 
 __all__ = ["Placeholder", "RestrictedUnpickler", "load_torch_zip"]
 

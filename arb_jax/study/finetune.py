@@ -45,10 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from arb_jax import images, loading, sweep
-from arb_jax.files import write_atomic, write_text_atomic
+from arb_jax.checkpoints import loading
+from arb_jax.io import images
+from arb_jax.io.files import write_atomic, write_text_atomic
 from arb_jax.models import ViT
-from arb_jax.sweep import Item
+from arb_jax.study import sweep
+from arb_jax.study.sweep import Item
 
 __all__ = [
     "DEFAULT_LR",
@@ -433,7 +435,7 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
     """
     import orbax.checkpoint as ocp
 
-    from weights_convert.orbax_io import write_converted
+    from arb_jax.convert.orbax_io import write_converted
 
     say = log or (lambda _msg: None)
     for name, value in (("epochs", epochs), ("batch", batch)):

@@ -52,8 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arb_jax import stats
 from arb_jax.checks import as_int
+from arb_jax.core import stats
 
 __all__ = [
     "Percentile",

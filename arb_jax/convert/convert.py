@@ -1,8 +1,8 @@
 """``convert(src, dst)``: a PyTorch / safetensors ViT checkpoint → canonical Flax params → Orbax.
 
-The file is read without running code from it (see :mod:`weights_convert.safe_pickle`), its layout
-and architecture are detected from the tensor names and shapes (see :mod:`weights_convert.formats`),
-and the result is written with :mod:`weights_convert.orbax_io`. ``arb convert SRC DST`` is
+The file is read without running code from it (see :mod:`arb_jax.convert.safe_pickle`), its layout
+and architecture are detected from the tensor names and shapes (see :mod:`arb_jax.convert.formats`),
+and the result is written with :mod:`arb_jax.convert.orbax_io`. ``arb convert SRC DST`` is
 :func:`main`.
 """
 
@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from arb_jax.convert.errors import CheckpointError
+from arb_jax.convert.formats import to_canonical
+from arb_jax.convert.orbax_io import write_converted
+from arb_jax.convert.readers import flatten_tree, load_tree, resolve_weights_file, sha256_file
 from arb_jax.models.config import ViTConfig
-from weights_convert.errors import CheckpointError
-from weights_convert.formats import to_canonical
-from weights_convert.orbax_io import write_converted
-from weights_convert.readers import flatten_tree, load_tree, resolve_weights_file, sha256_file
 
 __all__ = ["convert", "main", "read_checkpoint"]
 
@@ -104,7 +104,7 @@ EPILOG = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``arb convert`` (shared by ``arb`` and ``python -m weights_convert``)."""
+    """The arguments of ``arb convert`` (shared by ``arb`` and ``python -m arb_jax.convert``)."""
     parser.add_argument("src", help="checkpoint file or HF model directory")
     parser.add_argument("dst", help="output directory (params/ and arb_model.json)")
     parser.add_argument("--heads", type=int, default=None,
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m weights_convert SRC DST [--heads N] [--which teacher|student] [--overwrite]``."""
+    """``python -m arb_jax.convert SRC DST [--heads N] [--which teacher|student] [--overwrite]``."""
     parser = argparse.ArgumentParser(prog="arb convert", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
