@@ -267,7 +267,9 @@ def _peak_for(ctx: Context, dtype: str) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _baseline_batch(case: Case, config, ctx: Context) -> int:
+def baseline_batch(case: Case, config, ctx: Context) -> int:
+    """Images per baseline forward: the case's setting, else 1 on a CPU, else as many of the
+    1 + B images as keep the layers' float32 attention maps (output_attentions) under 8 GiB."""
     if case.baseline_batch is not None:
         return case.baseline_batch
     if ctx.torch_device == "cpu":
@@ -339,7 +341,7 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
     model = None
     base_runs: list[bl.BaselineRun] = []
     base_peak = 0
-    batch = _baseline_batch(case, config, ctx)
+    batch = baseline_batch(case, config, ctx)
     rec["baseline_batch"] = batch
     if case.check or case.baseline:
         model = bl.hf_vit(config, vit.params, case.image_size, ctx.torch_device)
@@ -577,7 +579,7 @@ def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
     impl = vm.attention_impl("auto", dt)
     qkv = jax.device_put(np.random.default_rng(1).standard_normal((3, n, T, H, d))).astype(dt)
     x = t_in.astype(jnp.float32)
-    norm = vm._layer_norm(c.eps, None)
+    norm = vm.layer_norm(c.eps, None)
 
     def apply(module, prm):
         return lambda p_, t: module.apply({"params": p_}, t), (prm, x)

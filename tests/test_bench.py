@@ -182,7 +182,7 @@ def test_blocked_attention_equals_xla():
     q, k, v = (jnp.asarray(rng.standard_normal((2, 37, 3, 8)), jnp.float32) for _ in range(3))
     ref = jax.nn.dot_product_attention(q, k, v, implementation="xla")
     for block in (5, 16, 37, 64):  # padded last block, exact fit, one block
-        out = jax.jit(lambda a, b, c, n=block: vit_module._blocked_attention(a, b, c, n))(q, k, v)
+        out = jax.jit(lambda a, b, c, n=block: vit_module.blocked_attention(a, b, c, n))(q, k, v)
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
     assert vit_module.attention_impl("auto") == ("blocked" if jax.default_backend() == "cpu" else "xla")
     with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
@@ -262,14 +262,14 @@ def test_list_and_helpers(capsys):
 def test_gpu_baseline_batch_fits_8_gib_of_attention_maps():
     """On a GPU the baseline batches its forwards: as many images as keep the 12 layers'
     float32 attention maps (output_attentions) under 8 GiB, at most 1 + B; one at a time on a CPU."""
-    from bench.run import Context, _baseline_batch
+    from bench.run import Context, baseline_batch
 
     gpu, cpu = Context(quiet=True, torch_device="cuda"), Context(quiet=True)
     case = {c.name: c for c in bc.PRESETS["gpu"].cases}
     vits16, vits8 = get_config("dino_vits16"), get_config("dino_vits8")
     per16 = 12 * 6 * 197 ** 2 * 4                      # ViT-S/16 at 224 px: 11.2 MB per image
-    assert _baseline_batch(case["vits16_224_B256"], vits16, gpu) == 257
-    assert _baseline_batch(case["scaleB_vits16_224_B1024"], vits16, gpu) == (8 << 30) // per16
-    assert _baseline_batch(case["paper_vits8_488_B16"], vits8, gpu) == 2   # 4.0 GB per image
-    assert _baseline_batch(case["vits16_224_B256"], vits16, cpu) == 1
-    assert _baseline_batch(bc.PRESETS["smoke"].cases[1], get_config("test_tiny8"), cpu) == 2
+    assert baseline_batch(case["vits16_224_B256"], vits16, gpu) == 257
+    assert baseline_batch(case["scaleB_vits16_224_B1024"], vits16, gpu) == (8 << 30) // per16
+    assert baseline_batch(case["paper_vits8_488_B16"], vits8, gpu) == 2   # 4.0 GB per image
+    assert baseline_batch(case["vits16_224_B256"], vits16, cpu) == 1
+    assert baseline_batch(bc.PRESETS["smoke"].cases[1], get_config("test_tiny8"), cpu) == 2

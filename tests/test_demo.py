@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from skimage.measure import block_reduce
 
+from arb_jax import cli
+from arb_jax.checkpoints import demo as demo_weights
 from arb_jax.demo import data as demo_data
 from arb_jax.demo import train as train_demo
 from arb_jax.io.images import normalize
@@ -70,15 +72,15 @@ def test_object_extent_follows_the_scale_range():
 def test_mask_marks_the_pasted_pixels(monkeypatch):
     """Regenerate the same composite with the object made invisible (alpha 0): the two differ
     inside the mask, and outside it at most on a thin soft edge (0 < alpha <= 0.5)."""
-    img, mask = demo_data._composite(np.random.default_rng(4), 2, 48)
-    real_object = demo_data._object
+    img, mask = demo_data.composite(np.random.default_rng(4), 2, 48)
+    real_object = demo_data.cutout
 
     def invisible(rng, label, size):
         rgb, alpha = real_object(rng, label, size)
         return rgb, np.zeros_like(alpha)
 
-    monkeypatch.setattr(demo_data, "_object", invisible)
-    bg, empty = demo_data._composite(np.random.default_rng(4), 2, 48)
+    monkeypatch.setattr(demo_data, "cutout", invisible)
+    bg, empty = demo_data.composite(np.random.default_rng(4), 2, 48)
     assert not empty.any() and mask.sum() > 20
     changed = np.any(img != bg, axis=-1)
     assert changed[mask].mean() > 0.6       # the object covers its mask
@@ -194,9 +196,9 @@ def test_train_settings_reject_bad_values():
 
 
 def test_smoke_run_end_to_end(tmp_path, capsys):
-    assert train_demo.main(["--smoke", "--out", str(tmp_path), "--quiet", "--seed", "3"]) == 0
+    assert cli.main(["train-demo", "--smoke", "--out", str(tmp_path), "--quiet", "--seed", "3"]) == 0
     assert "attention-on-object ratio" in capsys.readouterr().out
-    config, params, meta = train_demo.load_demo_params(tmp_path)
+    config, params, meta = demo_weights.load_demo_params(tmp_path)
     assert config == train_demo.demo_config(dataclasses.replace(train_demo.SMOKE, seed=3))
     assert meta["sha256"] == hashlib.sha256((tmp_path / "demo_vit.msgpack").read_bytes()).hexdigest()
     assert "NOT DINO" in meta["note"] and meta["steps"] == train_demo.SMOKE.steps
@@ -213,14 +215,14 @@ def test_smoke_run_end_to_end(tmp_path, capsys):
     blob = bytearray((bad / "demo_vit.msgpack").read_bytes())
     blob[-1] ^= 0xFF
     (bad / "demo_vit.msgpack").write_bytes(bytes(blob))
-    with pytest.raises(train_demo.DemoWeightsError, match="sha256"):
-        train_demo.load_demo_params(bad)
+    with pytest.raises(demo_weights.DemoWeightsError, match="sha256"):
+        demo_weights.load_demo_params(bad)
     (bad / "demo_vit.json").write_text("{not json")
-    with pytest.raises(train_demo.DemoWeightsError, match="not valid JSON"):
-        train_demo.load_demo_params(bad)
+    with pytest.raises(demo_weights.DemoWeightsError, match="not valid JSON"):
+        demo_weights.load_demo_params(bad)
     (bad / "demo_vit.json").unlink()
-    with pytest.raises(train_demo.DemoWeightsError, match="missing"):
-        train_demo.load_demo_params(bad)
+    with pytest.raises(demo_weights.DemoWeightsError, match="missing"):
+        demo_weights.load_demo_params(bad)
 
 
 # --------------------------------------------------------------------------- shipped weights
@@ -228,13 +230,13 @@ def test_smoke_run_end_to_end(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def shipped():
-    return train_demo.load_demo_params()
+    return demo_weights.load_demo_params()
 
 
 def test_shipped_weights_match_their_record(shipped):
     config, params, meta = shipped
-    weights = train_demo.ASSETS / train_demo.WEIGHTS_FILE
-    record = json.loads((train_demo.ASSETS / train_demo.RECORD_FILE).read_text())
+    weights = demo_weights.ASSETS / demo_weights.WEIGHTS_FILE
+    record = json.loads((demo_weights.ASSETS / demo_weights.RECORD_FILE).read_text())
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == record["sha256"]
     assert weights.stat().st_size == record["bytes"] < 5_000_000
     assert "NOT DINO" in record["note"]

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from arb_jax import cli
 from arb_jax.checkpoints import loading
 from arb_jax.io import images
 from arb_jax.models import build_vit, get_config, random_params
 from arb_jax.study import finetune as ft
-from arb_jax.study.sweep import SourceError
+from arb_jax.study.sources import SourceError
 
 MODEL = "random:test_tiny8"  # random-init fixture: patch 8, native 32 x 32
 CLASSES = {"astro": "astronaut", "cat": "chelsea", "cup": "coffee"}
@@ -213,8 +214,8 @@ def test_imagenette_layout_through_the_cli(tmp_path, photos, capsys):
         _write_class(root / "train" / cls, photos[name], 4, k)
         _write_class(root / "val" / cls, photos[name][::-1], 2, 10 + k)
     out = tmp_path / "out"
-    rc = ft.main([str(root), "--model", MODEL, "--size", "32", "--out", str(out), "--epochs", "2",
-                  "--batch", "8", "--seed", "3"])
+    rc = cli.main(["finetune", str(root), "--model", MODEL, "--size", "32", "--out", str(out),
+                   "--epochs", "2", "--batch", "8", "--seed", "3"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "RANDOM-INIT" in text and "epoch 2/2" in text and "val acc" in text
@@ -225,11 +226,11 @@ def test_imagenette_layout_through_the_cli(tmp_path, photos, capsys):
     assert {r["image_id"].split("/")[0] for r in split if r["split"] == "val"} == set(CLASSES)
     assert sum(r["split"] == "val" for r in split) == 6
     assert loading.load_vit(out).meta["finetune"]["layout"] == "train/val folders"
-    rc = ft.main([str(root), "--model", MODEL, "--size", "32", "--out", str(out), "--epochs", "2",
-                  "--batch", "8", "--seed", "4", "--quiet"])
+    rc = cli.main(["finetune", str(root), "--model", MODEL, "--size", "32", "--out", str(out),
+                   "--epochs", "2", "--batch", "8", "--seed", "4", "--quiet"])
     assert rc == 1 and "seed 3 there, 4 now" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        ft.main(["--help"])
+        cli.main(["finetune", "--help"])
     assert e.value.code == 0 and "arb finetune imagenette2-320/" in capsys.readouterr().out
 
 
@@ -281,7 +282,7 @@ def test_tfds_source_uses_train_and_validation_splits(tmp_path, photos, vit, mon
                 crop = np.ascontiguousarray(photos[name][i * 20:i * 20 + 200, :200])
                 yield ft.Item(f"{spec}/{cls}/{i}", cls, lambda c=crop: c)
 
-    monkeypatch.setattr(ft.sweep, "tfds_items", fake_tfds_items)
+    monkeypatch.setattr(ft.sources, "tfds_items", fake_tfds_items)
     res = ft.finetune(vit, "tfds:fake", tmp_path / "o", epochs=1, batch=8, log=None)
     assert asked == ["tfds:fake:train", "tfds:fake:validation"]
     assert len(res.train_ids) == 12 and len(res.val_ids) == 6

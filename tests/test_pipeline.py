@@ -20,7 +20,8 @@ import pytest
 from _subproc import jax_env, run_python  # tests/_subproc.py
 from statsmodels.stats.multitest import local_fdr as sm_local_fdr
 
-from arb_jax.core import bootstrap, pipeline, regularize, stats
+from arb_jax.core import bootstrap, engine, pipeline, regularize, stats
+from arb_jax.core.options import split_options
 from arb_jax.core.pipeline import ARBOptions, ARBResult
 from arb_jax.core.regularize import Percentile
 from arb_jax.io import images
@@ -56,10 +57,10 @@ def chunk_runs(vit64, photos64, keys2):
     """B = 6 with boot_chunk 1, 3 and None (= 6): {chunk: (ARBResult, traces before, after)}."""
     out = {}
     for chunk in (1, 3, None):
-        before = pipeline._n_traces()
+        before = engine.trace_count()
         res = pipeline.regularize_attention(vit64, photos64, keys2, n_boot=B, boot_chunk=chunk,
                                             heads=True, return_null=True)
-        out[chunk] = (res, before, pipeline._n_traces())
+        out[chunk] = (res, before, engine.trace_count())
     return out
 
 
@@ -91,7 +92,7 @@ def pixel_reference(attn: np.ndarray, null: np.ndarray, alpha=0.3, beta=0.3,
     lfdr = lfdr_fn(z)                                                       # eq. 5, Efron
     lam = np.asarray(stats.DEFAULT_LAMBDAS)
     pi0_lambda = np.array([(p >= v).sum() / (p.size * (1 - v)) for v in lam])
-    smoother = stats._smoother_matrix(stats.DEFAULT_LAMBDAS, 3.0)  # R smooth.spline(df = 3)
+    smoother = stats.smoother_matrix(stats.DEFAULT_LAMBDAS, 3.0)  # R smooth.spline(df = 3)
     pi0_raw = (smoother @ pi0_lambda)[-1]
     pi0 = min(max(pi0_raw, 0.0), 1.0)
     a_z = a * (z >= 0)
@@ -170,31 +171,31 @@ def test_calls_reuse_the_compiled_function_and_models_never_share_it_wrongly(chu
                                                                              photos64, keys2):
     for _, before, after in chunk_runs.values():
         assert after == before + 1  # one trace per option set
-    n = pipeline._n_traces()
+    n = engine.trace_count()
     kw = dict(n_boot=B, boot_chunk=3, heads=True, return_null=True)
     first = pipeline.regularize_attention(vit64, photos64, keys2, **kw)
-    assert pipeline._n_traces() == n  # second call: no retrace, no recompile
+    assert engine.trace_count() == n  # second call: no retrace, no recompile
     # other weights, same architecture: the same function, with the new parameters
     other = build_vit("test_tiny8", None, image_size=(64, 64), seed=1)  # random-init FIXTURE
     res = pipeline.regularize_attention(other, photos64, keys2, **kw)
-    assert pipeline._n_traces() == n
+    assert engine.trace_count() == n
     assert not np.array_equal(res.attn, first.attn)
     np.testing.assert_allclose(res.attn, other.cls_attention(photos64).mean(1), rtol=1e-6)
     # thresholds and width are traced values: changing them does not retrace either
     pipeline.regularize_attention(vit64, photos64, keys2, alpha=0.1, beta=0.05, width=2.0, **kw)
-    assert pipeline._n_traces() == n
+    assert engine.trace_count() == n
     # the cache holds no model alive: a dead model's entry cannot be hit by a new one
     ref = weakref.ref(other)
     del other, res
     gc.collect()
     assert ref() is None
     # different architectures or dtypes get different functions
-    static = pipeline._split_options(ARBOptions(n_boot=B))[0]
-    same = pipeline._compiled(vit64, static, None)
-    assert pipeline._compiled(build_vit("test_tiny8", None, image_size=(32, 32)), static, None) is same
+    static = split_options(ARBOptions(n_boot=B))[0]
+    same = engine.compiled(vit64, static, None)
+    assert engine.compiled(build_vit("test_tiny8", None, image_size=(32, 32)), static, None) is same
     for different in (build_vit("test_tiny16", None, image_size=(64, 64)),
                       build_vit("test_tiny8", None, image_size=(64, 64), dtype="bfloat16")):
-        assert pipeline._compiled(different, static, None) is not same
+        assert engine.compiled(different, static, None) is not same
 
 
 def test_bfloat16_model_with_percentile_threshold():
@@ -202,9 +203,9 @@ def test_bfloat16_model_with_percentile_threshold():
     without heads=True / return_null=True no per-head maps or null z."""
     vit = build_vit("test_tiny8", None, image_size=(32, 32), dtype="bfloat16")  # random-init FIXTURE
     x = jax.random.normal(jax.random.key(3), (1, 32, 32, 3))
-    n = pipeline._n_traces()
+    n = engine.trace_count()
     res = pipeline.regularize_attention(vit, x, jax.random.key(4), n_boot=3, alpha=Percentile(20))
-    assert pipeline._n_traces() == n + 1
+    assert engine.trace_count() == n + 1
     assert res.options.alpha == Percentile(20.0) and hash(res.options)
     assert res.attn_heads is None and res.z_null is None
     assert "attn_heads" not in res.to_numpy() and "z_null" not in res.to_numpy()
@@ -313,7 +314,7 @@ def test_pi0_is_clamped_to_the_unit_interval():
     got = jax.tree.map(np.asarray, pipeline.arb_statistics(attn, null, STAT_OPTS, patch=PATCH))
     ref = pixel_reference(attn, null, alpha=Percentile(30))
     assert ref["pi0_raw"] < -0.05
-    raw = stats._pi0est(jnp.asarray(got["p"].reshape(1, -1)), stats.DEFAULT_LAMBDAS, "smoother",
+    raw = stats.pi0est_unchecked(jnp.asarray(got["p"].reshape(1, -1)), stats.DEFAULT_LAMBDAS, "smoother",
                         3.0).pi0[0]  # unchecked: R (and stats.pi0est) refuse max(p) < 0.95
     assert raw < -0.05  # what stats.pi0est returns unclamped
     assert got["pi0"] == 0.0

@@ -87,7 +87,7 @@ def _scipy_hat_matrix(x: np.ndarray, df: float) -> np.ndarray:
 
 def test_smoother_matrix_vs_scipy_and_properties():
     lam = np.array(stats.DEFAULT_LAMBDAS)
-    S = stats._smoother_matrix(stats.DEFAULT_LAMBDAS, 3.0)
+    S = stats.smoother_matrix(stats.DEFAULT_LAMBDAS, 3.0)
     np.testing.assert_allclose(S, _scipy_hat_matrix(lam, 3.0), atol=1e-8)
     assert abs(np.trace(S) - 3.0) < 1e-12
     np.testing.assert_allclose(S, S.T, atol=1e-14)                      # a symmetric smoother
@@ -95,7 +95,7 @@ def test_smoother_matrix_vs_scipy_and_properties():
     np.testing.assert_allclose(S @ lam, lam, atol=1e-12)                # and straight lines
     # uneven user grid, other df
     grid = (0.1, 0.2, 0.35, 0.5, 0.6, 0.8, 0.9)
-    np.testing.assert_allclose(stats._smoother_matrix(grid, 4.5),
+    np.testing.assert_allclose(stats.smoother_matrix(grid, 4.5),
                                _scipy_hat_matrix(np.array(grid), 4.5), atol=1e-8)
 
 
@@ -120,7 +120,7 @@ def test_pi0_recovers_the_null_fraction(pi0):
     rng = np.random.default_rng(int(pi0 * 100))
     p = np.stack([_mixture_p(rng, m, pi0, a, b) for _ in range(reps)])
     lam = np.array(stats.DEFAULT_LAMBDAS)
-    weights = stats._smoother_matrix(stats.DEFAULT_LAMBDAS, 3.0)[-1]
+    weights = stats.smoother_matrix(stats.DEFAULT_LAMBDAS, 3.0)[-1]
     tail = pi0 * (1 - lam) + (1 - pi0) * sps.beta.sf(lam, a, b)       # P(p >= λ)
     mean = float(np.sum(weights * tail / (1 - lam)))
     s = weights / (m * (1 - lam))

@@ -263,5 +263,5 @@ def test_ranking_nulls_among_observed_equals_sorting_the_nulls():
         x = rng.integers(-5, 6, n).astype(np.float32)            # heavy ties within and across
         null = rng.integers(-6, 7, m).astype(np.float32)
         want = (null[None, :] >= x[:, None]).sum(1)
-        got = stats._count_null_geq(jnp.asarray(null), jnp.asarray(x))
+        got = stats.count_null_geq(jnp.asarray(null), jnp.asarray(x))
         np.testing.assert_array_equal(np.asarray(got), want)

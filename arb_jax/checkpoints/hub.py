@@ -18,7 +18,6 @@ Offline use: put the file at ``raw_path(name)``; ``fetch`` then uses it without 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import http.client
 import os
 import re
@@ -28,19 +27,22 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from arb_jax.io.files import write_text_atomic
+from arb_jax import __version__
+from arb_jax.io.files import sha256_file, write_text_atomic
 
 BASE_URL = "https://dl.fbaipublicfiles.com/"
 _CHUNK = 1 << 20  # bytes per read while streaming
-_USER_AGENT = "arb-jax/0.1 (+urllib)"
+_USER_AGENT = f"arb-jax/{__version__} (+urllib)"
 
 
 class HubError(Exception):
-    """Base class of the errors raised by ``arb_jax.hub``."""
+    """Base class of the errors raised by ``arb_jax.checkpoints.hub``."""
 
 
-class UnknownModelError(HubError, KeyError):
-    """A checkpoint name that is not in ``CHECKPOINTS``."""
+class UnknownModelError(HubError, KeyError, ValueError):
+    """A model name that is not known: not in ``CHECKPOINTS`` (here), nor a name or an existing
+    path that ``load_vit`` accepts (`arb_jax.checkpoints.loading`). A KeyError and a ValueError,
+    so either ``except`` catches it."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
         return str(self.args[0]) if self.args else ""
@@ -175,15 +177,6 @@ def fetch(name: str, *, url: str | None = None, progress: bool = True) -> Path:
     ckpt = get_checkpoint(name)
     return download(url or checkpoint_url(name), raw_path(name), sha256=ckpt.sha256,
                     size=ckpt.size, progress=progress)
-
-
-def sha256_file(path: str | Path) -> str:
-    """The sha256 hex digest of the file at ``path`` (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sidecar(dest: Path) -> Path:

@@ -12,14 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from arb_jax.checkpoints import hub
+from arb_jax.checkpoints.hub import UnknownModelError
 from arb_jax.models import CONFIGS, ViT, build_vit
+
+__all__ = ["DEMO", "RANDOM_PREFIX", "UnknownModelError", "known_models", "load_vit"]
 
 DEMO = "demo"
 RANDOM_PREFIX = "random:"
-
-
-class UnknownModelError(ValueError):
-    """A model name that is neither known nor an existing path."""
 
 
 def known_models() -> list[str]:
@@ -39,7 +38,7 @@ def load_vit(name_or_path: str | Path, image_size: int | tuple[int, int] | None 
 
     name = str(name_or_path)
     if name == DEMO:
-        from arb_jax.demo.train import load_demo_params
+        from arb_jax.checkpoints.demo import load_demo_params
 
         config, params, meta = load_demo_params()
     elif name in hub.CHECKPOINTS:

@@ -12,7 +12,6 @@ A directory is read through the weights file it holds (``model.safetensors`` fir
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from collections.abc import Mapping
@@ -24,21 +23,13 @@ import numpy as np
 
 from arb_jax.convert.errors import CheckpointFormatError
 from arb_jax.convert.safe_pickle import Placeholder, load_torch_zip
+from arb_jax.io.files import sha256_file  # noqa: F401  (re-exported: weights_convert.sha256_file)
 
 __all__ = ["flatten_tree", "load_tree", "resolve_weights_file", "sha256_file", "sniff_kind"]
 
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled magic 0x1950a86a…
-
-
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in ``chunk_bytes`` chunks (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_weights_file(src: str | os.PathLike) -> Path:

@@ -58,6 +58,8 @@ from arb_jax.core import stats
 __all__ = [
     "Percentile",
     "bh_threshold",
+    "kth_smallest",
+    "kth_smallest_select",
     "lfdr_threshold",
     "map_percentile",
     "p_threshold",
@@ -218,7 +220,7 @@ def _order_key(x: jax.Array) -> jax.Array:
     return jnp.where(sign == 1, ~bits, bits | (jnp.ones((), bits.dtype) << (8 * x.dtype.itemsize - 1)))
 
 
-def _kth_smallest_select(x: jax.Array, ks: jax.Array) -> jax.Array:
+def kth_smallest_select(x: jax.Array, ks: jax.Array) -> jax.Array:
     """x's ks-th smallest entries (0-based, (K,) ints in [0, n)) by bisection on the bit pattern.
 
     One compare-and-count pass over x per bit (32 for float32): O(bits · n) and no sort, which
@@ -238,9 +240,9 @@ def _kth_smallest_select(x: jax.Array, ks: jax.Array) -> jax.Array:
     return x[jnp.argmax(key[None, :] == answer[:, None], axis=1)]   # a gather: exact for subnormals
 
 
-def _kth_smallest(x: jax.Array, ks: jax.Array) -> jax.Array:
+def kth_smallest(x: jax.Array, ks: jax.Array) -> jax.Array:
     """x's ks-th smallest entries (1-D x, (K,) 0-based ks): selection on a CPU, a sort elsewhere."""
-    return jax.lax.platform_dependent(x, ks, cpu=_kth_smallest_select,
+    return jax.lax.platform_dependent(x, ks, cpu=kth_smallest_select,
                                       default=lambda x, ks: jnp.sort(x)[ks])
 
 
@@ -264,7 +266,7 @@ def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array,
     lo_j = jnp.clip(lo.astype(jnp.int32), 0, k * repeat - 1)      # index among repeated values
     lo_i = jnp.clip(lo_j // repeat, 0, k - 1)
     hi_i = jnp.clip((lo_j + 1) // repeat, 0, k - 1)
-    a, b = _kth_smallest(jnp.where(valid, x, jnp.inf), jnp.stack([lo_i, hi_i]))
+    a, b = kth_smallest(jnp.where(valid, x, jnp.inf), jnp.stack([lo_i, hi_i]))
     d = b - a                                        # numpy's _lerp: exact when a == b
     out = jnp.where(t >= 0.5, b - d * (1 - t), a + d * t)
     bad = (k == 0) | jnp.isnan(jnp.where(valid, x, 0)).any()

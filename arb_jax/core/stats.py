@@ -43,10 +43,13 @@ __all__ = [
     "Pi0Estimate",
     "bh_reject",
     "bh_threshold",
+    "count_null_geq",
     "empirical_pvalues",
     "local_fdr",
     "pi0est",
+    "pi0est_unchecked",
     "qvalues",
+    "smoother_matrix",
     "srmsd",
     "zstat",
 ]
@@ -209,7 +212,7 @@ def zstat(attn: Any, attn_null: Any) -> tuple[jax.Array, jax.Array, jax.Array, j
 # Empirical p-values (eq. 4)
 # --------------------------------------------------------------------------------------------
 
-def _count_null_geq(null: jax.Array, x: jax.Array) -> jax.Array:
+def count_null_geq(null: jax.Array, x: jax.Array) -> jax.Array:
     """#{v in null: v >= x_i} for every x_i (n values, m nulls, usually m = B·n >> n), x's dtype.
 
     Sorts the n observed values instead of the m nulls: each null value v lands at rank
@@ -228,11 +231,11 @@ def _count_null_geq(null: jax.Array, x: jax.Array) -> jax.Array:
 def _pvalues_1d(z: jax.Array, z_null: jax.Array, method: str) -> jax.Array:
     m = z_null.shape[0]
     if method == "upper":
-        return _div(_count_null_geq(z_null, z), m)
+        return _div(count_null_geq(z_null, z), m)
     if method == "plus_one":
-        return _div(1 + _count_null_geq(z_null, z), 1 + m)
+        return _div(1 + count_null_geq(z_null, z), 1 + m)
     if method == "two_sided":
-        return _div(_count_null_geq(jnp.abs(z_null), jnp.abs(z)), m)
+        return _div(count_null_geq(jnp.abs(z_null), jnp.abs(z)), m)
     # attnreg: 1 − ECDF(pool)(|z_i|) = #{v in pool: v > |z_i|} / |pool|, pool = |z| ∪ |z⁰|
     az = jnp.abs(z)
     pool = jnp.sort(jnp.concatenate([az, jnp.abs(z_null)]))
@@ -514,7 +517,7 @@ class Pi0Estimate(NamedTuple):
 
 
 @functools.lru_cache(maxsize=32)
-def _smoother_matrix(lambdas: tuple[float, ...], df: float) -> np.ndarray:
+def smoother_matrix(lambdas: tuple[float, ...], df: float) -> np.ndarray:
     """(L, L) hat matrix of the cubic smoothing spline on x = lambdas with trace df (float64).
 
     R ``smooth.spline(x, y, df)`` with L < 50 distinct x puts a knot at every x; the penalised
@@ -578,7 +581,7 @@ def _pi0est_1d(p, *, lambdas, method, smooth_df):
     if len(lambdas) == 1:
         return Pi0Estimate(jnp.minimum(pi0_lambda[0], 1), pi0_lambda, lam, None)
     if method == "smoother":
-        smooth = jnp.asarray(_smoother_matrix(lambdas, smooth_df), dtype) @ pi0_lambda
+        smooth = jnp.asarray(smoother_matrix(lambdas, smooth_df), dtype) @ pi0_lambda
         return Pi0Estimate(jnp.minimum(smooth[-1], 1), pi0_lambda, lam, smooth)
     # bootstrap: closed form of Storey, Taylor & Siegmund (2004) by D. Robinson, as qvalue.
     lo, hi, h = _type7_quantile_weights(len(lambdas), 0.1)
@@ -591,7 +594,29 @@ def _pi0est_1d(p, *, lambdas, method, smooth_df):
 
 
 @functools.partial(jax.jit, static_argnames=("lambdas", "method", "smooth_df"))
-def _pi0est(p, lambdas, method, smooth_df):
+def pi0est_unchecked(p: jax.Array, lambdas: tuple[float, ...], method: str,
+                     smooth_df: float) -> Pi0Estimate:
+    """`pi0est` without its checks and without clamping below: the raw estimate.
+
+    R ``qvalue`` (and `pi0est`) refuse p-values with max(p) < max(λ); the pipeline computes
+    the estimate anyway and clamps it to [0, 1] itself (docs/method.md §3).
+
+    Parameters
+    ----------
+    p : jax.Array, shape (..., n)
+        p-values; leading axes are a batch.
+    lambdas : tuple of float
+        The λ grid (e.g. `DEFAULT_LAMBDAS`).
+    method : {"smoother", "bootstrap"}
+        As `pi0est`.
+    smooth_df : float
+        Degrees of freedom of the smoother.
+
+    Returns
+    -------
+    Pi0Estimate
+        As `pi0est`, with ``pi0`` possibly below 0.
+    """
     fn = functools.partial(_pi0est_1d, lambdas=lambdas, method=method, smooth_df=smooth_df)
     return _batched(fn, p.ndim - 1)(p)
 
@@ -653,7 +678,7 @@ def pi0est(p: Any, method: str = "smoother", lambdas: Any = None,
     if _is_concrete(p) and np.any(np.asarray(p).max(axis=-1) < lam[-1]):
         raise ValueError(f"max(p) is smaller than the largest lambda {lam[-1]} (R qvalue: change "
                          f"the range of lambda)")
-    return _pi0est(p, lam, method, smooth_df)
+    return pi0est_unchecked(p, lam, method, smooth_df)
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ __all__ = [
     "BACKGROUNDS",
     "RECIPE",
     "DemoData",
+    "composite",
+    "cutout",
     "make_dataset",
     "patch_coverage",
 ]
@@ -213,7 +215,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip((bg - mean) * contrast + mean * gain, 0, 1).astype(np.float32)
 
 
-def _object(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def cutout(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A jittered cut-out: RGB float32 (h, w, 3) in [0, 1] and alpha float32 (h, w)."""
     options = _sprites()[CLASSES[label]]
     sprite = options[rng.integers(len(options))]
@@ -247,9 +249,16 @@ def _object(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray
     return np.clip(rgb, 0, 1).astype(np.float32), alpha
 
 
-def _composite(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def composite(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One training image: a `cutout` of class ``label`` pasted on a random texture.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The image, (size, size, 3) uint8 RGB, and the object's mask, (size, size) bool.
+    """
     bg = _background(rng, size)
-    rgb, alpha = _object(rng, label, size)
+    rgb, alpha = cutout(rng, label, size)
     h, w = alpha.shape
     y, x = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
     a = alpha[..., None]
@@ -280,7 +289,7 @@ def make_dataset(n: int, *, image_size: int = 64, seed: int = 0) -> DemoData:
     images = np.empty((n, image_size, image_size, 3), np.uint8)
     masks = np.empty((n, image_size, image_size), bool)
     for i, label in enumerate(labels):
-        images[i], masks[i] = _composite(rng, int(label), image_size)
+        images[i], masks[i] = composite(rng, int(label), image_size)
     return DemoData(images, labels, masks)
 
 

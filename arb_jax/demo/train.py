@@ -25,18 +25,15 @@ Command line: ``arb train-demo [--steps N] [--out DIR] [--seed S] [--smoke]`` (`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import platform
 import queue
-import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from arb_jax.checkpoints.demo import NOT_DINO, RECORD_FILE, WEIGHTS_FILE
 from arb_jax.demo import data as demo_data
+from arb_jax.io.files import sha256_file
 from arb_jax.io.images import normalize
 from arb_jax.models import VisionTransformer, ViTConfig
 
 __all__ = [
-    "ASSETS",
-    "WEIGHTS_FILE",
-    "RECORD_FILE",
-    "NOT_DINO",
-    "DemoWeightsError",
     "TrainSettings",
     "SMOKE",
     "demo_config",
@@ -66,23 +60,7 @@ __all__ = [
     "evaluate",
     "train",
     "save_demo",
-    "load_demo_params",
-    "main",
 ]
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-WEIGHTS_FILE = "demo_vit.msgpack"
-RECORD_FILE = "demo_vit.json"
-NOT_DINO = (
-    "These are weights trained by this project (arb_jax.train_demo) on synthetic composites of "
-    "scikit-image photographs (arb_jax.demo_data), NOT DINO: a small demo model whose last-layer "
-    "CLS attention concentrates on the pasted object."
-)
-
-
-class DemoWeightsError(ValueError):
-    """The demo weights are missing, or do not match their JSON record."""
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
@@ -386,10 +364,6 @@ def train(settings: TrainSettings = TrainSettings(), *, progress: bool = True,
 # --------------------------------------------------------------------------- files
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_demo(out_dir: str | Path, config: ViTConfig, params: Any,
               record: dict) -> tuple[Path, Path]:
     """Write ``demo_vit.msgpack`` (`flax.serialization.to_bytes` of the params: plain msgpack,
@@ -403,106 +377,6 @@ def save_demo(out_dir: str | Path, config: ViTConfig, params: Any,
     weights, meta = out / WEIGHTS_FILE, out / RECORD_FILE
     weights.write_bytes(flax.serialization.to_bytes(params))
     record = {**record, "config": config.to_dict(), "weights": WEIGHTS_FILE,
-              "bytes": weights.stat().st_size, "sha256": _sha256(weights)}
+              "bytes": weights.stat().st_size, "sha256": sha256_file(weights)}
     meta.write_text(json.dumps(record, indent=2) + "\n")
     return weights, meta
-
-
-def load_demo_params(directory: str | Path | None = None) -> tuple[ViTConfig, dict, dict]:
-    """Load the demo ViT's weights after checking them against their record.
-
-    Args:
-      directory: folder holding ``demo_vit.msgpack`` and ``demo_vit.json``; default the
-        shipped ``arb_jax/assets``.
-
-    Returns:
-      (config, params, meta): the `ViTConfig`, the canonical parameter tree (nested dict of
-      float32 numpy arrays, ``pos_embed`` on the stored grid) and the JSON record (plus
-      ``"source"``, the weights path).
-
-    Raises:
-      DemoWeightsError: a file is missing, or the weights' sha256 differs from the record's.
-    """
-    folder = ASSETS if directory is None else Path(directory)
-    weights, meta_path = folder / WEIGHTS_FILE, folder / RECORD_FILE
-    for path in (weights, meta_path):
-        if not path.is_file():
-            raise DemoWeightsError(f"demo weights not found: {path} is missing "
-                                   "(run 'arb train-demo --out DIR' to make them)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DemoWeightsError(f"{meta_path} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or "config" not in meta:
-        raise DemoWeightsError(f"{meta_path} has no 'config' entry: not a demo weights record")
-    digest = _sha256(weights)
-    if digest != meta.get("sha256"):
-        raise DemoWeightsError(
-            f"{weights} has sha256 {digest}, but {meta_path} records {meta.get('sha256')}: "
-            "the weights are corrupt or do not belong to this record")
-    config = ViTConfig.from_dict(meta["config"])
-    state = flax.serialization.msgpack_restore(weights.read_bytes())
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), state)
-    return config, params, {**meta, "source": str(weights)}
-
-
-# --------------------------------------------------------------------------- command line
-
-
-EPILOG = """examples:
-  arb train-demo --out my_demo/            # the full recipe (about 8 minutes on 2 CPU cores)
-  arb train-demo --smoke --out /tmp/x      # a tiny configuration that runs in seconds
-
-The model is NOT DINO: a small ViT trained by this project on procedural composites of
-scikit-image photographs (objects pasted on textures, classified by object). The shipped copy
-lives in arb_jax/assets/; pass --out arb_jax/assets to replace it deliberately.
-"""
-
-
-def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``arb train-demo`` (options inherit ``common``: --quiet, --debug)."""
-    p = subparsers.add_parser(
-        "train-demo", parents=[common], epilog=EPILOG,
-        help="train the embedded demo ViT (not DINO) offline",
-        description="Train the embedded demo ViT (NOT DINO) on procedural composites of "
-                    "scikit-image photographs, offline, and write demo_vit.msgpack + .json.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = TrainSettings()
-    p.add_argument("--steps", type=int, default=None, help=f"optimisation steps (default {d.steps})")
-    p.add_argument("--out", default="demo_vit", help="output folder (default: ./demo_vit)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny configuration that runs in seconds (for tests)")
-    p.add_argument("--log-every", type=int, default=0,
-                   help="evaluate on 256 held-out images every N steps")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``arb train-demo``: train, evaluate, write the files, print the figures. Returns 0."""
-    base = SMOKE if args.smoke else TrainSettings()
-    changes: dict[str, Any] = {"seed": args.seed}
-    if args.steps is not None:
-        if args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        changes["steps"] = args.steps
-        changes["warmup_steps"] = min(base.warmup_steps, max(0, args.steps // 10))
-    settings = dataclasses.replace(base, **changes)
-    config, params, record = train(settings, progress=not args.quiet, log_every=args.log_every)
-    weights, meta = save_demo(args.out, config, params, record)
-    ho = record["held_out"]
-    print(f"trained {settings.steps} steps in {record['wall_time_s']:.0f} s; held-out "
-          f"accuracy {ho['accuracy']:.3f}, attention-on-object ratio "
-          f"{ho['attention_on_object_ratio']:.2f} (n={ho['n']}); wrote {weights} and {meta}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m arb_jax.train_demo ...`` (the same as ``arb train-demo ...``)."""
-    from arb_jax.cli import main as cli_main
-
-    return cli_main(["train-demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

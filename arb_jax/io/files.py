@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,3 +24,25 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """``write_atomic`` of a text file."""
     write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 digest of a file, read in chunks (constant memory).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    chunk_bytes : int, default 1 MiB
+        Bytes per read.
+
+    Returns
+    -------
+    str
+        64 lowercase hex digits.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

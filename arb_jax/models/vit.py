@@ -44,8 +44,22 @@ def _layerscale(config: ViTConfig, name: str):
     return LayerScale(name=name) if config.layerscale else (lambda y: y)
 
 
-def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
-    # Two-pass variance, as torch.nn.LayerNorm: DINO's residual stream has large channels.
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+    """The ViT's LayerNorm: float32, two-pass variance, as ``torch.nn.LayerNorm``.
+
+    DINO's residual stream has large channels, where the one-pass variance loses digits.
+
+    Parameters
+    ----------
+    eps : float
+        The epsilon added to the variance.
+    name : str
+        The parameter scope's name.
+
+    Returns
+    -------
+    flax.linen.LayerNorm
+    """
     return nn.LayerNorm(epsilon=eps, dtype=F32, param_dtype=F32, use_fast_variance=False,
                         name=name)
 
@@ -134,7 +148,7 @@ def attention_impl(impl: str = "auto", dtype: Dtype = F32) -> str:
     return "xla"
 
 
-def _blocked_attention(q, k, v, block: int):
+def blocked_attention(q, k, v, block: int):
     """softmax(q·kᵀ/√d)·v, one (image, head) and ``block`` queries at a time.
 
     q: (N, T, heads, d), k, v: (N, S, heads, d). Scores and softmax in float32; the
@@ -171,7 +185,7 @@ def attention(q, k, v, impl: str = "auto"):
     """
     impl = attention_impl(impl, q.dtype)
     if impl == "blocked":
-        return _blocked_attention(q, k, v, ATTENTION_BLOCK)
+        return blocked_attention(q, k, v, ATTENTION_BLOCK)
     if impl == "cudnn":
         try:
             return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
@@ -243,9 +257,9 @@ class Block(nn.Module):
     def __call__(self, x):
         c = self.config
         y = Attention(c.heads, self.dtype, self.attention, name="attn")(
-            _layer_norm(c.eps, "norm1")(x))
+            layer_norm(c.eps, "norm1")(x))
         x = x + _layerscale(c, "ls1")(y)
-        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(_layer_norm(c.eps, "norm2")(x))
+        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(layer_norm(c.eps, "norm2")(x))
         return x + _layerscale(c, "ls2")(y)
 
 
@@ -262,9 +276,9 @@ class ClsBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        y, probs = ClsAttention(c.heads, self.dtype, name="attn")(_layer_norm(c.eps, "norm1")(x))
+        y, probs = ClsAttention(c.heads, self.dtype, name="attn")(layer_norm(c.eps, "norm1")(x))
         cls = x[:, 0] + _layerscale(c, "ls1")(y)
-        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(_layer_norm(c.eps, "norm2")(cls))
+        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(layer_norm(c.eps, "norm2")(cls))
         return cls + _layerscale(c, "ls2")(y), probs
 
 
@@ -341,7 +355,7 @@ class VisionTransformer(nn.Module):
             cls, probs = ClsBlock(c, self.dtype, name=f"block_{c.depth - 1}")(x)
             out = {
                 "attn": probs[:, :, 1 + c.n_registers:].reshape(-1, c.heads, h, w),
-                "features": _layer_norm(c.eps, "norm")(cls),
+                "features": layer_norm(c.eps, "norm")(cls),
             }
             if c.n_classes:
                 out["logits"] = Dense(c.n_classes, self.dtype, name="head")(out["features"])

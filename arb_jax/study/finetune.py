@@ -27,14 +27,12 @@ Files in ``OUT``: ``finetune.json`` (the settings a resume must match), ``featur
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -45,12 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from arb_jax.checkpoints import loading
 from arb_jax.io import images
 from arb_jax.io.files import write_atomic, write_text_atomic
 from arb_jax.models import ViT
-from arb_jax.study import sweep
-from arb_jax.study.sweep import Item
+from arb_jax.study import sources
+from arb_jax.study.sources import Item
 
 __all__ = [
     "DEFAULT_LR",
@@ -58,12 +55,10 @@ __all__ = [
     "FinetuneError",
     "FinetuneResult",
     "Features",
-    "add_parser",
     "backbone_sha256",
     "extract_features",
     "finetune",
     "init_head",
-    "run",
     "split_by_seed",
 ]
 
@@ -120,10 +115,10 @@ def _sources(data: str) -> tuple[str, dict[str, Callable[[], Iterable[Item]]], d
     if data.startswith("tfds:"):
         name, _, split = data[len("tfds:"):].partition(":")
         if split:
-            return "split by seed", {"train": lambda: sweep.tfds_items(data)}, {"train": data}
+            return "split by seed", {"train": lambda: sources.tfds_items(data)}, {"train": data}
         specs = {"train": f"tfds:{name}:train", "val": f"tfds:{name}:validation"}
         return ("tfds train/validation",
-                {k: (lambda s=s: sweep.tfds_items(s)) for k, s in specs.items()}, specs)
+                {k: (lambda s=s: sources.tfds_items(s)) for k, s in specs.items()}, specs)
     root = Path(data).expanduser()
     if not root.is_dir():
         raise FinetuneError(f"data folder not found: {root}")
@@ -133,7 +128,7 @@ def _sources(data: str) -> tuple[str, dict[str, Callable[[], Iterable[Item]]], d
         layout = "train/val folders" if val_dir else "train folder, split by seed"
     else:
         folders, layout = {"train": root}, "split by seed"
-    lists = {k: sweep.folder_items(f) for k, f in folders.items()}
+    lists = {k: sources.folder_items(f) for k, f in folders.items()}
     for split, items in lists.items():
         loose = [it.image_id for it in items if not it.label]
         if loose:
@@ -602,92 +597,3 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
     write_converted(out, tuned.config, tuned.stored_params(), meta, overwrite=True)
     return FinetuneResult(tuned, classes, history, out, start, skipped,
                           tuple(train.ids.tolist()), tuple(val.ids.tolist()))
-
-
-# ============================================================================ command line
-
-
-EPILOG = """examples:
-  arb finetune imagenette2-320/ --model dino_vits8 --out heads/vits8   # the paper's backbone
-  arb finetune photos/ --model demo --out heads/demo --epochs 20 --size 112
-  arb finetune tfds:imagenette/320px-v2 --model dino_vits8 --out heads/tfds
-  arb finetune photos/ --model ./converted_vits8 --out heads/x --resume --epochs 30
-
-DATA is an image folder with one folder per class (CLASS/*.jpg), or with train/ and val/ folders
-of class folders (the Imagenette layout); without val/ a stratified split by --seed holds out
---val-fraction of each class. The backbone is frozen: its CLS features are computed once and
-cached in OUT/features.npz; a linear head is trained with Adam (softmax cross-entropy). A
-checkpoint is written after every epoch (OUT/checkpoints); running the same command again
-continues from the last one (more --epochs train further). Each epoch prints one line and adds
-a row to OUT/metrics.csv. Load the result with arb_jax.load_vit(OUT) (ViT.logits, meta["classes"])
-or pass --model OUT to the other commands.
-"""
-
-
-def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``arb finetune`` (options inherit ``common``: --quiet, --debug)."""
-    p = subparsers.add_parser("finetune", parents=[common], epilog=EPILOG,
-                              help="train a linear head on a frozen ViT (the paper's backbone)",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", metavar="DATA", help="image folder (CLASS/*.jpg) or tfds:NAME[:SPLIT]")
-    p.add_argument("--model", required=True, metavar="NAME|PATH",
-                   help="backbone: a name (dino_vits8, demo, ...) or a path (see arb models)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR,
-                   help=f"Adam learning rate (default {DEFAULT_LR:g}, the paper's)")
-    p.add_argument("--batch", type=int, default=64, help="minibatch size (default 64)")
-    p.add_argument("--size", type=int, default=None, metavar="PX",
-                   help="images are resized to PX x PX (default: the model's size)")
-    p.add_argument("--seed", type=int, default=0, help="init, minibatch order and split (0)")
-    p.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
-                   help="share of each class held out when DATA has no val/ folder (0.2)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="compute dtype of the backbone")
-    p.add_argument("--resume", action="store_true",
-                   help="require a previous run in --out to continue (it is continued anyway "
-                        "when its settings match)")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``arb finetune``: train (or resume) and write the model; 0 on success."""
-    quiet = getattr(args, "quiet", False)
-    if args.size is not None and args.size < 1:
-        raise FinetuneError(f"--size must be a positive number of pixels, got {args.size}")
-    vit = loading.load_vit(args.model, image_size=args.size, dtype=args.dtype,
-                           progress=not quiet)
-    if vit.meta.get("random_init") and not quiet:
-        print(f"arb: finetune: {args.model} is a RANDOM-INIT fixture, not a trained backbone")
-    result = finetune(vit, args.data, args.out, epochs=args.epochs, lr=args.lr, batch=args.batch,
-                      seed=args.seed, val_fraction=args.val_fraction, resume=args.resume,
-                      model=args.model, progress=not quiet, log=None if quiet else print)
-    if not quiet:
-        last = result.history[-1] if result.history else {}
-        acc = last.get("val_acc")
-        acc_text = f", val acc {100 * acc:.1f}%" if acc is not None else ""
-        print(f"arb: finetune: {len(result.classes)} classes{acc_text}; model written to "
-              f"{result.out_dir} (load_vit({str(result.out_dir)!r}))")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m arb_jax.finetune ...`` (the same as ``arb finetune ...``)."""
-    parser = argparse.ArgumentParser(prog="arb")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quiet", action="store_true", help="no progress bars or notes")
-    common.add_argument("--debug", action="store_true", help="show Python tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub, common)
-    args = parser.parse_args(["finetune", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"arb: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

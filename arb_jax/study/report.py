@@ -20,10 +20,8 @@ Figures 3-5 and S7 use the main grid point: the one closest to the paper's (B = 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,7 +32,7 @@ import numpy as np
 
 from arb_jax.io.plotting import subplots
 from arb_jax.study import metrics
-from arb_jax.study.sweep import COLUMNS, METHODS, read_rows, row_key
+from arb_jax.study.rows import COLUMNS, METHODS, read_rows, row_key
 
 __all__ = [
     "PAPER_POINT",
@@ -409,53 +407,3 @@ def make_report(results: str | Path, out: str | Path, *,
     if len({p[0] for p in points}) > 1 or len({p[1] for p in points}) > 1:
         files["figS11"] = plot_grid(table, pt, out / "figS11_grid.png")
     return files
-
-
-# ============================================================================ command line
-
-EPILOG = """examples:
-  arb report results/square --out report/square
-  arb report results/pod                 # merges rows.host0.csv, rows.host1.csv, ...
-  arb report results/nofilter --all      # also rows failing the mean-z filter
-
-RESULTS is the --out folder of 'arb sweep' (every rows*.csv in it is merged) or one rows CSV.
-Writes summary.md (D ± error per class and method), suppression.csv, and the figures
-fig3_before_after, fig4_suppression, fig5_sens_spec, figS7_srmsd, figS11_grid (.png).
-"""
-
-
-def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``arb report`` (options inherit ``common``: --quiet, --debug)."""
-    p = subparsers.add_parser("report", parents=[common], epilog=EPILOG,
-                              help="tables and figures of a sweep (D per class; Figs. 3-5, S7, "
-                                   "S11)",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", metavar="RESULTS", help="the --out folder of 'arb sweep'")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default RESULTS/report)")
-    p.add_argument("--all", dest="include_filtered", action="store_true",
-                   help="include rows that failed the mean-z filter")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``arb report``: write the report; prints the summary table unless --quiet."""
-    results = Path(args.results)
-    base = results if results.is_dir() else results.parent
-    out = Path(args.out) if args.out else base / "report"
-    files = make_report(results, out, include_filtered=args.include_filtered)
-    if not getattr(args, "quiet", False):
-        print(files["summary"].read_text(encoding="utf-8"))
-        print(f"arb: report: {len(files)} files in {out}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m arb_jax.report ...`` (the same as ``arb report ...``)."""
-    from arb_jax.cli import main as cli_main
-
-    return cli_main(["report", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
