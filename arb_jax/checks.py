@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, Literal, overload
+
+
+@overload
+def as_int(value: Any, name: str, minimum: int = 1, *, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def as_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool) -> int | None: ...
 
 
 def as_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool = False) -> int | None:

@@ -5,10 +5,10 @@ weights as our Flax ViT runs on the image and on each bootstrap image (one at a 
 batched on a GPU); the last layer's CLS-row attention over the patches is averaged over heads,
 upsampled by nearest neighbour to pixels (``torch.nn.functional.interpolate``, as DINO's
 ``visualize_attention.py``), and the statistics are computed in numpy / statsmodels / scipy over
-the pixel vector: z of log scores (SPEC §3 eqs. 1–3), empirical p-values (eq. 4, "upper"),
+the pixel vector: z of log scores (docs/method.md §3 eqs. 1–3), empirical p-values (eq. 4, "upper"),
 ``statsmodels.stats.multitest.local_fdr`` (eq. 5, π₀ = 1), Storey's π₀ ("smoother", as R
-``qvalue::pi0est``) and the shrunk maps (SPEC §4). Bootstrap images are drawn with torch on the
-model's device (``normal`` sampler, SPEC §2).
+``qvalue::pi0est``) and the shrunk maps (docs/method.md §4). Bootstrap images are drawn with torch on the
+model's device (``normal`` sampler, docs/method.md §2).
 """
 
 from __future__ import annotations

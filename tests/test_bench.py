@@ -102,7 +102,7 @@ def test_flop_count_matches_spec():
     cfg = get_config("dino_vits8")
     n, d, L = 3722, 384, 12
     assert fl.n_tokens(cfg, 488) == n
-    spec = 2 * L * (12 * n * d * d + 2 * n * n * d)                   # SPEC §6, all blocks full
+    spec = 2 * L * (12 * n * d * d + 2 * n * n * d)                   # docs/method.md §6, all blocks full
     assert fl.forward_flops(cfg, 488, cls_only_last=False) == spec
     assert spec == pytest.approx(4.1e11, rel=0.01)
     last_full = 2 * (12 * n * d * d + 2 * n * n * d)
@@ -132,7 +132,7 @@ def test_hf_baseline_model_has_our_weights():
 
 
 def test_numpy_statistics_equal_ours_on_patches():
-    # Every statistic on nearest-upsampled pixels equals ours on the patch grid (SPEC §1).
+    # Every statistic on nearest-upsampled pixels equals ours on the patch grid (docs/method.md §1).
     rng = np.random.default_rng(1)
     attn = rng.dirichlet(np.ones(64) * 0.5).reshape(8, 8).astype(np.float32)
     null = rng.dirichlet(np.ones(64) * 2.0, size=5).reshape(5, 8, 8).astype(np.float32)

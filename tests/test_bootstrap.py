@@ -1,4 +1,4 @@
-"""Bootstrap samplers (SPEC §2): distributions, supports, chunk invariance, jit/vmap, validation.
+"""Bootstrap samplers (docs/method.md §2): distributions, supports, chunk invariance, jit/vmap, validation.
 
 Statistical checks use fixed keys, so they are deterministic; their tolerances are 5 standard
 errors (or a KS / chi-square p-value above 1e-3) of the stated sample sizes.

@@ -3,7 +3,7 @@
 Models: ``test_tiny8`` with RANDOM-INIT weights (test fixtures, not trained models) at 64 x 64 px
 (an 8 x 8 patch grid, 64 px² per patch) and 32 x 32 px. Statistics are checked against a plain
 numpy computation on the nearest-upsampled pixel maps, as the reference code computes them
-(SPEC §1, §3, §4), with statsmodels' ``local_fdr`` for the lfdr. The 4-device check runs in a
+(docs/method.md §1, §3, §4), with statsmodels' ``local_fdr`` for the lfdr. The 4-device check runs in a
 subprocess with ``--xla_force_host_platform_device_count=4``.
 """
 
@@ -78,7 +78,7 @@ def statsmodels_lfdr(z: np.ndarray) -> np.ndarray:
 
 def pixel_reference(attn: np.ndarray, null: np.ndarray, alpha=0.3, beta=0.3,
                     lfdr_fn=statsmodels_lfdr) -> dict:
-    """SPEC §3–4 on the upsampled pixels of one image, float64 numpy; alpha may be a Percentile.
+    """docs/method.md §3–4 on the upsampled pixels of one image, float64 numpy; alpha may be a Percentile.
 
     attn (h, w), null (B, h, w). Returns per-pixel statistics downsampled to the patch grid.
     """

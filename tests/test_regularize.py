@@ -1,4 +1,4 @@
-"""Shrinkage rules (SPEC §4) against plain numpy / statsmodels versions written here."""
+"""Shrinkage rules (docs/method.md §4) against plain numpy / statsmodels versions written here."""
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from arb_jax.core.regularize import Percentile
 
 
 def np_rules(A, z, p, lfdr, pi0, alpha=0.3, beta=0.3, z_th=0.0):
-    """SPEC §4 for one map, in numpy (as the reference code's ``regularize_attention_all``)."""
+    """docs/method.md §4 for one map, in numpy (as the reference code's ``regularize_attention_all``)."""
     Az = A * (z >= z_th)
     t = np.percentile(p, 100 * (1 - pi0))
     return {

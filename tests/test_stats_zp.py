@@ -20,7 +20,7 @@ def numpy_zstat(attn, attn_null):
 
 
 def brute_force_pvalues(z, z_null, method):
-    """The definitions as n × m counts (SPEC §3, eq. 4 and variants)."""
+    """The definitions as n × m counts (docs/method.md §3, eq. 4 and variants)."""
     m = z_null.size
     if method == "upper":
         return (z_null[None, :] >= z[:, None]).sum(1) / m

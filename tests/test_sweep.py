@@ -4,7 +4,7 @@ Model: ``random:test_tiny8`` (a RANDOM-INIT fixture, not a trained model) at 32 
 scikit-image photos written as 48 x 40 PNGs into a class-layout folder. The sweeps that need a
 fresh process (kill/resume, 4 CPU devices, hosts) run ``python -m arb_jax.sweep`` in
 subprocesses that share a persistent JAX compilation cache, so only the first one compiles.
-Row values are checked against a plain numpy pixel-level implementation of SPEC §5.
+Row values are checked against a plain numpy pixel-level implementation of docs/method.md §5.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def test_thresholds_reuse_one_arb_run(reference):
 
 
 def _numpy_metrics(attn, z, p, lfdr, pi0, roi, patch, alpha, beta):
-    """SPEC §5 on pixels, plain numpy: maps nearest-upsampled by the patch size."""
+    """docs/method.md §5 on pixels, plain numpy: maps nearest-upsampled by the patch size."""
     up = lambda a: np.kron(np.asarray(a, np.float64), np.ones((patch, patch)))  # noqa: E731
     a, z, p, lfdr = up(attn), up(z), up(p), up(lfdr)
     keep_z = z >= 0

@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--pvalue", default="upper", choices=["upper", "plus_one", "two_sided", "attnreg"])
     p.add_argument("--heads", action="store_true", help="also store per-head maps")
     p.add_argument("--inject-noise", type=int, default=None, metavar="PX",
-                   help="paste a PX-sided square of Gaussian noise (SPEC §5) and outline it")
+                   help="paste a PX-sided square of Gaussian noise (docs/method.md §5) and outline it")
     p.add_argument("--out", default="arb_out", help="output folder (default: arb_out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -1,4 +1,4 @@
-"""Bootstrap (null) images for ARB — Algorithm 1, step 2 (SPEC §2).
+"""Bootstrap (null) images for ARB — Algorithm 1, step 2 (docs/method.md §2).
 
 Every sampler maps one normalised image ``(H, W, C)`` float to ``n`` null images
 ``(n, H, W, C)`` of the same dtype:
@@ -112,14 +112,17 @@ def _uniform_one(key: jax.Array, image: jax.Array) -> jax.Array:
     return jnp.minimum(lo + (hi - lo) * u, hi)
 
 
+# One sample from a key, per sampler name: (image, width, patch) -> (key -> (H, W, C)).
+_ONE: dict[str, Callable[[jax.Array, Any, Any], Callable[[jax.Array], jax.Array]]] = {
+    "normal": lambda image, width, patch: lambda k: _normal_one(k, image, width),
+    "pixel": lambda image, width, patch: lambda k: _pixel_one(k, image),
+    "patch": lambda image, width, patch: lambda k: _patch_one(k, image, patch),
+    "uniform": lambda image, width, patch: lambda k: _uniform_one(k, image),
+}
+
+
 def _one_fn(name: str, image: jax.Array, width: Any, patch: int | None) -> Callable:
-    if name == "normal":
-        return lambda k: _normal_one(k, image, width)
-    if name == "pixel":
-        return lambda k: _pixel_one(k, image)
-    if name == "patch":
-        return lambda k: _patch_one(k, image, patch)
-    return lambda k: _uniform_one(k, image)
+    return _ONE[name](image, width, patch)
 
 
 @functools.partial(jax.jit, static_argnames=("name", "count", "patch"))
@@ -141,7 +144,7 @@ def _draw(name: str, key: jax.Array, image: jax.Array, start: Any, count: int, w
 
 
 def sample_range(name: str, key: jax.Array, image: jax.Array, start: int | jax.Array, count: int,
-                 *, width: float = 1.0, patch: int | None = None) -> jax.Array:
+                 *, width: float | jax.Array = 1.0, patch: int | None = None) -> jax.Array:
     """Bootstrap samples ``start .. start+count-1`` of the sampler ``name``.
 
     Equal, bit for bit, to ``sample(name, key, image, n)[start:start+count]`` for any n covering

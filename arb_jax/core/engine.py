@@ -134,7 +134,7 @@ def _chunks(opts: ARBOptions, boot: int | None) -> tuple[int, int]:
     return chunk, n_chunks if boot is None else math.ceil(n_chunks / boot)
 
 
-def loop_steps(opts: ARBOptions, per_device: int, boot: int | None) -> dict[str, np.ndarray]:
+def loop_steps(opts: ARBOptions, per_device: int, boot: int | None) -> dict[str, Any]:
     """Trip counts of the loops over chunks and groups, passed traced (see ``_loop``)."""
     return {"chunks": np.int32(_chunks(opts, boot)[1]),
             "groups": np.int32(per_device // (opts.image_chunk or per_device))}

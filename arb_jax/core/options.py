@@ -59,8 +59,8 @@ class ARBOptions:
     with it, the null images do not change (module notes). image_chunk: images per step on each
     device (None: all of a device's images at once); fixing it makes results independent of the
     batch size and the device count, and bounds memory for large batches.
-    sampler / width: SPEC §2 ("normal" | "pixel" | "patch" | "uniform"; width > 0, normal only).
-    pvalue: SPEC §3 eq. 4 variant ("upper" | "plus_one" | "two_sided" | "attnreg").
+    sampler / width: docs/method.md §2 ("normal" | "pixel" | "patch" | "uniform"; width > 0, normal only).
+    pvalue: docs/method.md §3 eq. 4 variant ("upper" | "plus_one" | "two_sided" | "attnreg").
     alpha / beta: p- and lfdr-thresholds, a number in [0, 1] or ``Percentile(q)`` of each map's
     p / lfdr. z_th: the z-threshold every rule starts from, a number or ``Percentile(q)``.
     lfdr_pi0: π₀ in the lfdr, a number in (0, 1] (1.0 as the paper) or "estimate" (Storey's π₀

@@ -1,36 +1,32 @@
 """ARB end to end: bootstrap null images → ViT attention → z, p, lfdr, π₀ → shrunk maps.
 
 ``regularize_attention`` runs one jit-compiled function per (model architecture, options): for
-every image it draws ``n_boot`` null images (SPEC §2), runs the ViT on the observed image and on
+every image it draws ``n_boot`` null images (docs/method.md §2), runs the ViT on the observed image and on
 the null images in chunks of ``boot_chunk`` (so memory stays bounded for large B: only the
 (B, h, w) null maps are kept, which the exact p-values need anyway), and computes every
-statistic on device (SPEC §3–4). Work is sharded over a ``Mesh`` of devices with an "images"
+statistic on device (docs/method.md §3–4). Work is sharded over a ``Mesh`` of devices with an "images"
 axis and optionally a "boot" axis that splits each image's bootstrap chunks (``image_mesh``).
 
 Patch grid = pixels. The statistics are computed on the (h, w) patch grid and equal the
-reference code's computation on the nearest-upsampled pixel maps (SPEC §1): means, stds, ECDFs
+reference code's computation on the nearest-upsampled pixel maps (docs/method.md §1): means, stds, ECDFs
 and histograms are unchanged by repeating each value p² times, but numpy's linear percentile is
 not, so the π₀ threshold and ``Percentile`` thresholds are percentiles of the upsampled map
 (``regularize`` with ``repeat=p²``).
 
-Exactness. Bootstrap sample ``b`` of image ``i`` is drawn from ``fold_in(key_i, b)`` only, so
-the null images do not depend on ``boot_chunk``, ``image_chunk``, the batch or the devices. The
-loops over chunks and image groups get their trip counts as traced values, so XLA compiles their
-bodies the same way for one step as for many. What can still differ is the ViT forward: XLA
-chooses matmul kernels by shape, and on XLA:CPU small batches round differently from larger
-ones (measured: the 17-token test model with up to 6 images, the 65-token one with 1 image — a
-single CLS-query row). Hence:
+Exactness (docs/method.md §6). Bootstrap sample ``b`` of image ``i`` is drawn from
+``fold_in(key_i, b)`` only, so the null images do not depend on ``boot_chunk``, ``image_chunk``,
+the batch or the devices; the loops over chunks and image groups get traced trip counts. What can
+still differ is the ViT forward, whose matmul kernels XLA picks by shape. Hence:
 
 - the same key, model, options and per-device forward shapes give a bit-identical result;
 - ``boot_chunk`` does not change the result wherever the forward kernels do not depend on the
-  batch (tested bit for bit: B = 6 in chunks of 1, 3, 6, two 64 x 64 images);
+  batch;
 - with ``image_chunk`` the per-device shapes are fixed: the result does not depend on the number
   of images, the padding or the number of devices, also on a 2-D ("images", "boot") mesh given
-  a ``boot_chunk`` (tested bit for bit on 4 CPU devices against one);
+  a ``boot_chunk``;
 - otherwise a different number of images per device changes the maps by float32 rounding.
-  Measured (5 images on 4 CPU devices vs 1, 32 x 32 test model): attention ≤ 1.8e-6 relative,
-  z ≤ 2.6e-6, lfdr ≤ 4.2e-6, p and π₀ identical. A p-value (and with it π₀ and a mask) can move
-  only where an observed and a null z lie within that distance; tested at this bound.
+
+The measured sizes of those differences are in ``bench/README.md`` ("Exactness and accuracy").
 """
 
 from __future__ import annotations
@@ -178,6 +174,7 @@ def _checked_images(images: Any, patch: int,
     if isinstance(images, jax.core.Tracer):
         raise TypeError("regularize_attention is compiled already: call it with concrete arrays, "
                         "not inside jit/vmap")
+    x: Any
     if isinstance(images, jax.Array):
         x = images.astype(jnp.float32)
         finite = bool(jnp.isfinite(x).all())
@@ -243,7 +240,7 @@ def regularize_attention(vit: Any, images: Any, key: Any, n_boot: int = 1,
     Returns an ``ARBResult``. The same key gives a bit-identical result for the same per-device
     forward shapes; with ``image_chunk`` set, for any N and number of devices. Otherwise the
     number of images per device (and ``boot_chunk``, where XLA picks batch-dependent kernels)
-    can change the attention maps by float32 rounding (module notes give the measured bound).
+    can change the attention maps by float32 rounding (bench/README.md gives the measured bound).
     """
     opts = ARBOptions.from_kwargs(n_boot=n_boot, sampler=sampler, **options)
     engine.model_key(vit)

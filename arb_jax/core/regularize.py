@@ -1,4 +1,4 @@
-"""Shrinkage of attention maps by their bootstrap statistics (SPEC §4, eqs. 6–7).
+"""Shrinkage of attention maps by their bootstrap statistics (docs/method.md §4, eqs. 6–7).
 
 Every rule starts from z-thresholding, A_z = A · 1[z ≥ z_th] (z_th = 0 by default):
 
@@ -342,7 +342,7 @@ def _bh_reject(p: jax.Array, q: jax.Array, map_ndim: int) -> jax.Array:
     return stats.bh_reject(flat, q).reshape(p.shape)
 
 
-def _keep(attn: jax.Array, mask: jax.Array) -> jax.Array:
+def _keep(attn: jax.Array, mask: Any) -> jax.Array:
     return jnp.where(mask, attn, jnp.zeros((), attn.dtype))
 
 
@@ -352,7 +352,7 @@ def _shrink(attn: jax.Array, z: Any, p: Any, lfdr: Any, pi0: Any, alpha: Any, be
             map_ndim: int, repeat: int = 1) -> dict[str, jax.Array]:
     """The requested rules on validated arrays (unused statistics are None)."""
     out = {}
-    zmask = None if z is None else z >= _threshold(z_th, z, map_ndim, roi, repeat)
+    zmask: Any = None if z is None else z >= _threshold(z_th, z, map_ndim, roi, repeat)
     if "z" in rules:
         out["z"] = _keep(attn, zmask)
     if "p" in rules:
@@ -395,7 +395,7 @@ def _run(rules: tuple[str, ...], attn: Any, arrays: dict[str, Any], map_ndim: An
 
 def z_threshold(attn: Any, z: Any, z_th: Threshold = 0.0, *, map_ndim: int | None = None,
                 roi: Any = None, repeat: int = 1) -> jax.Array:
-    """z-thresholding A_z = A · 1[z ≥ z_th] (the start of every ARB rule, SPEC §4).
+    """z-thresholding A_z = A · 1[z ≥ z_th] (the start of every ARB rule, docs/method.md §4).
 
     attn: attention map(s), float, any shape; z: bootstrap z-scores, same shape. z_th: a number,
     one per map, or a ``Percentile`` of z. repeat: pixels per map entry, for ``Percentile``
@@ -431,7 +431,7 @@ def lfdr_threshold(attn: Any, z: Any, lfdr: Any, beta: Threshold = 0.3, z_th: Th
 
 def pi0_threshold(attn: Any, z: Any, p: Any, pi0: Any, z_th: Threshold = 0.0, *,
                   map_ndim: int | None = None, roi: Any = None, repeat: int = 1) -> jax.Array:
-    """π₀-thresholding (SPEC §4): A_π = A_z · 1[p ≤ t], t = percentile(p, 100·(1 − π₀)).
+    """π₀-thresholding (docs/method.md §4): A_π = A_z · 1[p ≤ t], t = percentile(p, 100·(1 − π₀)).
 
     t is numpy's linear-interpolation percentile of all p-values of the map (the fraction 1 − π₀
     of smallest p-values is kept; no hand-set threshold). attn, z, p: same shape. pi0: Storey's

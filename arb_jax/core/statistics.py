@@ -72,7 +72,7 @@ def arb_statistics(attn: Any, attn_null: Any, opts: ARBOptions | None = None,
     attn: (h, w) observed head-mean map; attn_null: (B, h, w) bootstrap maps (scores >= 0).
     opts: ``ARBOptions`` (default ``ARBOptions()``); only the statistics options are used.
     patch: side of a patch in pixels: the maps stand for their nearest upsampling by ``patch``,
-    whose percentiles (π₀ and ``Percentile`` thresholds) differ from the grid's (SPEC §1).
+    whose percentiles (π₀ and ``Percentile`` thresholds) differ from the grid's (docs/method.md §1).
     Returns a dict of z, p, lfdr (h, w), z_null (B, h, w), pi0, mu0, sigma0 (scalars) and maps
     (dict of (h, w)) — the computation ``regularize_attention`` runs for each image.
     """

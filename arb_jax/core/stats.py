@@ -1,4 +1,4 @@
-"""ARB statistics (SPEC §3, eqs. 1–5): z-scores, empirical p-values, local FDR, π₀, q-values.
+"""ARB statistics (docs/method.md §3, eqs. 1–5): z-scores, empirical p-values, local FDR, π₀, q-values.
 
 One public function per method, each a pure function of arrays:
 
@@ -10,7 +10,7 @@ One public function per method, each a pure function of arrays:
 - ``pi0est``:            Storey's π₀, as R ``qvalue::pi0est`` ("smoother", "bootstrap")
 - ``qvalues``:           Storey's q-values, as R ``qvalue::qvalue`` (pfdr = FALSE)
 - ``bh_threshold`` / ``bh_reject``: Benjamini–Hochberg step-up at FDR level q
-- ``srmsd``:             signed RMSD of p-values from uniform (SPEC §5, Yao & Ochoa 2023)
+- ``srmsd``:             signed RMSD of p-values from uniform (docs/method.md §5, Yao & Ochoa 2023)
 
 Shapes. A map is a vector of n scores (last axis); leading axes are a batch of maps (images), so
 ``z`` has shape (..., n). Null arrays are (..., B, n) (B bootstrap maps) or (..., m) (m = n·B
@@ -71,6 +71,7 @@ def _is_concrete(x: Any) -> bool:
 
 def _as_float(x: Any, name: str) -> jax.Array:
     """x as a jnp floating array (at least float32); TypeError for bool/complex/non-numeric."""
+    arr: Any
     if isinstance(x, jax.core.Tracer | jax.Array):
         arr = x
     else:
@@ -167,7 +168,7 @@ def _zstat(attn: jax.Array, attn_null: jax.Array):
 
 
 def zstat(attn: Any, attn_null: Any) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """z-scores of log attention against the bootstrap null (SPEC §3, eqs. 1–3).
+    """z-scores of log attention against the bootstrap null (docs/method.md §3, eqs. 1–3).
 
     μ₀ and σ₀ are the mean and standard deviation (ddof 0) of log a⁰ over all bootstrap maps and
     positions of one map; z = (log a − μ₀)/σ₀ and z⁰ = (log a⁰ − μ₀)/σ₀, as the reference code.
@@ -249,7 +250,7 @@ def _pvalues(z: jax.Array, z_null: jax.Array, method: str) -> jax.Array:
 
 
 def empirical_pvalues(z: Any, z_null: Any, method: str = "upper") -> jax.Array:
-    """Empirical p-values of observed z among the bootstrap z⁰ of the same map (SPEC §3, eq. 4).
+    """Empirical p-values of observed z among the bootstrap z⁰ of the same map (docs/method.md §3, eq. 4).
 
     Parameters
     ----------
@@ -440,10 +441,9 @@ def local_fdr(z: Any, pi0: Any = 1.0, null: str = "theoretical", z_null: Any = N
         converges where statsmodels does (to the same, unique MLE) and also where it diverges.
         The loop stops after an undamped Newton step that moves log f by <= √eps (Newton
         converges quadratically, so what is left is at rounding level): 4–9 iterations on
-        normal mixtures, up to ~20 for heavy tails. Measured: <= 50 iterations reach float64
-        precision on normal, t₃, Cauchy and spiked samples of n = 10²…10⁵ whenever the MLE
-        exists (it needs at least deg + 1 non-empty bins; with fewer, statsmodels does not
-        converge either and the result is the last iterate).
+        normal mixtures, up to ~20 for heavy tails (bench/README.md, "Exactness and accuracy").
+        The MLE needs at least deg + 1 non-empty bins; with fewer, statsmodels does not converge
+        either and the result is the last iterate.
 
     Returns
     -------
@@ -457,9 +457,7 @@ def local_fdr(z: Any, pi0: Any = 1.0, null: str = "theoretical", z_null: Any = N
     Newton steps (from the SVD of diag(√μ)X) are well conditioned also in float32. The histogram
     edges reproduce numpy's float arithmetic bit for bit, so tied z on an edge fall into the same
     bin. The ratio is formed as exp(log f₀ − log f): no overflow, and f → 0 gives lfdr = 1.
-    Measured max |lfdr − statsmodels| (n = 10²…10⁵): <= 1.3e-9 in float64 (statsmodels stops
-    at a deviance change of 1e-8); in float32 <= 2.2e-6 on normal mixtures and up to 2.7e-4 for
-    heavy tails whose histogram fills 2 of the 29 bins (large fitted log-polynomial terms).
+    The measured distance to statsmodels is in bench/README.md ("Exactness and accuracy").
     """
     _check_option(null, LFDR_NULLS, "local FDR null")
     for value, name in ((deg, "deg"), (nbins, "nbins"), (n_iter, "n_iter")):
@@ -775,7 +773,7 @@ def _srmsd(p):
 
 
 def srmsd(p: Any) -> jax.Array:
-    """Signed RMSD of p-values from the uniform distribution (SPEC §5; Yao & Ochoa 2023).
+    """Signed RMSD of p-values from the uniform distribution (docs/method.md §5; Yao & Ochoa 2023).
 
     Sort the n p-values, u_k = (k − 0.5)/n, RMSD = sqrt(mean((u_k − p_(k))²)), negated when
     median(p) > 0.5 (conservative p-values). 0 for uniform p; +: anti-conservative (small p

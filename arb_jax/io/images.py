@@ -1,4 +1,4 @@
-"""Images in, ImageNet-normalised arrays out (SPEC §1).
+"""Images in, ImageNet-normalised arrays out (docs/method.md §1).
 
 ``read_image`` (file → ``(H, W, 3) uint8`` RGB) → ``prepare`` (resize, crop to patch multiples,
 ``/255``, ImageNet mean/std → ``(H', W', 3) float32``); ``load_images`` does both for many files,

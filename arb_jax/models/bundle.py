@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import flax
 import jax
@@ -77,7 +77,7 @@ class ViT:
           params: a canonical parameter tree (e.g. ``self.params``).
           images: (N, H, W, 3) float, ImageNet-normalised, NHWC.
         """
-        return self.module.apply({"params": params}, images)
+        return cast(dict[str, jax.Array], self.module.apply({"params": params}, images))
 
     @functools.cached_property
     def _attn_fn(self):
@@ -169,7 +169,7 @@ class ViT:
                                    image_size=size)
 
     def _check(self, images) -> None:
-        check_images(images, self.config.patch, tuple(self.image_size))
+        check_images(images, self.config.patch, (self.image_size[0], self.image_size[1]))
 
 
 def _image_size(image_size, config: ViTConfig) -> tuple[int, int]:
@@ -191,8 +191,8 @@ def _checked_params(params: Mapping, expected: Mapping, grid: tuple[int, int]) -
     """Canonical tree → dict of float32 numpy arrays, checking keys and shapes."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping (canonical tree), got {type(params).__name__}")
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected), sep="/")
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(cast(Any, params)), sep="/")
+    want = flax.traverse_util.flatten_dict(flax.core.unfreeze(cast(Any, expected)), sep="/")
     missing, extra = sorted(set(want) - set(flat)), sorted(set(flat) - set(want))
     if missing or extra:
         raise ValueError(f"params do not match the config: missing {missing}, unexpected {extra}")
@@ -283,11 +283,11 @@ def build_vit(
     stored = params["pos_embed"]
     params = {**params, "pos_embed": _pos_embed_for(stored, config, size)}
     params = jax.tree_util.tree_map(jnp.asarray, params)
-    return ViT(config, params, size, dtype, dict(meta), pos_embed_stored=stored)
+    return ViT(config, cast(dict, params), size, dtype, dict(meta), pos_embed_stored=stored)
 
 
-def _pos_embed_for(pos: np.ndarray, config: ViTConfig, size: tuple[int, int]) -> np.ndarray:
+def _pos_embed_for(pos: np.ndarray, config: ViTConfig, size: tuple[int, int]) -> Any:
     """``pos`` (1, 1 + tokens, D) for an input of ``size`` pixels: as it is when it already has
     that grid, else resampled (DINO's bicubic; numpy in: float64 on the host)."""
     grid = (size[0] // config.patch, size[1] // config.patch)
-    return pos if pos.shape[1] == 1 + grid[0] * grid[1] else interpolate_pos_embed(pos, grid)
+    return pos if pos.shape[1] == 1 + grid[0] * grid[1] else interpolate_pos_embed(cast(Any, pos), grid)

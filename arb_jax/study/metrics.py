@@ -1,4 +1,4 @@
-"""Evaluation metrics of the simulation study (SPEC §5; paper §3.2, eqs. 8-10).
+"""Evaluation metrics of the simulation study (docs/method.md §5; paper §3.2, eqs. 8-10).
 
 The paper defines every metric on the pixels of the attention map nearest-upsampled to the image
 (each patch value repeated p x p times) and a pixel ROI that need not align with the patches. Here

@@ -1,4 +1,4 @@
-"""Noise injection for the simulation study (SPEC §5; paper §3.2 and Appendices B, G).
+"""Noise injection for the simulation study (docs/method.md §5; paper §3.2 and Appendices B, G).
 
 A region of interest (ROI) of an image is replaced by Gaussian noise whose per-channel mean and
 standard deviation match the image; a regulariser should then shrink the attention the ViT pays to

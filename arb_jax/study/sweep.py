@@ -66,7 +66,7 @@ class SweepConfig:
     data: image folder or ``tfds:NAME[:SPLIT]``. model: name or path (`arb_jax.load_vit`).
     out: results folder. noise: "square" | "diffuse"; noise_size: square side in pixels (None:
     ``round(size * 100 / 488)``, the reference's 100 px at 488). grid: n_boot × width runs and
-    (alpha, beta) pairs. sampler, pvalue: ARB options (SPEC §2-3). z_filter: Appendix B bound on
+    (alpha, beta) pairs. sampler, pvalue: ARB options (docs/method.md §2-3). z_filter: Appendix B bound on
     |mean z in ROI| (None: no filter). limit: at most this many images. seed: base seed. batch:
     images per device per step (the last batch is padded: every step has the same shapes, so
     results are bit-identical for the same ``batch`` on any number of devices, and after a
