@@ -34,8 +34,12 @@ _EXPORTS = {
 }
 
 _SUBMODULES = {old.rpartition(".")[2]: new for old, new in _moved.MOVED.items()}
-_SUBMODULES.update({name: f"arb_jax.{name}" for name in (
-    "checkpoints", "checks", "cli", "convert", "core", "demo", "io", "models", "study")})
+_SUBMODULES.update(
+    {
+        name: f"arb_jax.{name}"
+        for name in ("checkpoints", "checks", "cli", "convert", "core", "demo", "io", "models", "study")
+    }
+)
 
 __all__ = sorted(_EXPORTS)
 

@@ -50,8 +50,9 @@ class AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self.table = dict(table)
         self._specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
 
-    def find_spec(self, fullname: str, path: object = None,
-                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: object = None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in self.table:
             return None
         return importlib.util.spec_from_loader(fullname, self)

@@ -89,13 +89,20 @@ def jax_matmul_peak(dtype: str = "float32", n: int = 4096, repeats: int = 5) -> 
     fn = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest", preferred_element_type=out))
     fn(a, b).block_until_ready()
     med, best = _median_time(lambda: fn(a, b).block_until_ready(), repeats)
-    flops = 2.0 * n ** 3
-    return {"library": f"jax {jax.__version__}", "dtype": dtype, "n": n, "flops": flops / med,
-            "flops_best": flops / best, "seconds": med}
+    flops = 2.0 * n**3
+    return {
+        "library": f"jax {jax.__version__}",
+        "dtype": dtype,
+        "n": n,
+        "flops": flops / med,
+        "flops_best": flops / best,
+        "seconds": med,
+    }
 
 
-def torch_matmul_peak(dtype: str = "float32", n: int = 4096, repeats: int = 5,
-                      device: str = "cpu") -> dict[str, Any]:
+def torch_matmul_peak(
+    dtype: str = "float32", n: int = 4096, repeats: int = 5, device: str = "cpu"
+) -> dict[str, Any]:
     """FLOP/s of an n×n×n PyTorch matmul (for reference; torch defaults, no TF32 for float32)."""
     import torch
 
@@ -110,6 +117,12 @@ def torch_matmul_peak(dtype: str = "float32", n: int = 4096, repeats: int = 5,
 
     run()
     med, best = _median_time(run, repeats)
-    flops = 2.0 * n ** 3
-    return {"library": f"torch {torch.__version__}", "dtype": dtype, "n": n, "flops": flops / med,
-            "flops_best": flops / best, "seconds": med}
+    flops = 2.0 * n**3
+    return {
+        "library": f"torch {torch.__version__}",
+        "dtype": dtype,
+        "n": n,
+        "flops": flops / med,
+        "flops_best": flops / best,
+        "seconds": med,
+    }

@@ -166,9 +166,11 @@ class PeakMemory:
             self.peak = max(0, self._max - self._base)
 
 
-_TRACE, _LOWER, _COMPILE = ("/jax/core/compile/jaxpr_trace_duration",
-                             "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                             "/jax/core/compile/backend_compile_duration")
+_TRACE, _LOWER, _COMPILE = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
 
 
 def compile_seconds(events: list[tuple[str, float]]) -> float:
@@ -224,8 +226,9 @@ def _photos() -> tuple[np.ndarray, ...]:
         return tuple(sample_images().values())
     except ImportError:
         rng = np.random.default_rng(0)
-        return tuple(np.kron(rng.uniform(0, 255, (8, 8, 3)), np.ones((64, 64, 1))).astype(np.uint8)
-                     for _ in range(4))
+        return tuple(
+            np.kron(rng.uniform(0, 255, (8, 8, 3)), np.ones((64, 64, 1))).astype(np.uint8) for _ in range(4)
+        )
 
 
 def bench_images(n: int, size: int, patch: int) -> np.ndarray:
@@ -290,8 +293,9 @@ def compare(ours: dict[str, np.ndarray], base: bl.BaselineRun, patch: int) -> di
         "p": float(np.max(np.abs(ours["p"] - g(s["p"])))),
         "lfdr": float(np.max(np.abs(ours["lfdr"] - g(s["lfdr"])))),
         "pi0": abs(float(ours["pi0"]) - s["pi0"]),
-        "maps_frac": max(float(np.mean(np.abs(ours[f"map_{k}"] - g(v)) > 1e-4 * amax))
-                         for k, v in s["maps"].items()),
+        "maps_frac": max(
+            float(np.mean(np.abs(ours[f"map_{k}"] - g(v)) > 1e-4 * amax)) for k, v in s["maps"].items()
+        ),
     }
     failed = sorted(k for k, v in diff.items() if not v <= TOLERANCES[k])
     return {"passed": not failed, "failed": failed, "max_diff": diff, "tolerance": dict(TOLERANCES)}
@@ -312,9 +316,16 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
     config = get_config(case.model)
     B, N, p = case.n_boot, case.n_images, config.patch
     rec: dict[str, Any] = {
-        "case": case.name, "group": case.group, "model": case.model, "weights": WEIGHTS,
-        "image_size": case.image_size, "tokens": fl.n_tokens(config, case.image_size),
-        "n_boot": B, "n_images": N, "dtype": case.dtype, "boot_chunk": case.boot_chunk,
+        "case": case.name,
+        "group": case.group,
+        "model": case.model,
+        "weights": WEIGHTS,
+        "image_size": case.image_size,
+        "tokens": fl.n_tokens(config, case.image_size),
+        "n_boot": B,
+        "n_images": N,
+        "dtype": case.dtype,
+        "boot_chunk": case.boot_chunk,
         "device": machine.describe_device(),
     }
     vit = build_vit(case.model, None, image_size=case.image_size, dtype=case.dtype, seed=0)
@@ -349,8 +360,12 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
         with contextlib.suppress(Exception):  # warm-up: one forward of the batch size
             import torch
 
-            bl.hf_cls_attention(model, torch.zeros((min(batch, 1 + B), 3, case.image_size,
-                                                    case.image_size), device=ctx.torch_device))
+            bl.hf_cls_attention(
+                model,
+                torch.zeros(
+                    (min(batch, 1 + B), 3, case.image_size, case.image_size), device=ctx.torch_device
+                ),
+            )
     if case.check:
         b_check = case.check_boot or B
         if case.dtype == "float32" and b_check == B:
@@ -362,15 +377,18 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
         ctx.log(f"  check: baseline on image 0 with our {b_check} null images")
         bar = ctx.progress(1 + b_check, "baseline (check)")
         with PeakMemory("torch" if ctx.torch_device != "cpu" else "rss") as check_mem:
-            run0 = bl.run_baseline(model, images_np[0], b_check, batch=batch, null_images=nulls,
-                                   progress=bar.update)
+            run0 = bl.run_baseline(
+                model, images_np[0], b_check, batch=batch, null_images=nulls, progress=bar.update
+            )
         bar.close()
         check = compare(ours0, run0, p)
         check.update(n_boot=b_check, dtype="float32")
         rec["check"] = check
         if not check["passed"]:
-            raise CheckFailedError(f"{case.name}: ours vs baseline differ in {check['failed']}: "
-                              f"{check['max_diff']} (tolerances {TOLERANCES})")
+            raise CheckFailedError(
+                f"{case.name}: ours vs baseline differ in {check['failed']}: "
+                f"{check['max_diff']} (tolerances {TOLERANCES})"
+            )
         if b_check == B and case.baseline:
             base_runs.append(run0)  # a complete baseline run of image 0: its first timed run
             base_peak = check_mem.peak
@@ -383,14 +401,25 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
     with PeakMemory(kind) as mem:
         times = time_calls(ours_call, case.repeats, case.budget_s)
     ours_s = _median(times) / N
-    rec.update(ours_s_per_image=ours_s, ours_times_s=times, ours_repeats=len(times),
-               ours_first_call_s=first_s,
-               ours_images_per_s=1.0 / ours_s, ours_s_per_forward=ours_s / (1 + B),
-               peak_memory_bytes=mem.peak)
+    rec.update(
+        ours_s_per_image=ours_s,
+        ours_times_s=times,
+        ours_repeats=len(times),
+        ours_first_call_s=first_s,
+        ours_images_per_s=1.0 / ours_s,
+        ours_s_per_forward=ours_s / (1 + B),
+        peak_memory_bytes=mem.peak,
+    )
 
     # 4. the baseline, timed
-    rec.update(baseline_s_per_image=None, baseline_repeats=0, baseline_stage_s=None,
-               baseline_peak_memory_bytes=None, speedup=None, baseline_images_per_s=None)
+    rec.update(
+        baseline_s_per_image=None,
+        baseline_repeats=0,
+        baseline_stage_s=None,
+        baseline_peak_memory_bytes=None,
+        speedup=None,
+        baseline_images_per_s=None,
+    )
     if case.baseline:
         todo = max(1, case.baseline_repeats) - len(base_runs)
         ctx.log(f"  baseline: {todo} more run(s), {batch} image(s) per forward")
@@ -401,19 +430,27 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
                 if base_runs and spent > case.budget_s:
                     break
                 bar = ctx.progress(1 + B, "baseline")
-                base_runs.append(bl.run_baseline(model, images_np[(len(base_runs)) % N], B,
-                                                 batch=batch, seed=i, progress=bar.update))
+                base_runs.append(
+                    bl.run_baseline(
+                        model, images_np[(len(base_runs)) % N], B, batch=batch, seed=i, progress=bar.update
+                    )
+                )
                 bar.close()
                 spent += base_runs[-1].seconds["total"]
         totals = [r.seconds["total"] for r in base_runs]
-        stages = {k: _median([r.seconds[k] for r in base_runs])
-                  for k in ("sample", "forward", "upsample", "stats")}
+        stages = {
+            k: _median([r.seconds[k] for r in base_runs]) for k in ("sample", "forward", "upsample", "stats")
+        }
         base_s = _median(totals)
-        rec.update(baseline_s_per_image=base_s, baseline_times_s=totals,
-                   baseline_repeats=len(totals), baseline_stage_s=stages,
-                   baseline_peak_memory_bytes=max(bmem.peak, base_peak) or None,
-                   speedup=base_s / ours_s,
-                   baseline_images_per_s=1.0 / base_s)
+        rec.update(
+            baseline_s_per_image=base_s,
+            baseline_times_s=totals,
+            baseline_repeats=len(totals),
+            baseline_stage_s=stages,
+            baseline_peak_memory_bytes=max(bmem.peak, base_peak) or None,
+            speedup=base_s / ours_s,
+            baseline_images_per_s=1.0 / base_s,
+        )
 
     # 5. the statistics stage alone, on the same maps (B bootstrap maps)
     rec.update(ours_stats_s_per_image=None, baseline_stats_s_per_image=None, stats_speedup=None)
@@ -426,19 +463,28 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
         st = time_calls(stats_call, 20, min(10.0, case.budget_s))
         npst = time_calls(lambda: bl.numpy_statistics(run.attn, run.null), 3, min(10.0, case.budget_s))
         npst += [r.seconds["stats"] for r in base_runs]
-        rec.update(ours_stats_s_per_image=_median(st), baseline_stats_s_per_image=_median(npst),
-                   stats_speedup=_median(npst) / _median(st))
+        rec.update(
+            ours_stats_s_per_image=_median(st),
+            baseline_stats_s_per_image=_median(npst),
+            stats_speedup=_median(npst) / _median(st),
+        )
 
     # 6. FLOPs and MFU
     flops = fl.arb_flops_per_image(config, case.image_size, B)
     peak = _peak_for(ctx, case.dtype)
     achieved = flops / ours_s
-    rec.update(flops_per_image=flops, flops_per_forward=fl.forward_flops(config, case.image_size),
-               attention_flop_share=fl.attention_share(config, case.image_size),
-               achieved_flops=achieved, peak_flops=peak,
-               peak_flops_source=(f"jax {case.dtype if case.dtype in ctx.peaks.get('jax', {}) else 'float32'}"
-                                  f" matmul, measured in this run"),
-               mfu=None if not peak else achieved / peak)
+    rec.update(
+        flops_per_image=flops,
+        flops_per_forward=fl.forward_flops(config, case.image_size),
+        attention_flop_share=fl.attention_share(config, case.image_size),
+        achieved_flops=achieved,
+        peak_flops=peak,
+        peak_flops_source=(
+            f"jax {case.dtype if case.dtype in ctx.peaks.get('jax', {}) else 'float32'}"
+            f" matmul, measured in this run"
+        ),
+        mfu=None if not peak else achieved / peak,
+    )
     if rec["speedup"] is not None:
         rec["baseline_achieved_flops"] = flops / rec["baseline_s_per_image"]
     return rec
@@ -479,8 +525,9 @@ def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
     gpu = jax.default_backend() != "cpu"
     dtype = jnp.bfloat16 if gpu else jnp.float32  # the compute dtype the presets use here
     tokens = fl.n_tokens(c, ab.image_size)
-    t_in = jax.device_put(np.random.default_rng(0).standard_normal((ab.batch, tokens, c.dim))
-                          .astype(np.float32))
+    t_in = jax.device_put(
+        np.random.default_rng(0).standard_normal((ab.batch, tokens, c.dim)).astype(np.float32)
+    )
 
     def forward_time(dt, impl):
         x = jax.device_put(bench_images(ab.batch, ab.image_size, c.patch))
@@ -503,25 +550,57 @@ def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
     if ab.change == "attention":
         fast = attention_impl("auto", dtype)
         before, after = timer(dtype, "xla"), timer(dtype, fast)
-        return [dict(base, batch=ab.batch, dtype=dname, before="jax.nn.dot_product_attention "
-                     "(XLA)", after=f"{fast} attention", what=what, before_s=before,
-                     after_s=after, speedup=before / after)]
+        return [
+            dict(
+                base,
+                batch=ab.batch,
+                dtype=dname,
+                before="jax.nn.dot_product_attention (XLA)",
+                after=f"{fast} attention",
+                what=what,
+                before_s=before,
+                after_s=after,
+                speedup=before / after,
+            )
+        ]
     if ab.change == "dtype":
         before, after = timer(jnp.float32, "auto"), timer(jnp.bfloat16, "auto")
-        return [dict(base, batch=ab.batch, before="float32 matmuls", after="bfloat16 matmuls, "
-                     "float32 accumulation", what=what, before_s=before, after_s=after,
-                     speedup=before / after)]
+        return [
+            dict(
+                base,
+                batch=ab.batch,
+                before="float32 matmuls",
+                after="bfloat16 matmuls, float32 accumulation",
+                what=what,
+                before_s=before,
+                after_s=after,
+                speedup=before / after,
+            )
+        ]
     if ab.change == "cls_only":
         last = {"params": vit.params[f"block_{c.depth - 1}"]}
         full = module_time(lambda prm, t: Block(c, dtype).apply(prm, t), last, t_in)
         cls = module_time(lambda prm, t: ClsBlock(c, dtype).apply(prm, t), last, t_in)
-        rec = dict(base, batch=ab.batch, dtype=dname, before="last block in full",
-                   after="last block for the CLS query only", last_block_full_s=full,
-                   last_block_cls_s=cls)
+        rec = dict(
+            base,
+            batch=ab.batch,
+            dtype=dname,
+            before="last block in full",
+            after="last block for the CLS query only",
+            last_block_full_s=full,
+            last_block_cls_s=cls,
+        )
         if ab.level == "forward":
             fwd = forward_time(dtype, "auto")
-            return [dict(rec, what="one forward (the full last block's time added back)",
-                         before_s=fwd - cls + full, after_s=fwd, speedup=(fwd - cls + full) / fwd)]
+            return [
+                dict(
+                    rec,
+                    what="one forward (the full last block's time added back)",
+                    before_s=fwd - cls + full,
+                    after_s=fwd,
+                    speedup=(fwd - cls + full) / fwd,
+                )
+            ]
         return [dict(rec, what="the last block", before_s=full, after_s=cls, speedup=full / cls)]
     if ab.change == "profile":
         return _profile(ab, vit, t_in.astype(dtype), module_time, base)
@@ -540,23 +619,42 @@ def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
 
     if ab.change == "boot_chunk":
         before, after = pipeline_time(boot_chunk=1), pipeline_time()
-        return [dict(base, n_boot=B, before="bootstrap forwards one at a time (boot_chunk=1)",
-                     after=f"all {B} bootstrap images in one batch", what="ARB of one image",
-                     before_s=before, after_s=after, speedup=before / after)]
+        return [
+            dict(
+                base,
+                n_boot=B,
+                before="bootstrap forwards one at a time (boot_chunk=1)",
+                after=f"all {B} bootstrap images in one batch",
+                what="ARB of one image",
+                before_s=before,
+                after_s=after,
+                speedup=before / after,
+            )
+        ]
     if ab.change == "host_round_trip":
         fwd = jax.jit(lambda prm, im: vit.apply(prm, im)["attn"].mean(1))
+
         def split():
             nulls = null_images(key, images, B)[0]
             maps = np.asarray(fwd(vit.params, jnp.concatenate([images, nulls])))  # to the host
-            out = arb_statistics(maps[0], maps[1:], None, patch=c.patch)        # and back
+            out = arb_statistics(maps[0], maps[1:], None, patch=c.patch)  # and back
             return {k: np.asarray(v) for k, v in out.items() if not isinstance(v, dict)}
 
         split()
         before = _median(time_calls(split, ab.repeats, 1e9))
         after = pipeline_time()
-        return [dict(base, n_boot=B, before="forwards, maps to the host, statistics (3 calls)",
-                     after="one compiled call, maps stay on the device", what="ARB of one image",
-                     before_s=before, after_s=after, speedup=before / after)]
+        return [
+            dict(
+                base,
+                n_boot=B,
+                before="forwards, maps to the host, statistics (3 calls)",
+                after="one compiled call, maps stay on the device",
+                what="ARB of one image",
+                before_s=before,
+                after_s=after,
+                speedup=before / after,
+            )
+        ]
     raise ValueError(f"unknown ablation {ab.change!r}")
 
 
@@ -585,12 +683,13 @@ def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
         return lambda p_, t: module.apply({"params": p_}, t), (prm, x)
 
     parts = {
-        "layernorm ×2": (lambda p1, p2, t: (norm.apply({"params": p1}, t),
-                                            norm.apply({"params": p2}, t)),
-                         (b0["norm1"], b0["norm2"], x), None),
+        "layernorm ×2": (
+            lambda p1, p2, t: (norm.apply({"params": p1}, t), norm.apply({"params": p2}, t)),
+            (b0["norm1"], b0["norm2"], x),
+            None,
+        ),
         "qkv matmul": (*apply(vm.QKV(H, dt), b0["attn"]["qkv"]), 2 * n * T * D * 3 * D),
-        f"attention ({impl})": (lambda a: vm.attention(a[0], a[1], a[2], impl), (qkv,),
-                                4 * n * T * T * D),
+        f"attention ({impl})": (lambda a: vm.attention(a[0], a[1], a[2], impl), (qkv,), 4 * n * T * T * D),
         "proj matmul": (*apply(vm.Dense(D, dt), b0["attn"]["proj"]), 2 * n * T * D * D),
         "mlp fc1 + gelu + fc2": (*apply(vm.Mlp(m, dt), b0["mlp"]), 4 * n * T * D * m),
     }
@@ -598,12 +697,31 @@ def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
     out = []
     for name, (fn, args, f) in parts.items():
         s = module_time(fn, *args)
-        out.append(dict(base, batch=n, dtype=str(jnp.dtype(dt)), part=name, seconds=s,
-                        share_of_block=s / block_s, flops=f,
-                        achieved_flops=None if f is None else f / s))
+        out.append(
+            dict(
+                base,
+                batch=n,
+                dtype=str(jnp.dtype(dt)),
+                part=name,
+                seconds=s,
+                share_of_block=s / block_s,
+                flops=f,
+                achieved_flops=None if f is None else f / s,
+            )
+        )
     f = fl.block_flops(c, T) * n
-    out.append(dict(base, batch=n, dtype=str(jnp.dtype(dt)), part="whole block", seconds=block_s,
-                    share_of_block=1.0, flops=f, achieved_flops=f / block_s))
+    out.append(
+        dict(
+            base,
+            batch=n,
+            dtype=str(jnp.dtype(dt)),
+            part="whole block",
+            seconds=block_s,
+            share_of_block=1.0,
+            flops=f,
+            achieved_flops=f / block_s,
+        )
+    )
     return out
 
 
@@ -612,9 +730,15 @@ def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablations: bool = True,
-               quiet: bool = False, budget_s: float | None = None,
-               on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_preset(
+    preset: Preset,
+    cases: tuple[Case, ...] | None = None,
+    *,
+    ablations: bool = True,
+    quiet: bool = False,
+    budget_s: float | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run ``cases`` (default: the preset's) and its ablations; returns the result (a dict).
 
     budget_s: no case or ablation starts once this many seconds have passed since the start
@@ -629,8 +753,9 @@ def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablatio
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError("JAX runs on a GPU but PyTorch sees no CUDA device: the baseline "
-                               "must run on the same device")
+            raise RuntimeError(
+                "JAX runs on a GPU but PyTorch sees no CUDA device: the baseline must run on the same device"
+            )
         ctx.torch_device = "cuda"
     t_start = time.perf_counter()
     budget_s = preset.budget_s if budget_s is None else budget_s
@@ -640,12 +765,20 @@ def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablatio
     records, errors, ab_records, skipped = [], [], [], []
 
     def result() -> dict[str, Any]:  # a snapshot: later cases do not change it
-        return {"preset": preset.name, "description": preset.description,
-                "machine": {**info, "load_average_end": machine.load_average()},
-                "peaks": ctx.peaks, "tolerances": TOLERANCES, "cases": [as_dict(c) for c in cases],
-                "records": list(records), "ablations": list(ab_records), "errors": list(errors),
-                "skipped": list(skipped), "budget_s": budget_s,
-                "wall_s": time.perf_counter() - t_start}
+        return {
+            "preset": preset.name,
+            "description": preset.description,
+            "machine": {**info, "load_average_end": machine.load_average()},
+            "peaks": ctx.peaks,
+            "tolerances": TOLERANCES,
+            "cases": [as_dict(c) for c in cases],
+            "records": list(records),
+            "ablations": list(ab_records),
+            "errors": list(errors),
+            "skipped": list(skipped),
+            "budget_s": budget_s,
+            "wall_s": time.perf_counter() - t_start,
+        }
 
     def may_start(name: str) -> bool:
         if budget_s is not None and time.perf_counter() - t_start >= budget_s:
@@ -661,8 +794,10 @@ def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablatio
     for i, case in enumerate(cases, 1):
         if not may_start(case.name):
             continue
-        ctx.log(f"[{i}/{len(cases)}] {case.name}: {case.model} @ {case.image_size}, B={case.n_boot}, "
-                f"{case.n_images} image(s), {case.dtype}")
+        ctx.log(
+            f"[{i}/{len(cases)}] {case.name}: {case.model} @ {case.image_size}, B={case.n_boot}, "
+            f"{case.n_images} image(s), {case.dtype}"
+        )
         t0 = time.perf_counter()
         try:
             rec = run_case(case, ctx)

@@ -32,7 +32,7 @@ TEST_N = 224
 # Measured on these 224 images: accuracy 0.955, ratio 2.15 (median per image 2.26); on other
 # 224-image seeds 0.93-0.95 and 2.03-2.13; a random-init model: 0.19 and 1.08.
 MIN_ACCURACY = 0.88
-MIN_RATIO = 1.8              # attention-on-object ratio (1 = blind to the object)
+MIN_RATIO = 1.8  # attention-on-object ratio (1 = blind to the object)
 
 
 # --------------------------------------------------------------------------- data
@@ -83,8 +83,8 @@ def test_mask_marks_the_pasted_pixels(monkeypatch):
     bg, empty = demo_data.composite(np.random.default_rng(4), 2, 48)
     assert not empty.any() and mask.sum() > 20
     changed = np.any(img != bg, axis=-1)
-    assert changed[mask].mean() > 0.6       # the object covers its mask
-    assert changed[~mask].mean() < 0.05     # outside: only soft edge pixels
+    assert changed[mask].mean() > 0.6  # the object covers its mask
+    assert changed[~mask].mean() < 0.05  # outside: only soft edge pixels
 
 
 def test_generation_is_fast():
@@ -102,10 +102,12 @@ def test_patch_coverage_matches_block_reduce():
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
-    [({"n": 0}, ValueError, "n must be >= 1"),
-     ({"n": 2.5}, TypeError, "n must be an integer"),
-     ({"n": 2, "image_size": 8}, ValueError, "image_size must be >= 16"),
-     ({"n": 2, "seed": True}, TypeError, "bool")],
+    [
+        ({"n": 0}, ValueError, "n must be >= 1"),
+        ({"n": 2.5}, TypeError, "n must be an integer"),
+        ({"n": 2, "image_size": 8}, ValueError, "image_size must be >= 16"),
+        ({"n": 2, "seed": True}, TypeError, "bool"),
+    ],
 )
 def test_make_dataset_rejects_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -140,13 +142,14 @@ def test_attention_on_object_matches_pixel_reference():
     masks[:, 3:9, 5:17] = True  # make sure no mask is empty after the crop
     got = train_demo.attention_on_object(attn, masks)
     want = _attention_reference(attn, masks)
-    np.testing.assert_allclose([got["mass"], got["area"], got["ratio"], got["ratio_median"]],
-                               want, rtol=1e-12)
+    np.testing.assert_allclose(
+        [got["mass"], got["area"], got["ratio"], got["ratio_median"]], want, rtol=1e-12
+    )
 
 
 def test_attention_on_object_properties():
     masks = np.zeros((2, 16, 16), bool)
-    masks[:, :8, :8] = True                      # one full patch of four
+    masks[:, :8, :8] = True  # one full patch of four
     uniform = np.ones((2, 3, 2, 2))
     assert train_demo.attention_on_object(uniform, masks)["ratio"] == pytest.approx(1.0)
     on = np.zeros((2, 3, 2, 2))

@@ -155,9 +155,14 @@ def test_no_import_circles():
 
 
 def test_nothing_below_the_command_line_imports_it():
-    bad = sorted((m, d) for m, deps in GRAPH.items() for d in deps
-                 if (d == "arb_jax.cli" or d.startswith("arb_jax.cli."))
-                 and not (m == "arb_jax.cli" or m.startswith("arb_jax.cli.")) and m not in ENTRY_POINTS)
+    bad = sorted(
+        (m, d)
+        for m, deps in GRAPH.items()
+        for d in deps
+        if (d == "arb_jax.cli" or d.startswith("arb_jax.cli."))
+        and not (m == "arb_jax.cli" or m.startswith("arb_jax.cli."))
+        and m not in ENTRY_POINTS
+    )
     assert bad == []
 
 
@@ -204,8 +209,7 @@ def _private_uses(path: Path) -> Iterator[str]:
                 if _owning(a.name):
                     aliases.add(a.asname or a.name.split(".")[0])
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
-                and not node.attr.startswith("__")):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
             base = node.value
             while isinstance(base, ast.Attribute):
                 base = base.value
@@ -220,8 +224,12 @@ ALLOWED_PRIVATE = {"test_convert.py: wc.safe_pickle._rebuild_parameter"}
 
 @pytest.mark.parametrize("folder", ["tests", "bench"])
 def test_tests_and_benchmarks_use_public_names(folder):
-    found = [use for path in sorted((ROOT / folder).glob("*.py")) if path.name != "test_layout.py"
-             for use in _private_uses(path)]
+    found = [
+        use
+        for path in sorted((ROOT / folder).glob("*.py"))
+        if path.name != "test_layout.py"
+        for use in _private_uses(path)
+    ]
     assert [u for u in found if f"{u.split(':')[0]}: {u.split(': ', 1)[1]}" not in ALLOWED_PRIVATE] == []
 
 

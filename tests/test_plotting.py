@@ -27,7 +27,7 @@ def test_figure_panels_titles_and_file(tmp_path):
         assert ax.get_title().endswith(f"({kept}/{n} patches, {share:.{0 if share >= 10 else 1}f}%)")
     assert [ax.get_xlabel() for ax in fig.axes[5:8]] == ["z", "p", "lfdr"]
     assert fig.axes[6].get_legend().get_texts()[0].get_text() == f"π₀ = {float(res.pi0[1]):.2f}"
-    assert len(fig.axes[0].collections) >= 1                      # the red ROI contour
+    assert len(fig.axes[0].collections) >= 1  # the red ROI contour
     assert fig.get_suptitle() == "T"
     png = Image.open(tmp_path / "f" / "fig.png")
     assert png.size == (1650, 814)

@@ -10,16 +10,16 @@ from torch.nn.functional import interpolate as torch_interpolate
 from arb_jax.models.posembed import bicubic_matrix, interpolate_pos_embed
 
 # (M, h, w): upsampling (ViT-S/8 at 488: 28 -> 61), downsampling, non-square, one side equal to M.
-CASES = [(28, 61, 61), (14, 61, 61), (37, 16, 40), (14, 3, 9), (4, 7, 5), (5, 5, 8),
-         (3, 40, 2), (37, 37, 20)]
+CASES = [(28, 61, 61), (14, 61, 61), (37, 16, 40), (14, 3, 9), (4, 7, 5), (5, 5, 8), (3, 40, 2), (37, 37, 20)]
 
 
 def _torch_dino(pos: np.ndarray, h: int, w: int) -> np.ndarray:
     """DINO's interpolate_pos_encoding, in torch (dtype of ``pos``)."""
     M, D = int(round((pos.shape[1] - 1) ** 0.5)), pos.shape[2]
     grid = torch.from_numpy(pos[:, 1:]).reshape(1, M, M, D).permute(0, 3, 1, 2)
-    grid = torch_interpolate(grid, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic",
-                         align_corners=False)
+    grid = torch_interpolate(
+        grid, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic", align_corners=False
+    )
     assert grid.shape[-2:] == (h, w)
     grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, D).numpy()
     return np.concatenate([pos[:, :1], grid], axis=1)
@@ -68,8 +68,7 @@ def test_native_grid_returns_input_unchanged():
     pos = _pos(4)
     assert interpolate_pos_embed(pos, (4, 4)) is pos
     # One side at M is still resampled (DINO's +0.1 makes the scale 4.1/4), as torch does.
-    np.testing.assert_allclose(interpolate_pos_embed(pos, (4, 6)), _torch_dino(pos, 4, 6),
-                               atol=1e-12)
+    np.testing.assert_allclose(interpolate_pos_embed(pos, (4, 6)), _torch_dino(pos, 4, 6), atol=1e-12)
 
 
 def test_cls_position_kept_and_constants_preserved():

@@ -31,16 +31,36 @@ IMAGES = [
 
 def _row(image_id, cls, before, after, passed, n_boot=1, alpha=0.3, beta=0.3):
     row = {c: "0.5" for c in sweep_rows.COLUMNS}
-    row.update({"image_id": image_id, "class": cls, "seed": "0", "n_boot": str(n_boot),
-                "width": "1.0", "alpha": repr(alpha), "beta": repr(beta), "noise": "square",
-                "noise_size": "7", "roi_row": "3", "roi_col": "4", "mean_z_roi": "0.2",
-                "passed": "1" if passed else "0", "perc_before": repr(before),
-                "nonzero_before": "100.0"})
+    row.update(
+        {
+            "image_id": image_id,
+            "class": cls,
+            "seed": "0",
+            "n_boot": str(n_boot),
+            "width": "1.0",
+            "alpha": repr(alpha),
+            "beta": repr(beta),
+            "noise": "square",
+            "noise_size": "7",
+            "roi_row": "3",
+            "roi_col": "4",
+            "mean_z_roi": "0.2",
+            "passed": "1" if passed else "0",
+            "perc_before": repr(before),
+            "nonzero_before": "100.0",
+        }
+    )
     for m, v in zip(sweep_rows.METHODS, after, strict=True):
         # B = 2 halves the suppression (after moves half-way back to before)
         v = v if n_boot == 1 else (v + before) / 2
-        row.update({f"perc_after_{m}": repr(v), f"nonzero_after_{m}": repr(v / before * 100),
-                    f"sens_{m}": repr(1 - v / before), f"spec_{m}": repr(0.9 - 0.1 * alpha)})
+        row.update(
+            {
+                f"perc_after_{m}": repr(v),
+                f"nonzero_after_{m}": repr(v / before * 100),
+                f"sens_{m}": repr(1 - v / before),
+                f"spec_{m}": repr(0.9 - 0.1 * alpha),
+            }
+        )
     return row
 
 
@@ -134,8 +154,7 @@ def test_read_results_merges_hosts_and_drops_duplicates_and_partial_lines(result
     assert rows[0]["passed"] is True and rows[0]["roi_row"] == 3 and rows[0]["n_boot"] == 1
     text = (results / "rows.host1.csv").read_text()
     extra = text.splitlines()[1]
-    (results / "rows.extra.csv").write_text(text.splitlines()[0] + "\n" + extra + "\n"
-                                            + extra[:20])
+    (results / "rows.extra.csv").write_text(text.splitlines()[0] + "\n" + extra + "\n" + extra[:20])
     rows, dups = report.read_results(results)
     assert len(rows) == 18 and dups == 1
     one, _ = report.read_results(results / "rows.host0.csv")
@@ -144,7 +163,11 @@ def test_read_results_merges_hosts_and_drops_duplicates_and_partial_lines(result
 
 def test_main_point_and_single_image_classes(tmp_path):
     assert report.main_point([(4, 1.0, 0.3, 0.3), (1, 2.0, 0.1, 0.3), (1, 1.0, 0.1, 0.2)]) == (
-        1, 1.0, 0.1, 0.2)
+        1,
+        1.0,
+        0.1,
+        0.2,
+    )
     assert report.main_point([(16, 0.5, 0.3, 0.3), (4, 2.0, 0.3, 0.3)]) == (4, 2.0, 0.3, 0.3)
     path = _write(tmp_path / "rows.csv", [_row(*IMAGES[0]), _row(*IMAGES[3]), _row(*IMAGES[4])])
     files = report.make_report(path, tmp_path / "rep")

@@ -36,8 +36,7 @@ from arb_jax.study import simulate, sources, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "random:test_tiny8"  # random-init fixture: patch 8, 32 x 32 native
-PHOTOS = {"astro": ("astronaut", "camera"), "cat": ("chelsea", "coins"),
-          "misc": ("coffee", "rocket")}
+PHOTOS = {"astro": ("astronaut", "camera"), "cat": ("chelsea", "coins"), "misc": ("coffee", "rocket")}
 GRID = "n_boot=2 alpha=0.1,0.3 beta=0.2,0.3"  # one ARB run (B = 2), two threshold pairs
 N_ROWS = 6 * 2  # images x (alpha, beta) pairs
 
@@ -53,7 +52,8 @@ def photos(tmp_path_factory) -> Path:
         (root / cls).mkdir()
         for name in names:
             Image.fromarray(sample[name]).resize((48, 40), Image.Resampling.BILINEAR).save(
-                root / cls / f"{name}.png")
+                root / cls / f"{name}.png"
+            )
     return root
 
 
@@ -61,21 +61,39 @@ def photos(tmp_path_factory) -> Path:
 def env(tmp_path_factory) -> dict[str, str]:
     cache = tmp_path_factory.mktemp("jax_cache")
     out = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-    out.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=str(ROOT))
+    out.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        PYTHONPATH=str(ROOT),
+    )
     return out
 
 
 def _args(photos: Path, out: Path, *extra: str) -> list[str]:
-    return [str(photos), "--model", MODEL, "--out", str(out), "--batch", "2", "--grid", GRID,
-            "--z-filter", "none", "--debug", *extra]
+    return [
+        str(photos),
+        "--model",
+        MODEL,
+        "--out",
+        str(out),
+        "--batch",
+        "2",
+        "--grid",
+        GRID,
+        "--z-filter",
+        "none",
+        "--debug",
+        *extra,
+    ]
 
 
 def _sweep(env, args, extra_env=None, script=None, timeout=300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, *(["-c", script] if script else ["-m", "arb_jax", "sweep"]), *args]
-    proc = subprocess.run(cmd, env={**env, **(extra_env or {})}, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, env={**env, **(extra_env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -123,9 +141,16 @@ def test_thresholds_reuse_one_arb_run(reference):
     for (image_id, _, nb, w, _, _), row in reference.items():
         runs.setdefault((image_id, nb, w), []).append(row)
     assert len(runs) == 6
-    shared = ["roi_row", "roi_col", "mean_z_roi", "pi0", "perc_before", "nonzero_before",
-              "srmsd_roi", *(f"{s}_{m}" for m in ("pi0", "z")
-                             for s in ("perc_after", "nonzero_after", "sens", "spec"))]
+    shared = [
+        "roi_row",
+        "roi_col",
+        "mean_z_roi",
+        "pi0",
+        "perc_before",
+        "nonzero_before",
+        "srmsd_roi",
+        *(f"{s}_{m}" for m in ("pi0", "z") for s in ("perc_after", "nonzero_after", "sens", "spec")),
+    ]
     for rows in runs.values():
         lo, hi = sorted(rows, key=lambda r: float(r["alpha"]))
         assert [lo[c] for c in shared] == [hi[c] for c in shared]
@@ -145,15 +170,18 @@ def _numpy_metrics(attn, z, p, lfdr, pi0, roi, patch, alpha, beta):
     a, z, p, lfdr = up(attn), up(z), up(p), up(lfdr)
     keep_z = z >= 0
     t = np.percentile(p, 100 * (1 - pi0))
-    maps = {"p": a * keep_z * (p <= alpha), "lfdr": a * keep_z * (lfdr <= beta),
-            "pi0": a * keep_z * (p <= t), "z": a * keep_z}
+    maps = {
+        "p": a * keep_z * (p <= alpha),
+        "lfdr": a * keep_z * (lfdr <= beta),
+        "pi0": a * keep_z * (p <= t),
+        "z": a * keep_z,
+    }
     out_before = np.sort(a[~roi])
 
     def perc(m):
         return 100 * np.mean(np.searchsorted(out_before, m[roi], side="left")) / out_before.size
 
-    res = {"perc_before": perc(a), "nonzero_before": 100 * np.mean(a[roi] != 0),
-           "mean_z_roi": z[roi].mean()}
+    res = {"perc_before": perc(a), "nonzero_before": 100 * np.mean(a[roi] != 0), "mean_z_roi": z[roi].mean()}
     for k, m in maps.items():
         res[f"perc_after_{k}"] = perc(m)
         res[f"nonzero_after_{k}"] = 100 * np.mean(m[roi] != 0)
@@ -188,8 +216,9 @@ def test_row_values_match_an_independent_numpy_computation(reference, photos):
             row = reference[(image_id, 0, 2, 1.0, alpha, beta)]
             assert (int(row["roi_row"]), int(row["roi_col"])) == (rr.min(), cc.min())
             assert float(row["pi0"]) == pytest.approx(float(res.pi0[i]), abs=1e-6)
-            want = _numpy_metrics(res.attn[i], res.z[i], res.p[i], res.lfdr[i], float(res.pi0[i]),
-                                  rois[i], 8, alpha, beta)
+            want = _numpy_metrics(
+                res.attn[i], res.z[i], res.p[i], res.lfdr[i], float(res.pi0[i]), rois[i], 8, alpha, beta
+            )
             for col, value in want.items():
                 assert float(row[col]) == pytest.approx(value, rel=1e-5, abs=1e-4), col
                 checked += 1
@@ -215,8 +244,13 @@ SLOW = textwrap.dedent("""
 def test_killed_sweep_resumes_without_losing_or_repeating_rows(reference, photos, env, tmp_path):
     out = tmp_path / "killed"
     rows_csv = out / "rows.csv"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW, *_args(photos, out, "--quiet")],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW, *_args(photos, out, "--quiet")],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -242,8 +276,14 @@ def test_killed_sweep_resumes_without_losing_or_repeating_rows(reference, photos
 
 def test_row_writer_resumes_a_file_cut_inside_a_line(tmp_path):
     path = tmp_path / "rows.csv"
-    row = {c: "x" for c in sweep_rows.COLUMNS} | {"image_id": "a/b.png", "seed": 0, "n_boot": 1,
-                                            "width": 1.0, "alpha": 0.3, "beta": 0.3}
+    row = {c: "x" for c in sweep_rows.COLUMNS} | {
+        "image_id": "a/b.png",
+        "seed": 0,
+        "n_boot": 1,
+        "width": 1.0,
+        "alpha": 0.3,
+        "beta": 0.3,
+    }
     with sweep_rows.RowWriter(path) as w:
         assert w.done == set()
         w.write([row, row | {"image_id": "a/c.png"}])
@@ -334,14 +374,24 @@ def test_distributed_hosts_write_their_shares(reference, photos, env, tmp_path):
     port = _free_slurm_port()
     procs = []
     for k in range(2):
-        slurm = {"SLURM_JOB_ID": str(port - (65535 - 2**12 + 1)), "SLURM_NTASKS": "2",
-                 "SLURM_STEP_NODELIST": "localhost", "SLURM_PROCID": str(k),
-                 "SLURM_LOCALID": str(k)}
+        slurm = {
+            "SLURM_JOB_ID": str(port - (65535 - 2**12 + 1)),
+            "SLURM_NTASKS": "2",
+            "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_PROCID": str(k),
+            "SLURM_LOCALID": str(k),
+        }
         args = _args(photos, out, "--quiet", "--distributed")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "arb_jax", "sweep", *args],
-            env={**env, **slurm}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "arb_jax", "sweep", *args],
+                env={**env, **slurm},
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for proc in procs:
         try:
             _, err = proc.communicate(timeout=240)
@@ -374,19 +424,28 @@ def _fake_regularize(calls):
         pi0 = jnp.full(x.shape[0], 0.8)
         maps = regularize.shrink_all(attn, z, p, lfdr, pi0, map_ndim=2)
         zero = jnp.zeros(x.shape[0])
-        return ARBResult(attn=attn, z=z, p=p, lfdr=lfdr, pi0=pi0, mu0=zero, sigma0=zero + 1,
-                         maps=maps, options=pipeline.ARBOptions(n_boot=n_boot, **opts))
+        return ARBResult(
+            attn=attn,
+            z=z,
+            p=p,
+            lfdr=lfdr,
+            pi0=pi0,
+            mu0=zero,
+            sigma0=zero + 1,
+            maps=maps,
+            options=pipeline.ARBOptions(n_boot=n_boot, **opts),
+        )
 
     return fake
 
 
-def test_grid_runs_arb_once_per_n_boot_and_width_and_skips_done_work(photos, tmp_path,
-                                                                     monkeypatch):
+def test_grid_runs_arb_once_per_n_boot_and_width_and_skips_done_work(photos, tmp_path, monkeypatch):
     calls: list[tuple] = []
     monkeypatch.setattr(pipeline, "regularize_attention", _fake_regularize(calls))
     grid = sweep_grid.parse_grid("n_boot=1,4 width=0.5,2 alpha=0.05:0.3:3 beta=0.2")
-    cfg = sweep.SweepConfig(data=str(photos), model=MODEL, out=str(tmp_path / "r"), grid=grid,
-                            batch=4, limit=5, z_filter=0.5)
+    cfg = sweep.SweepConfig(
+        data=str(photos), model=MODEL, out=str(tmp_path / "r"), grid=grid, batch=4, limit=5, z_filter=0.5
+    )
     first = sweep.run_sweep(cfg, log=lambda s: None)
     assert (first.written, first.skipped, first.failed, first.images) == (5 * 4 * 3, 0, 0, 5)
     # 2 batches (4 + 1 padded to 4) x 4 runs; thresholds never trigger a run
@@ -402,6 +461,7 @@ def test_grid_runs_arb_once_per_n_boot_and_width_and_skips_done_work(photos, tmp
     # a larger limit and one more width: only the new work runs
     wider = sweep_grid.parse_grid("n_boot=1,4 width=0.5,2,1 alpha=0.05:0.3:3 beta=0.2")
     import dataclasses
+
     more = sweep.run_sweep(dataclasses.replace(cfg, grid=wider, limit=None), log=lambda s: None)
     assert more.written == 6 * 6 * 3 - 60
     assert len(sweep_rows.read_rows(tmp_path / "r" / "rows.csv")) == 6 * 6 * 3
@@ -412,6 +472,7 @@ def test_sweep_refuses_to_mix_settings_in_one_folder(photos, tmp_path, monkeypat
     cfg = sweep.SweepConfig(data=str(photos), model=MODEL, out=str(tmp_path), limit=2)
     sweep.run_sweep(cfg, log=lambda s: None)
     import dataclasses
+
     with pytest.raises(ValueError, match=r"other settings \(noise: 'square' there, 'diffuse' now"):
         sweep.run_sweep(dataclasses.replace(cfg, noise="diffuse"), log=lambda s: None)
 
@@ -421,10 +482,10 @@ def test_hosts_take_interleaved_shares_and_report_merges_them(photos, tmp_path, 
 
     monkeypatch.setattr(pipeline, "regularize_attention", _fake_regularize([]))
     grid = sweep_grid.parse_grid("n_boot=1,2 alpha=0.1,0.3")
-    one = sweep.SweepConfig(data=str(photos), model=MODEL, out=str(tmp_path / "one"), grid=grid,
-                            batch=2)
+    one = sweep.SweepConfig(data=str(photos), model=MODEL, out=str(tmp_path / "one"), grid=grid, batch=2)
     sweep.run_sweep(one, log=lambda s: None)
     import dataclasses
+
     for k in range(2):
         host = dataclasses.replace(one, out=str(tmp_path / "two"), host=k, n_hosts=2)
         summary = sweep.run_sweep(host, log=lambda s: None)
@@ -448,14 +509,17 @@ def test_diffuse_noise_rows_and_bad_images(photos, tmp_path, monkeypatch):
         (data / name).write_bytes((photos / "cat" / "chelsea.png").read_bytes())
     (data / "broken.png").write_bytes(b"not an image")
     logged: list[str] = []
-    cfg = sweep.SweepConfig(data=str(data), model=MODEL, out=str(tmp_path / "r"),
-                            noise="diffuse", noise_size=10, z_filter=None)
+    cfg = sweep.SweepConfig(
+        data=str(data), model=MODEL, out=str(tmp_path / "r"), noise="diffuse", noise_size=10, z_filter=None
+    )
     summary = sweep.run_sweep(cfg, log=logged.append)
     assert summary.failed == 1 and summary.written == 2
     assert any("broken.png" in s and "not a recognised image" in s for s in logged)
     rows = sweep_rows.read_rows(tmp_path / "r" / "rows.csv")
     assert [(r["image_id"], r["class"], r["roi_row"], r["noise_size"]) for r in rows] == [
-        ("a.png", "", "", "10"), ("b.png", "", "", "10")]
+        ("a.png", "", "", "10"),
+        ("b.png", "", "", "10"),
+    ]
     # same pixels, different ids: different noise
     assert rows[0]["mean_z_roi"] != rows[1]["mean_z_roi"]
 
@@ -479,10 +543,16 @@ def test_parse_grid():
     assert g.thresholds == [(a, 0.3) for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert len(g.points()) == 5
     assert sweep_grid.parse_grid(None).points() == [(1, 1.0, 0.3, 0.3)]
-    for bad, msg in (("nboot=1", "bad --grid entry"), ("n_boot=1.5", "integers"),
-                     ("alpha=1,2", r"alpha must lie in \[0, 1\]"), ("width=0", "positive"),
-                     ("alpha=0.1,0.2 beta=0.1,0.2,0.3", "paired"), ("alpha=x", "bad value"),
-                     ("alpha=0:1", "bad value"), ("n_boot=1 n_boot=2", "twice")):
+    for bad, msg in (
+        ("nboot=1", "bad --grid entry"),
+        ("n_boot=1.5", "integers"),
+        ("alpha=1,2", r"alpha must lie in \[0, 1\]"),
+        ("width=0", "positive"),
+        ("alpha=0.1,0.2 beta=0.1,0.2,0.3", "paired"),
+        ("alpha=x", "bad value"),
+        ("alpha=0:1", "bad value"),
+        ("n_boot=1 n_boot=2", "twice"),
+    ):
         with pytest.raises(ValueError, match=msg):
             sweep_grid.parse_grid(bad)
     with pytest.raises(ValueError, match="both on its own and in --grid"):
@@ -491,9 +561,14 @@ def test_parse_grid():
 
 def test_folder_items_layouts_and_errors(photos, tmp_path):
     items = sources.folder_items(photos)
-    assert [i.image_id for i in items] == ["astro/astronaut.png", "cat/chelsea.png",
-                                           "misc/coffee.png", "astro/camera.png",
-                                           "cat/coins.png", "misc/rocket.png"]
+    assert [i.image_id for i in items] == [
+        "astro/astronaut.png",
+        "cat/chelsea.png",
+        "misc/coffee.png",
+        "astro/camera.png",
+        "cat/coins.png",
+        "misc/rocket.png",
+    ]
     assert [i.label for i in items] == ["astro", "cat", "misc"] * 2
     img = items[1].load()
     assert img.shape == (40, 48, 3) and img.dtype == np.uint8
@@ -502,10 +577,11 @@ def test_folder_items_layouts_and_errors(photos, tmp_path):
     (flat / "b.png").write_bytes((photos / "cat" / "coins.png").read_bytes())
     (flat / "a.PNG").write_bytes((photos / "cat" / "coins.png").read_bytes())
     (flat / "notes.txt").write_text("not an image")
-    assert [(i.image_id, i.label) for i in sources.folder_items(flat)] == [("a.PNG", ""),
-                                                                         ("b.png", "")]
-    assert [i.image_id for i in sources.open_source(photos, limit=2)] == ["astro/astronaut.png",
-                                                                        "cat/chelsea.png"]
+    assert [(i.image_id, i.label) for i in sources.folder_items(flat)] == [("a.PNG", ""), ("b.png", "")]
+    assert [i.image_id for i in sources.open_source(photos, limit=2)] == [
+        "astro/astronaut.png",
+        "cat/chelsea.png",
+    ]
     with pytest.raises(sources.SourceError, match="data folder not found"):
         sources.folder_items(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
@@ -539,8 +615,22 @@ def test_cli_options_and_errors(photos, tmp_path, capsys):
     common.add_argument("--quiet", action="store_true")
     common.add_argument("--debug", action="store_true")
     sweep_cli.add_parser(parser.add_subparsers(), common)
-    args = parser.parse_args(["sweep", str(photos), "--out", str(tmp_path), "--z-filter", "none",
-                              "--host", "1/3", "--p", "0.2", "--grid", "n_boot=1,2"])
+    args = parser.parse_args(
+        [
+            "sweep",
+            str(photos),
+            "--out",
+            str(tmp_path),
+            "--z-filter",
+            "none",
+            "--host",
+            "1/3",
+            "--p",
+            "0.2",
+            "--grid",
+            "n_boot=1,2",
+        ]
+    )
     cfg = sweep_cli.config_from_args(args)
     assert (cfg.z_filter, cfg.host, cfg.n_hosts, cfg.model) == (None, 1, 3, "demo")
     assert cfg.grid.points() == [(1, 1.0, 0.2, 0.3), (2, 1.0, 0.2, 0.3)]
@@ -553,19 +643,24 @@ def test_cli_options_and_errors(photos, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown noise"):
         sweep.SweepConfig(data=str(photos), noise="blob")
     # errors from python -m arb_jax sweep are one line
-    proc = subprocess.run([sys.executable, "-m", "arb_jax", "sweep", str(tmp_path / "missing"),
-                           "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "arb_jax", "sweep", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [
-        f"arb: error: data folder not found: {tmp_path / 'missing'}"]
+    assert proc.stderr.strip().splitlines() == [f"arb: error: data folder not found: {tmp_path / 'missing'}"]
 
 
 # ----------------------------------------------------------------------------------- demo model
 
 
-@pytest.mark.skipif(not (ROOT / "arb_jax" / "assets" / "demo_vit.msgpack").exists(),
-                    reason="the demo ViT (arb_jax/assets/demo_vit.msgpack) is not trained yet")
+@pytest.mark.skipif(
+    not (ROOT / "arb_jax" / "assets" / "demo_vit.msgpack").exists(),
+    reason="the demo ViT (arb_jax/assets/demo_vit.msgpack) is not trained yet",
+)
 def test_demo_model_suppresses_square_noise_for_every_method(tmp_path, env):
     """The paper's main study in miniature: B = 1, 20 px squares at 96 px, mean-z filter on."""
     from arb_jax.study import report
@@ -575,10 +670,10 @@ def test_demo_model_suppresses_square_noise_for_every_method(tmp_path, env):
     for name in images.SAMPLE_NAMES:
         (data / name).mkdir(parents=True)
         Image.fromarray(sample[name]).resize((96, 96), Image.Resampling.BICUBIC).save(
-            data / name / f"{name}.png")
+            data / name / f"{name}.png"
+        )
     out = tmp_path / "demo"
-    _sweep(env, [str(data), "--model", "demo", "--out", str(out), "--seed", "0", "--quiet",
-                 "--debug"])
+    _sweep(env, [str(data), "--model", "demo", "--out", str(out), "--seed", "0", "--quiet", "--debug"])
     rows, _ = report.read_results(out)
     assert len(rows) == 9 and rows[0]["noise_size"] == 20
     kept = [r for r in rows if r["passed"]]

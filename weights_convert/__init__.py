@@ -8,5 +8,9 @@ from arb_jax._moved import install
 from arb_jax.convert import *  # noqa: F403
 from arb_jax.convert import __all__  # noqa: F401
 
-install({f"weights_convert.{name}": f"arb_jax.convert.{name}"
-         for name in ("convert", "errors", "formats", "orbax_io", "readers", "safe_pickle")})
+install(
+    {
+        f"weights_convert.{name}": f"arb_jax.convert.{name}"
+        for name in ("convert", "errors", "formats", "orbax_io", "readers", "safe_pickle")
+    }
+)

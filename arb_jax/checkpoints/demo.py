@@ -51,8 +51,9 @@ def load_demo_params(directory: str | Path | None = None) -> tuple[ViTConfig, di
     weights, meta_path = folder / WEIGHTS_FILE, folder / RECORD_FILE
     for path in (weights, meta_path):
         if not path.is_file():
-            raise DemoWeightsError(f"demo weights not found: {path} is missing "
-                                   "(run 'arb train-demo --out DIR' to make them)")
+            raise DemoWeightsError(
+                f"demo weights not found: {path} is missing (run 'arb train-demo --out DIR' to make them)"
+            )
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
@@ -63,7 +64,8 @@ def load_demo_params(directory: str | Path | None = None) -> tuple[ViTConfig, di
     if digest != meta.get("sha256"):
         raise DemoWeightsError(
             f"{weights} has sha256 {digest}, but {meta_path} records {meta.get('sha256')}: "
-            "the weights are corrupt or do not belong to this record")
+            "the weights are corrupt or do not belong to this record"
+        )
     config = ViTConfig.from_dict(meta["config"])
     state = flax.serialization.msgpack_restore(weights.read_bytes())
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), state)

@@ -14,8 +14,13 @@ from arb_jax.convert.convert import run as run_convert
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``arb convert`` (options inherit ``common``: --quiet, --debug)."""
-    p = sub.add_parser("convert", parents=[common], help="PyTorch/safetensors checkpoint -> Orbax + JSON",
-                       description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="PyTorch/safetensors checkpoint -> Orbax + JSON",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(p)
     p.set_defaults(func=run_convert)

@@ -26,27 +26,52 @@ or pass --model OUT to the other commands.
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``arb finetune`` (options inherit ``common``: --quiet, --debug)."""
-    p = subparsers.add_parser("finetune", parents=[common], epilog=EPILOG,
-                              help="train a linear head on a frozen ViT (the paper's backbone)",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "finetune",
+        parents=[common],
+        epilog=EPILOG,
+        help="train a linear head on a frozen ViT (the paper's backbone)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("data", metavar="DATA", help="image folder (CLASS/*.jpg) or tfds:NAME[:SPLIT]")
-    p.add_argument("--model", required=True, metavar="NAME|PATH",
-                   help="backbone: a name (dino_vits8, demo, ...) or a path (see arb models)")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME|PATH",
+        help="backbone: a name (dino_vits8, demo, ...) or a path (see arb models)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR,
-                   help=f"Adam learning rate (default {DEFAULT_LR:g}, the paper's)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=DEFAULT_LR,
+        help=f"Adam learning rate (default {DEFAULT_LR:g}, the paper's)",
+    )
     p.add_argument("--batch", type=int, default=64, help="minibatch size (default 64)")
-    p.add_argument("--size", type=int, default=None, metavar="PX",
-                   help="images are resized to PX x PX (default: the model's size)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="images are resized to PX x PX (default: the model's size)",
+    )
     p.add_argument("--seed", type=int, default=0, help="init, minibatch order and split (0)")
-    p.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
-                   help="share of each class held out when DATA has no val/ folder (0.2)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="compute dtype of the backbone")
-    p.add_argument("--resume", action="store_true",
-                   help="require a previous run in --out to continue (it is continued anyway "
-                        "when its settings match)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        metavar="F",
+        help="share of each class held out when DATA has no val/ folder (0.2)",
+    )
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype of the backbone"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="require a previous run in --out to continue (it is continued anyway when its settings match)",
+    )
     p.set_defaults(func=run)
 
 
@@ -55,17 +80,29 @@ def run(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     if args.size is not None and args.size < 1:
         raise FinetuneError(f"--size must be a positive number of pixels, got {args.size}")
-    vit = loading.load_vit(args.model, image_size=args.size, dtype=args.dtype,
-                           progress=not quiet)
+    vit = loading.load_vit(args.model, image_size=args.size, dtype=args.dtype, progress=not quiet)
     if vit.meta.get("random_init") and not quiet:
         print(f"arb: finetune: {args.model} is a RANDOM-INIT fixture, not a trained backbone")
-    result = finetune(vit, args.data, args.out, epochs=args.epochs, lr=args.lr, batch=args.batch,
-                      seed=args.seed, val_fraction=args.val_fraction, resume=args.resume,
-                      model=args.model, progress=not quiet, log=None if quiet else print)
+    result = finetune(
+        vit,
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch=args.batch,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        resume=args.resume,
+        model=args.model,
+        progress=not quiet,
+        log=None if quiet else print,
+    )
     if not quiet:
         last = result.history[-1] if result.history else {}
         acc = last.get("val_acc")
         acc_text = f", val acc {100 * acc:.1f}%" if acc is not None else ""
-        print(f"arb: finetune: {len(result.classes)} classes{acc_text}; model written to "
-              f"{result.out_dir} (load_vit({str(result.out_dir)!r}))")
+        print(
+            f"arb: finetune: {len(result.classes)} classes{acc_text}; model written to "
+            f"{result.out_dir} (load_vit({str(result.out_dir)!r}))"
+        )
     return 0

@@ -29,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         Parsed arguments carry ``func``, the command's ``run(args) -> int``.
     """
     parser = argparse.ArgumentParser(
-        prog="arb", description="Attention Regularization by the Bootstrap for vision transformers.",
-        epilog="Run 'arb COMMAND --help' for examples.")
+        prog="arb",
+        description="Attention Regularization by the Bootstrap for vision transformers.",
+        epilog="Run 'arb COMMAND --help' for examples.",
+    )
     parser.add_argument("--version", action="version", version=f"arb-jax {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bars or notes")

@@ -20,15 +20,21 @@ fig3_before_after, fig4_suppression, fig5_sens_spec, figS7_srmsd, figS11_grid (.
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``arb report`` (options inherit ``common``: --quiet, --debug)."""
-    p = subparsers.add_parser("report", parents=[common], epilog=EPILOG,
-                              help="tables and figures of a sweep (D per class; Figs. 3-5, S7, "
-                                   "S11)",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "report",
+        parents=[common],
+        epilog=EPILOG,
+        help="tables and figures of a sweep (D per class; Figs. 3-5, S7, S11)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("results", metavar="RESULTS", help="the --out folder of 'arb sweep'")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default RESULTS/report)")
-    p.add_argument("--all", dest="include_filtered", action="store_true",
-                   help="include rows that failed the mean-z filter")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default RESULTS/report)")
+    p.add_argument(
+        "--all",
+        dest="include_filtered",
+        action="store_true",
+        help="include rows that failed the mean-z filter",
+    )
     p.set_defaults(func=run)
 
 

@@ -48,55 +48,102 @@ def _host(text: str) -> tuple[int, int]:
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``arb sweep`` (options inherit ``common``: --quiet, --debug)."""
-    p = subparsers.add_parser("sweep", parents=[common], epilog=EPILOG,
-                              help="the simulation study: noise in, ARB, one CSV row per image",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "sweep",
+        parents=[common],
+        epilog=EPILOG,
+        help="the simulation study: noise in, ARB, one CSV row per image",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("data", metavar="DATA", help="image folder or tfds:NAME[:SPLIT]")
-    p.add_argument("--model", default="demo",
-                   help="name or path (default: demo, this project's ViT)")
+    p.add_argument("--model", default="demo", help="name or path (default: demo, this project's ViT)")
     p.add_argument("--out", required=True, metavar="RESULTS", help="results folder")
     p.add_argument("--noise", default="square", choices=NOISES)
-    p.add_argument("--noise-size", type=int, default=None, metavar="PX",
-                   help="side of the noise square (default: 100 px scaled from 488 to --size)")
-    p.add_argument("--n-boot", type=int, default=None,
-                   help="bootstrap images per input B (default 1)")
+    p.add_argument(
+        "--noise-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="side of the noise square (default: 100 px scaled from 488 to --size)",
+    )
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap images per input B (default 1)")
     p.add_argument("--width", type=float, default=None, help="width of the normal bootstrap (1)")
     p.add_argument("--sampler", default="normal", choices=SAMPLERS)
     p.add_argument("--pvalue", default="upper", choices=PVALUES)
     p.add_argument("--p", dest="alpha", type=float, default=None, help="p-value threshold α (0.3)")
     p.add_argument("--lfdr", dest="beta", type=float, default=None, help="LFDR threshold β (0.3)")
-    p.add_argument("--z-filter", type=_z_filter, default=1.0, metavar="BOUND|none",
-                   help="keep images with |mean z in ROI| <= BOUND (default 1.0; none: keep all)")
-    p.add_argument("--grid", default=None, metavar="SPEC",
-                   help='e.g. "n_boot=1,4,16 width=0.5,1,2 alpha=0.1,0.3 beta=0.1,0.3"')
+    p.add_argument(
+        "--z-filter",
+        type=_z_filter,
+        default=1.0,
+        metavar="BOUND|none",
+        help="keep images with |mean z in ROI| <= BOUND (default 1.0; none: keep all)",
+    )
+    p.add_argument(
+        "--grid",
+        default=None,
+        metavar="SPEC",
+        help='e.g. "n_boot=1,4,16 width=0.5,1,2 alpha=0.1,0.3 beta=0.1,0.3"',
+    )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=8,
-                   help="images per device per step (default 8); results are bit-identical for "
-                        "the same --batch on any number of devices")
-    p.add_argument("--size", type=int, default=None, metavar="PX",
-                   help="images are resized to PX x PX (default: the model's size)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="images per device per step (default 8); results are bit-identical for "
+        "the same --batch on any number of devices",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="images are resized to PX x PX (default: the model's size)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--boot-chunk", type=int, default=None, help="null forwards run at once")
     p.add_argument("--workers", type=int, default=None, help="image loading threads")
-    p.add_argument("--distributed", action="store_true",
-                   help="jax.distributed.initialize() from the environment; host k takes ids[k::K]")
-    p.add_argument("--host", type=_host, default=None, metavar="k/K",
-                   help="take share k of K without jax.distributed (e.g. a SLURM job array)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="jax.distributed.initialize() from the environment; host k takes ids[k::K]",
+    )
+    p.add_argument(
+        "--host",
+        type=_host,
+        default=None,
+        metavar="k/K",
+        help="take share k of K without jax.distributed (e.g. a SLURM job array)",
+    )
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """A `SweepConfig` from parsed ``arb sweep`` arguments."""
-    grid = parse_grid(args.grid, n_boot=args.n_boot, width=args.width, alpha=args.alpha,
-                      beta=args.beta)
+    grid = parse_grid(args.grid, n_boot=args.n_boot, width=args.width, alpha=args.alpha, beta=args.beta)
     host, n_hosts = args.host if args.host else (None, None)
     return SweepConfig(
-        data=args.data, model=args.model, out=args.out, noise=args.noise,
-        noise_size=args.noise_size, grid=grid, sampler=args.sampler, pvalue=args.pvalue,
-        z_filter=args.z_filter, limit=args.limit, seed=args.seed, batch=args.batch,
-        size=args.size, dtype=args.dtype, host=host, n_hosts=n_hosts,
-        distributed=args.distributed, workers=args.workers, boot_chunk=args.boot_chunk)
+        data=args.data,
+        model=args.model,
+        out=args.out,
+        noise=args.noise,
+        noise_size=args.noise_size,
+        grid=grid,
+        sampler=args.sampler,
+        pvalue=args.pvalue,
+        z_filter=args.z_filter,
+        limit=args.limit,
+        seed=args.seed,
+        batch=args.batch,
+        size=args.size,
+        dtype=args.dtype,
+        host=host,
+        n_hosts=n_hosts,
+        distributed=args.distributed,
+        workers=args.workers,
+        boot_chunk=args.boot_chunk,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,8 +159,10 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_sweep(cfg, progress=not quiet, log=log)
     if not quiet:
-        print(f"arb: sweep: {summary.written} rows written to {summary.rows_path} "
-              f"({summary.skipped} already there, {summary.failed} images failed)")
+        print(
+            f"arb: sweep: {summary.written} rows written to {summary.rows_path} "
+            f"({summary.skipped} already there, {summary.failed} images failed)"
+        )
     if summary.failed:
         print(f"arb: error: {summary.failed} images could not be read (see above)", file=sys.stderr)
         return 1

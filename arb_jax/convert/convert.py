@@ -38,8 +38,9 @@ def _hf_config(weights: Path) -> tuple[dict[str, Any] | None, str | None]:
     return config, None
 
 
-def read_checkpoint(src: str | os.PathLike, *, heads: int | None = None,
-                    which: str = "teacher") -> tuple[ViTConfig, dict[str, Any], dict[str, Any]]:
+def read_checkpoint(
+    src: str | os.PathLike, *, heads: int | None = None, which: str = "teacher"
+) -> tuple[ViTConfig, dict[str, Any], dict[str, Any]]:
     """Read and convert a checkpoint in memory (nothing written).
 
     Args:
@@ -77,9 +78,14 @@ def read_checkpoint(src: str | os.PathLike, *, heads: int | None = None,
     return result.config, result.params, meta
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, *, heads: int | None = None,
-            which: str = "teacher", overwrite: bool = False
-            ) -> tuple[ViTConfig, dict[str, Any]]:
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    heads: int | None = None,
+    which: str = "teacher",
+    overwrite: bool = False,
+) -> tuple[ViTConfig, dict[str, Any]]:
     """Convert ``src`` and write ``dst/params`` (Orbax) and ``dst/arb_model.json``.
 
     Args: as :func:`read_checkpoint`; ``dst`` a directory (created); ``overwrite`` replaces an
@@ -93,9 +99,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, heads: int | None
     return config, params
 
 
-DESCRIPTION = ("Convert a DINO / DINOv2 / timm / HF ViT checkpoint (.pth, .bin, .ckpt, .safetensors or "
-               "an HF directory) to canonical Flax params saved with Orbax. The file is read "
-               "without running code from it.")
+DESCRIPTION = (
+    "Convert a DINO / DINOv2 / timm / HF ViT checkpoint (.pth, .bin, .ckpt, .safetensors or "
+    "an HF directory) to canonical Flax params saved with Orbax. The file is read "
+    "without running code from it."
+)
 EPILOG = """examples:
   arb convert dino_deitsmall8_pretrain.pth vits8/
   arb convert dino_checkpoint.pth vits8_student/ --which student
@@ -107,17 +115,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``arb convert`` (shared by ``arb`` and ``python -m arb_jax.convert``)."""
     parser.add_argument("src", help="checkpoint file or HF model directory")
     parser.add_argument("dst", help="output directory (params/ and arb_model.json)")
-    parser.add_argument("--heads", type=int, default=None,
-                        help="attention heads (default: config.json, else dim // 64)")
-    parser.add_argument("--which", choices=("teacher", "student"), default="teacher",
-                        help="branch of a DINO training checkpoint (default: teacher)")
+    parser.add_argument(
+        "--heads", type=int, default=None, help="attention heads (default: config.json, else dim // 64)"
+    )
+    parser.add_argument(
+        "--which",
+        choices=("teacher", "student"),
+        default="teacher",
+        help="branch of a DINO training checkpoint (default: teacher)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion")
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert ``args.src`` to ``args.dst`` and print what was done; errors propagate."""
-    config, _ = convert(args.src, args.dst, heads=args.heads, which=args.which,
-                        overwrite=args.overwrite)
+    config, _ = convert(args.src, args.dst, heads=args.heads, which=args.which, overwrite=args.overwrite)
     meta = json.loads((Path(args.dst) / "arb_model.json").read_text())
     print(f"{args.src} → {args.dst}: {meta['format']}, {config}")
     for line in meta["dropped"]:
@@ -129,8 +141,12 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m arb_jax.convert SRC DST [--heads N] [--which teacher|student] [--overwrite]``."""
-    parser = argparse.ArgumentParser(prog="arb convert", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="arb convert",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

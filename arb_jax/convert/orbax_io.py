@@ -23,8 +23,7 @@ from arb_jax.convert.formats import canonical_shapes, flatten_params
 from arb_jax.io.files import write_text_atomic
 from arb_jax.models.config import ViTConfig
 
-__all__ = ["META_FILE", "PARAMS_DIR", "load_converted", "restore_params", "save_params",
-           "write_converted"]
+__all__ = ["META_FILE", "PARAMS_DIR", "load_converted", "restore_params", "save_params", "write_converted"]
 
 PARAMS_DIR = "params"
 META_FILE = "arb_model.json"
@@ -66,8 +65,14 @@ def restore_params(path: str | os.PathLike) -> dict[str, Any]:
     return to_numpy(tree)
 
 
-def write_converted(dst: str | os.PathLike, config: ViTConfig, params: dict[str, Any],
-                    meta: dict[str, Any], *, overwrite: bool = False) -> Path:
+def write_converted(
+    dst: str | os.PathLike,
+    config: ViTConfig,
+    params: dict[str, Any],
+    meta: dict[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write ``dst/params`` (Orbax) and ``dst/arb_model.json`` (``config`` + ``meta``).
 
     Raises:
@@ -77,8 +82,9 @@ def write_converted(dst: str | os.PathLike, config: ViTConfig, params: dict[str,
     params_dir, meta_file = dst / PARAMS_DIR, dst / META_FILE
     if params_dir.exists() or meta_file.exists():
         if not overwrite:
-            raise FileExistsError(f"{dst} already holds a converted checkpoint "
-                                  "(pass overwrite=True to replace it)")
+            raise FileExistsError(
+                f"{dst} already holds a converted checkpoint (pass overwrite=True to replace it)"
+            )
         meta_file.unlink(missing_ok=True)
         shutil.rmtree(params_dir, ignore_errors=True)
     dst.mkdir(parents=True, exist_ok=True)
@@ -112,7 +118,8 @@ def load_converted(dst: str | os.PathLike) -> tuple[ViTConfig, dict[str, Any], d
         raise CheckpointFormatError(f"{meta_file}: unreadable ({type(e).__name__}: {e})") from None
     if version != FORMAT_VERSION:
         raise CheckpointFormatError(
-            f"{meta_file}: format_version {version!r}, this reader knows {FORMAT_VERSION}")
+            f"{meta_file}: format_version {version!r}, this reader knows {FORMAT_VERSION}"
+        )
     params = restore_params(dst / PARAMS_DIR)
     want = canonical_shapes(config)
     got = {path: tuple(leaf.shape) for path, leaf in flatten_params(params).items()}
@@ -121,6 +128,10 @@ def load_converted(dst: str | os.PathLike) -> tuple[ViTConfig, dict[str, Any], d
             f"{dst / PARAMS_DIR} does not match the config in {META_FILE}",
             missing=["/".join(p) for p in want if p not in got],
             unexpected=["/".join(p) for p in got if p not in want],
-            misshaped=[f"{'/'.join(p)}: expected {want[p]}, got {got[p]}"
-                       for p in want if p in got and got[p] != want[p]])
+            misshaped=[
+                f"{'/'.join(p)}: expected {want[p]}, got {got[p]}"
+                for p in want
+                if p in got and got[p] != want[p]
+            ],
+        )
     return config, params, meta

@@ -53,8 +53,10 @@ def _check_start(start: Any) -> Any:
     try:
         start = operator.index(start)
     except TypeError:
-        if hasattr(start, "dtype") and getattr(start, "ndim", 1) == 0 and jnp.issubdtype(
-            start.dtype, jnp.integer
+        if (
+            hasattr(start, "dtype")
+            and getattr(start, "ndim", 1) == 0
+            and jnp.issubdtype(start.dtype, jnp.integer)
         ):
             start = int(start)
         else:
@@ -126,8 +128,9 @@ def _one_fn(name: str, image: jax.Array, width: Any, patch: int | None) -> Calla
 
 
 @functools.partial(jax.jit, static_argnames=("name", "count", "patch"))
-def _draw(name: str, key: jax.Array, image: jax.Array, start: Any, count: int, width: Any,
-          patch: int | None) -> jax.Array:
+def _draw(
+    name: str, key: jax.Array, image: jax.Array, start: Any, count: int, width: Any, patch: int | None
+) -> jax.Array:
     """Samples start..start+count-1, sample b drawn with the key ``fold_in(key, b)``.
 
     Always compiled (inlined when the caller is jitted), so that eager and jitted calls run the
@@ -143,8 +146,16 @@ def _draw(name: str, key: jax.Array, image: jax.Array, start: Any, count: int, w
 # ----------------------------------------------------------------------------- public API
 
 
-def sample_range(name: str, key: jax.Array, image: jax.Array, start: int | jax.Array, count: int,
-                 *, width: float | jax.Array = 1.0, patch: int | None = None) -> jax.Array:
+def sample_range(
+    name: str,
+    key: jax.Array,
+    image: jax.Array,
+    start: int | jax.Array,
+    count: int,
+    *,
+    width: float | jax.Array = 1.0,
+    patch: int | None = None,
+) -> jax.Array:
     """Bootstrap samples ``start .. start+count-1`` of the sampler ``name``.
 
     Equal, bit for bit, to ``sample(name, key, image, n)[start:start+count]`` for any n covering
@@ -222,8 +233,9 @@ def get_sampler(name: str) -> Callable[..., jax.Array]:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
 
 
-def sample(name: str, key: jax.Array, image: jax.Array, n: int, *, width: float = 1.0,
-           patch: int | None = None) -> jax.Array:
+def sample(
+    name: str, key: jax.Array, image: jax.Array, n: int, *, width: float = 1.0, patch: int | None = None
+) -> jax.Array:
     """(n, H, W, C) bootstrap images of ``image`` (H, W, C) by the sampler ``name``.
 
     ``width`` is used by ``normal`` only and ``patch`` by ``patch`` only (required there); each

@@ -53,6 +53,7 @@ def _loop(fn: Callable[[jax.Array], Any], n: int, n_traced: jax.Array) -> Any:
     1, so its body — the forwards, the softmax, the head mean — is compiled and fused the same
     way for every n, and the results do not depend on the chunk or group count.
     """
+
     def zeros(t):  # inside shard_map: varying over the mesh axes the outputs vary over
         z = jnp.zeros((n,) + t.shape, t.dtype)
         manual = getattr(t, "manual_axis_type", None)
@@ -67,9 +68,17 @@ def _loop(fn: Callable[[jax.Array], Any], n: int, n_traced: jax.Array) -> Any:
     return jax.lax.fori_loop(0, n_traced, body, acc)
 
 
-def _group(apply_fn: Callable, patch: int, opts: ARBOptions, params: Any, images: jax.Array,
-           keys: jax.Array, values: dict[str, Any], steps: dict[str, jax.Array],
-           boot: int | None) -> dict[str, Any]:
+def _group(
+    apply_fn: Callable,
+    patch: int,
+    opts: ARBOptions,
+    params: Any,
+    images: jax.Array,
+    keys: jax.Array,
+    values: dict[str, Any],
+    steps: dict[str, jax.Array],
+    boot: int | None,
+) -> dict[str, Any]:
     """ARB for a group of G images (G, H, W, 3): one observed forward, chunked null forwards.
 
     The ViT runs on the G images, then on G·chunk null images per step of a loop over the
@@ -78,7 +87,7 @@ def _group(apply_fn: Callable, patch: int, opts: ARBOptions, params: Any, images
     dropped) and all-gathers the null maps over "boot".
     """
     G, H, W, C = images.shape
-    heads_obs = apply_fn(params, images)["attn"]                                  # (G, heads, h, w)
+    heads_obs = apply_fn(params, images)["attn"]  # (G, heads, h, w)
     attn = heads_obs.mean(1)
     grid = attn.shape[1:]
     chunk, per = _chunks(opts, boot)
@@ -86,16 +95,18 @@ def _group(apply_fn: Callable, patch: int, opts: ARBOptions, params: Any, images
 
     def null_chunk(i):
         def draw(image, key):
-            return bootstrap.sample_range(opts.sampler, key, image, (first + i) * chunk, chunk,
-                                          width=values["width"], patch=patch)
-        imgs = jax.vmap(draw)(images, keys)                                      # (G, chunk, H, W, 3)
+            return bootstrap.sample_range(
+                opts.sampler, key, image, (first + i) * chunk, chunk, width=values["width"], patch=patch
+            )
+
+        imgs = jax.vmap(draw)(images, keys)  # (G, chunk, H, W, 3)
         a = apply_fn(params, imgs.reshape(G * chunk, H, W, C))["attn"].mean(1)
         return a.reshape((G, chunk) + grid)
 
-    null = _loop(null_chunk, per, steps["chunks"])                               # (per, G, chunk, h, w)
+    null = _loop(null_chunk, per, steps["chunks"])  # (per, G, chunk, h, w)
     if boot is not None:
         null = jax.lax.all_gather(null, BOOT, axis=0, tiled=True, to="invarying")
-    null = jnp.moveaxis(null, 0, 1).reshape((G, -1) + grid)[:, : opts.n_boot]   # (G, B, h, w)
+    null = jnp.moveaxis(null, 0, 1).reshape((G, -1) + grid)[:, : opts.n_boot]  # (G, B, h, w)
     out = jax.vmap(lambda a, an: image_statistics(a, an, opts, values, patch))(attn, null)
     out["attn"] = attn
     out["attn_heads"] = heads_obs if opts.heads else None
@@ -104,9 +115,17 @@ def _group(apply_fn: Callable, patch: int, opts: ARBOptions, params: Any, images
     return out
 
 
-def _local(apply_fn: Callable, patch: int, opts: ARBOptions, boot: int | None, params: Any,
-           images: jax.Array, keys: jax.Array, values: dict[str, Any],
-           steps: dict[str, jax.Array]) -> dict[str, Any]:
+def _local(
+    apply_fn: Callable,
+    patch: int,
+    opts: ARBOptions,
+    boot: int | None,
+    params: Any,
+    images: jax.Array,
+    keys: jax.Array,
+    values: dict[str, Any],
+    steps: dict[str, jax.Array],
+) -> dict[str, Any]:
     """ARB for the images of one device: in groups of ``image_chunk`` (a loop), or all at once."""
     global _N_TRACES
     _N_TRACES += 1
@@ -136,8 +155,10 @@ def _chunks(opts: ARBOptions, boot: int | None) -> tuple[int, int]:
 
 def loop_steps(opts: ARBOptions, per_device: int, boot: int | None) -> dict[str, Any]:
     """Trip counts of the loops over chunks and groups, passed traced (see ``_loop``)."""
-    return {"chunks": np.int32(_chunks(opts, boot)[1]),
-            "groups": np.int32(per_device // (opts.image_chunk or per_device))}
+    return {
+        "chunks": np.int32(_chunks(opts, boot)[1]),
+        "groups": np.int32(per_device // (opts.image_chunk or per_device)),
+    }
 
 
 def _module_apply(module: Any, params: Any, images: jax.Array) -> dict[str, jax.Array]:
@@ -156,8 +177,10 @@ def model_key(vit: Any) -> tuple:
     """
     missing = [a for a in ("config", "dtype", "module", "params", "image_size") if not hasattr(vit, a)]
     if missing:
-        raise TypeError(f"vit must be an arb_jax ViT bundle (arb_jax.load_vit / build_vit); "
-                        f"{type(vit).__name__} has no {', '.join(missing)}")
+        raise TypeError(
+            f"vit must be an arb_jax ViT bundle (arb_jax.load_vit / build_vit); "
+            f"{type(vit).__name__} has no {', '.join(missing)}"
+        )
     return (type(vit), vit.config, str(vit.dtype))
 
 
@@ -193,8 +216,7 @@ def compiled(vit: Any, opts: ARBOptions, mesh: Mesh | None) -> Callable:
         fn = jax.jit(local)
     else:
         spec, rep = PartitionSpec(IMAGES), PartitionSpec()
-        fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, rep, rep),
-                                   out_specs=spec))
+        fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, rep, rep), out_specs=spec))
     _COMPILED[cache_key] = fn
     while len(_COMPILED) > _CACHE_SIZE:
         _COMPILED.popitem(last=False)

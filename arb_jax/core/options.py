@@ -40,13 +40,18 @@ def _check_threshold(value: Any, name: str, lo: float, hi: float) -> float | Per
     if isinstance(value, Percentile):
         q = value.q
         if isinstance(q, jax.core.Tracer) or np.ndim(q) != 0:
-            raise TypeError(f"{name}: a pipeline Percentile needs one concrete number q "
-                            f"(one threshold for every image), got {q!r}")
-        return Percentile(_check_number(q.item() if hasattr(q, "item") else q,
-                                        f"{name} Percentile q", 0.0, 100.0))
+            raise TypeError(
+                f"{name}: a pipeline Percentile needs one concrete number q "
+                f"(one threshold for every image), got {q!r}"
+            )
+        return Percentile(
+            _check_number(q.item() if hasattr(q, "item") else q, f"{name} Percentile q", 0.0, 100.0)
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number or an arb_jax.regularize.Percentile, got "
-                        f"{type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{name} must be a number or an arb_jax.regularize.Percentile, got "
+            f"{type(value).__name__} {value!r}"
+        )
     return _check_number(value, name, lo, hi)
 
 
@@ -94,8 +99,12 @@ class ARBOptions:
         put(self, "n_boot", as_int(self.n_boot, "n_boot"))
         put(self, "boot_chunk", as_int(self.boot_chunk, "boot_chunk", allow_none=True))
         put(self, "image_chunk", as_int(self.image_chunk, "image_chunk", allow_none=True))
-        for name, allowed in (("sampler", tuple(bootstrap.SAMPLERS)), ("pvalue", PVALUE_METHODS),
-                              ("pi0_method", PI0_METHODS), ("lfdr_null", LFDR_NULLS)):
+        for name, allowed in (
+            ("sampler", tuple(bootstrap.SAMPLERS)),
+            ("pvalue", PVALUE_METHODS),
+            ("pi0_method", PI0_METHODS),
+            ("lfdr_null", LFDR_NULLS),
+        ):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
@@ -104,8 +113,7 @@ class ARBOptions:
             raise ValueError("width must be > 0, got 0.0")
         if isinstance(self.lfdr_pi0, str):
             if self.lfdr_pi0 != "estimate":
-                raise ValueError(f"lfdr_pi0 must be a number in (0, 1] or 'estimate', got "
-                                 f"{self.lfdr_pi0!r}")
+                raise ValueError(f"lfdr_pi0 must be a number in (0, 1] or 'estimate', got {self.lfdr_pi0!r}")
         else:
             put(self, "lfdr_pi0", _check_number(self.lfdr_pi0, "lfdr_pi0", 0.0, 1.0))
             if self.lfdr_pi0 == 0:
@@ -149,6 +157,7 @@ def split_options(opts: ARBOptions) -> tuple[ARBOptions, dict[str, Any]]:
         The static options, with placeholder numbers for the `DYNAMIC` fields, and a dict of
         those fields' values as float32 (a ``Percentile`` keeps its kind, its ``q`` traced).
     """
+
     def placeholder(v):
         return Percentile(0.0) if isinstance(v, Percentile) else v if isinstance(v, str) else 1.0
 

@@ -127,31 +127,45 @@ def image_keys(key: Any, n: int) -> jax.Array:
     (n,) typed keys or (n, 2) raw keys.
     """
     if not isinstance(key, jax.Array | np.ndarray):
-        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)) or one per image, "
-                        f"got {type(key).__name__}")
+        raise TypeError(
+            f"key must be a JAX PRNG key (jax.random.key(seed)) or one per image, got {type(key).__name__}"
+        )
     key = jnp.asarray(key)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.dtype != jnp.uint32 or key.ndim not in (1, 2) or key.shape[-1] != 2:
-            raise TypeError(f"key must be a JAX PRNG key: typed (jax.random.key) or raw uint32 "
-                            f"(2,) / (n, 2), got dtype {key.dtype} shape {key.shape}")
+            raise TypeError(
+                f"key must be a JAX PRNG key: typed (jax.random.key) or raw uint32 "
+                f"(2,) / (n, 2), got dtype {key.dtype} shape {key.shape}"
+            )
         key = jax.random.wrap_key_data(key)
     if key.ndim == 0:
         return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
     if key.shape == (n,):
         return key
-    raise ValueError(f"key must be one PRNG key or one per image ({n} images), got a batch of "
-                     f"{key.shape[0] if key.ndim == 1 else key.shape} keys")
+    raise ValueError(
+        f"key must be one PRNG key or one per image ({n} images), got a batch of "
+        f"{key.shape[0] if key.ndim == 1 else key.shape} keys"
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("sampler", "n_boot", "patch"))
-def _draw_nulls(keys: jax.Array, images: jax.Array, width: jax.Array, *, sampler: str,
-                n_boot: int, patch: int | None) -> jax.Array:
-    return jax.vmap(lambda k, im: bootstrap.sample_range(sampler, k, im, 0, n_boot, width=width,
-                                                         patch=patch))(keys, images)
+def _draw_nulls(
+    keys: jax.Array, images: jax.Array, width: jax.Array, *, sampler: str, n_boot: int, patch: int | None
+) -> jax.Array:
+    return jax.vmap(
+        lambda k, im: bootstrap.sample_range(sampler, k, im, 0, n_boot, width=width, patch=patch)
+    )(keys, images)
 
 
-def null_images(key: Any, images: Any, n_boot: int, sampler: str = "normal", *,
-                width: float = 1.0, patch: int | None = None) -> jax.Array:
+def null_images(
+    key: Any,
+    images: Any,
+    n_boot: int,
+    sampler: str = "normal",
+    *,
+    width: float = 1.0,
+    patch: int | None = None,
+) -> jax.Array:
     """(N, B, H, W, 3) float32: the bootstrap images ``regularize_attention`` draws for ``images``.
 
     Same arguments as there (one key: image i uses ``fold_in(key, i)``; or one key per image), so
@@ -159,21 +173,29 @@ def null_images(key: Any, images: Any, n_boot: int, sampler: str = "normal", *,
     model (e.g. a PyTorch baseline) on the same null. ``patch`` is needed by the "patch" sampler.
     Holds all N·B images in memory; the pipeline itself never does (``boot_chunk``).
     """
-    opts = ARBOptions(n_boot=n_boot, sampler=sampler, width=width)   # checks n_boot, sampler, width
+    opts = ARBOptions(n_boot=n_boot, sampler=sampler, width=width)  # checks n_boot, sampler, width
     x = _checked_images(images, patch if opts.sampler == "patch" and patch else 1)
     keys = image_keys(key, x.shape[0])
-    return _draw_nulls(keys, x, jnp.float32(opts.width), sampler=opts.sampler, n_boot=opts.n_boot,
-                       patch=patch if opts.sampler == "patch" else None)
+    return _draw_nulls(
+        keys,
+        x,
+        jnp.float32(opts.width),
+        sampler=opts.sampler,
+        n_boot=opts.n_boot,
+        patch=patch if opts.sampler == "patch" else None,
+    )
 
 
-def _checked_images(images: Any, patch: int,
-                    image_size: tuple[int, int] | None = None) -> np.ndarray | jax.Array:
+def _checked_images(
+    images: Any, patch: int, image_size: tuple[int, int] | None = None
+) -> np.ndarray | jax.Array:
     """``images`` validated (``models.check_images``: shape, dtype, size; concrete; finite) as
     float32 — left where it is (a host array stays on the host, so it is transferred once)."""
     check_images(images, patch, image_size)
     if isinstance(images, jax.core.Tracer):
-        raise TypeError("regularize_attention is compiled already: call it with concrete arrays, "
-                        "not inside jit/vmap")
+        raise TypeError(
+            "regularize_attention is compiled already: call it with concrete arrays, not inside jit/vmap"
+        )
     x: Any
     if isinstance(images, jax.Array):
         x = images.astype(jnp.float32)
@@ -222,9 +244,16 @@ def _pad(a: Any, total: int) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def regularize_attention(vit: Any, images: Any, key: Any, n_boot: int = 1,
-                         sampler: str = "normal", *, mesh: Mesh | None = None,
-                         **options: Any) -> ARBResult:
+def regularize_attention(
+    vit: Any,
+    images: Any,
+    key: Any,
+    n_boot: int = 1,
+    sampler: str = "normal",
+    *,
+    mesh: Mesh | None = None,
+    **options: Any,
+) -> ARBResult:
     """Attention Regularization by the Bootstrap for a batch of images.
 
     vit: a loaded ``ViT`` bundle (``arb_jax.load_vit``). images: (N, H, W, 3) float32,

@@ -84,8 +84,7 @@ class Percentile:
         q = self.q
         if isinstance(q, jax.core.Tracer):
             return  # traced under jit: checked where it is used, if concrete
-        if isinstance(q, bool) or not isinstance(q, int | float | np.ndarray | np.generic
-                                                   | jax.Array):
+        if isinstance(q, bool) or not isinstance(q, int | float | np.ndarray | np.generic | jax.Array):
             raise TypeError(f"Percentile q must be a number in [0, 100], got {q!r}")
         qa = np.asarray(q)
         if qa.dtype.kind not in "iuf":
@@ -140,14 +139,15 @@ def _check_map_ndim(map_ndim: Any, ndim: int) -> int:
     return map_ndim
 
 
-def _prepare(attn: Any, arrays: dict[str, Any], map_ndim: Any,
-             roi: Any = None) -> tuple[jax.Array, dict[str, jax.Array], int, jax.Array | None]:
+def _prepare(
+    attn: Any, arrays: dict[str, Any], map_ndim: Any, roi: Any = None
+) -> tuple[jax.Array, dict[str, jax.Array], int, jax.Array | None]:
     """Validate attn and the statistics (same shape), map_ndim and an optional boolean ROI."""
     attn = _as_array(attn, "attn")
     if not jnp.issubdtype(attn.dtype, jnp.floating):
         raise TypeError(f"attn must be a float array, got dtype {attn.dtype}")
     map_ndim = _check_map_ndim(map_ndim, attn.ndim)
-    if math.prod(attn.shape[attn.ndim - map_ndim:]) == 0:
+    if math.prod(attn.shape[attn.ndim - map_ndim :]) == 0:
         raise ValueError(f"maps must not be empty, got attn of shape {attn.shape}")
     out = {}
     for name, x in arrays.items():
@@ -164,8 +164,7 @@ def _prepare(attn: Any, arrays: dict[str, Any], map_ndim: Any,
         except ValueError:
             shape = None
         if shape != attn.shape:
-            raise ValueError(f"roi of shape {roi.shape} does not broadcast to the maps' shape "
-                             f"{attn.shape}")
+            raise ValueError(f"roi of shape {roi.shape} does not broadcast to the maps' shape {attn.shape}")
         roi = jnp.broadcast_to(roi, attn.shape)
         if _is_concrete(roi):
             counts = roi.reshape(attn.shape[: attn.ndim - map_ndim] + (-1,)).sum(-1)
@@ -174,8 +173,9 @@ def _prepare(attn: Any, arrays: dict[str, Any], map_ndim: Any,
     return attn, out, map_ndim, roi
 
 
-def _check_per_map(value: Any, name: str, batch: tuple[int, ...],
-                   bounds: tuple[float, float] | None = None) -> jax.Array:
+def _check_per_map(
+    value: Any, name: str, batch: tuple[int, ...], bounds: tuple[float, float] | None = None
+) -> jax.Array:
     """A number or an array of one value per map (broadcastable to ``batch``), within bounds."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number or an array, got bool")
@@ -185,8 +185,10 @@ def _check_per_map(value: Any, name: str, batch: tuple[int, ...],
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"{name} must be a scalar or have the batch shape {batch} "
-                         f"(one value per map), got shape {value.shape}")
+        raise ValueError(
+            f"{name} must be a scalar or have the batch shape {batch} "
+            f"(one value per map), got shape {value.shape}"
+        )
     if bounds is not None and _is_concrete(value):
         lo, hi = bounds
         if not bool(((value >= lo) & (value <= hi)).all()):
@@ -201,8 +203,9 @@ def _check_threshold(th: Any, name: str, batch: tuple[int, ...]) -> Threshold:
     try:
         return _check_per_map(th, name, batch)
     except TypeError:
-        raise TypeError(f"{name} must be a number, an array or a Percentile, got "
-                        f"{type(th).__name__}") from None
+        raise TypeError(
+            f"{name} must be a number, an array or a Percentile, got {type(th).__name__}"
+        ) from None
 
 
 def _per_map(value: jax.Array, batch: tuple[int, ...], map_ndim: int) -> jax.Array:
@@ -230,24 +233,22 @@ def kth_smallest_select(x: jax.Array, ks: jax.Array) -> jax.Array:
     nbits = 8 * x.dtype.itemsize
     one = jnp.ones((), key.dtype)
 
-    def step(i, prefix):             # decide bit (nbits − 1 − i) of each answer's key
+    def step(i, prefix):  # decide bit (nbits − 1 − i) of each answer's key
         bit = one << (nbits - 1 - i).astype(key.dtype)
-        trial = prefix | (bit - one)                          # largest key with this prefix, bit 0
+        trial = prefix | (bit - one)  # largest key with this prefix, bit 0
         n_le = jnp.sum(key[None, :] <= trial[:, None], axis=1)
-        return jnp.where(n_le > ks, prefix, prefix | bit)     # enough entries below: the bit is 0
+        return jnp.where(n_le > ks, prefix, prefix | bit)  # enough entries below: the bit is 0
 
     answer = jax.lax.fori_loop(0, nbits, step, jnp.zeros_like(ks, key.dtype))
-    return x[jnp.argmax(key[None, :] == answer[:, None], axis=1)]   # a gather: exact for subnormals
+    return x[jnp.argmax(key[None, :] == answer[:, None], axis=1)]  # a gather: exact for subnormals
 
 
 def kth_smallest(x: jax.Array, ks: jax.Array) -> jax.Array:
     """x's ks-th smallest entries (1-D x, (K,) 0-based ks): selection on a CPU, a sort elsewhere."""
-    return jax.lax.platform_dependent(x, ks, cpu=kth_smallest_select,
-                                      default=lambda x, ks: jnp.sort(x)[ks])
+    return jax.lax.platform_dependent(x, ks, cpu=kth_smallest_select, default=lambda x, ks: jnp.sort(x)[ks])
 
 
-def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array,
-                   repeat: int = 1) -> jax.Array:
+def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array, repeat: int = 1) -> jax.Array:
     """numpy ``percentile(repeat(x[valid], repeat), 100·num/den)`` (method "linear"), one flat map.
 
     NaN if no entry is valid or a valid entry is NaN. The virtual index (n·repeat − 1)·num/den
@@ -263,18 +264,19 @@ def _percentile_1d(x: jax.Array, num: jax.Array, den: float, valid: jax.Array,
     vi = jnp.where(jnp.abs(vi - r) <= 8 * jnp.finfo(dt).eps * jnp.maximum(r, 1), r, vi)
     lo = jnp.floor(vi)
     t = vi - lo
-    lo_j = jnp.clip(lo.astype(jnp.int32), 0, k * repeat - 1)      # index among repeated values
+    lo_j = jnp.clip(lo.astype(jnp.int32), 0, k * repeat - 1)  # index among repeated values
     lo_i = jnp.clip(lo_j // repeat, 0, k - 1)
     hi_i = jnp.clip((lo_j + 1) // repeat, 0, k - 1)
     a, b = kth_smallest(jnp.where(valid, x, jnp.inf), jnp.stack([lo_i, hi_i]))
-    d = b - a                                        # numpy's _lerp: exact when a == b
+    d = b - a  # numpy's _lerp: exact when a == b
     out = jnp.where(t >= 0.5, b - d * (1 - t), a + d * t)
     bad = (k == 0) | jnp.isnan(jnp.where(valid, x, 0)).any()
     return jnp.where(bad, jnp.nan, out)
 
 
-def map_percentile(x: Any, q: Any, *, map_ndim: int | None = None, roi: Any = None,
-                   repeat: int = 1) -> jax.Array:
+def map_percentile(
+    x: Any, q: Any, *, map_ndim: int | None = None, roi: Any = None, repeat: int = 1
+) -> jax.Array:
     """q-th percentile of each map of ``x``, as numpy ``percentile(..., method="linear")``.
 
     Args:
@@ -294,30 +296,33 @@ def map_percentile(x: Any, q: Any, *, map_ndim: int | None = None, roi: Any = No
         x = x.astype(jnp.float32)
     x, _, map_ndim, roi = _prepare(x, {}, map_ndim, roi)
     q = _check_per_map(q, "percentile q", x.shape[: x.ndim - map_ndim], (0.0, 100.0))
-    return _map_percentile_jit(x, q, roi, map_ndim=map_ndim,
-                               repeat=as_int(repeat, "repeat (pixels per map entry)"))
+    return _map_percentile_jit(
+        x, q, roi, map_ndim=map_ndim, repeat=as_int(repeat, "repeat (pixels per map entry)")
+    )
 
 
-def _map_percentile(x: jax.Array, q: jax.Array, map_ndim: int, roi: jax.Array | None,
-                    den: float = 100.0, repeat: int = 1) -> jax.Array:
+def _map_percentile(
+    x: jax.Array, q: jax.Array, map_ndim: int, roi: jax.Array | None, den: float = 100.0, repeat: int = 1
+) -> jax.Array:
     """(*batch) percentiles 100·q/den of each map; q (validated) scalar or batch-shaped."""
     batch = x.shape[: x.ndim - map_ndim]
     q = jnp.broadcast_to(jnp.asarray(q, jnp.promote_types(x.dtype, jnp.float32)), batch)
-    flat = x.reshape((-1, math.prod(x.shape[x.ndim - map_ndim:])))
+    flat = x.reshape((-1, math.prod(x.shape[x.ndim - map_ndim :])))
     valid = jnp.ones(flat.shape, bool) if roi is None else roi.reshape(flat.shape)
-    pct = jax.vmap(_percentile_1d, in_axes=(0, 0, None, 0, None))(flat, q.reshape(-1), den, valid,
-                                                                   repeat)
+    pct = jax.vmap(_percentile_1d, in_axes=(0, 0, None, 0, None))(flat, q.reshape(-1), den, valid, repeat)
     return pct.reshape(batch)
 
 
 @functools.partial(jax.jit, static_argnames=("map_ndim", "repeat"))
-def _map_percentile_jit(x: jax.Array, q: jax.Array, roi: jax.Array | None, *,
-                        map_ndim: int, repeat: int = 1) -> jax.Array:
+def _map_percentile_jit(
+    x: jax.Array, q: jax.Array, roi: jax.Array | None, *, map_ndim: int, repeat: int = 1
+) -> jax.Array:
     return _map_percentile(x, q, map_ndim, roi, repeat=repeat)
 
 
-def _threshold(th: Threshold, stat: jax.Array, map_ndim: int, roi: jax.Array | None,
-               repeat: int = 1) -> jax.Array:
+def _threshold(
+    th: Threshold, stat: jax.Array, map_ndim: int, roi: jax.Array | None, repeat: int = 1
+) -> jax.Array:
     """A (validated) threshold, broadcastable against the maps: per-map percentile or value(s)."""
     batch = stat.shape[: stat.ndim - map_ndim]
     if isinstance(th, Percentile):
@@ -329,7 +334,7 @@ def _threshold(th: Threshold, stat: jax.Array, map_ndim: int, roi: jax.Array | N
 def _pi0_cut(p: jax.Array, pi0: jax.Array, map_ndim: int, repeat: int = 1) -> jax.Array:
     """Per-map π₀ threshold t = percentile(p, 100·(1 − π₀)), shaped batch + (1,) * map_ndim."""
     batch = p.shape[: p.ndim - map_ndim]
-    frac = 1 - jnp.asarray(pi0, jnp.promote_types(p.dtype, jnp.float32))   # q / 100, unrounded
+    frac = 1 - jnp.asarray(pi0, jnp.promote_types(p.dtype, jnp.float32))  # q / 100, unrounded
     pct = _map_percentile(p, frac, map_ndim, None, den=1.0, repeat=repeat)
     return pct.reshape(batch + (1,) * map_ndim)
 
@@ -337,7 +342,7 @@ def _pi0_cut(p: jax.Array, pi0: jax.Array, map_ndim: int, repeat: int = 1) -> ja
 def _bh_reject(p: jax.Array, q: jax.Array, map_ndim: int) -> jax.Array:
     """Benjamini–Hochberg rejections of each map's p-values (``arb_jax.stats.bh_reject``)."""
     batch = p.shape[: p.ndim - map_ndim]
-    flat = p.reshape(batch + (math.prod(p.shape[p.ndim - map_ndim:]),))
+    flat = p.reshape(batch + (math.prod(p.shape[p.ndim - map_ndim :]),))
     q = jnp.broadcast_to(jnp.asarray(q, p.dtype), batch)
     return stats.bh_reject(flat, q).reshape(p.shape)
 
@@ -347,9 +352,22 @@ def _keep(attn: jax.Array, mask: Any) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("rules", "map_ndim", "repeat"))
-def _shrink(attn: jax.Array, z: Any, p: Any, lfdr: Any, pi0: Any, alpha: Any, beta: Any,
-            z_th: Any, q: Any, roi: Any, *, rules: tuple[str, ...],
-            map_ndim: int, repeat: int = 1) -> dict[str, jax.Array]:
+def _shrink(
+    attn: jax.Array,
+    z: Any,
+    p: Any,
+    lfdr: Any,
+    pi0: Any,
+    alpha: Any,
+    beta: Any,
+    z_th: Any,
+    q: Any,
+    roi: Any,
+    *,
+    rules: tuple[str, ...],
+    map_ndim: int,
+    repeat: int = 1,
+) -> dict[str, jax.Array]:
     """The requested rules on validated arrays (unused statistics are None)."""
     out = {}
     zmask: Any = None if z is None else z >= _threshold(z_th, z, map_ndim, roi, repeat)
@@ -368,9 +386,20 @@ def _shrink(attn: jax.Array, z: Any, p: Any, lfdr: Any, pi0: Any, alpha: Any, be
     return out
 
 
-def _run(rules: tuple[str, ...], attn: Any, arrays: dict[str, Any], map_ndim: Any, roi: Any, *,
-         pi0: Any = None, alpha: Any = None, beta: Any = None, z_th: Any = None,
-         q: Any = None, repeat: int = 1) -> dict[str, jax.Array]:
+def _run(
+    rules: tuple[str, ...],
+    attn: Any,
+    arrays: dict[str, Any],
+    map_ndim: Any,
+    roi: Any,
+    *,
+    pi0: Any = None,
+    alpha: Any = None,
+    beta: Any = None,
+    z_th: Any = None,
+    q: Any = None,
+    repeat: int = 1,
+) -> dict[str, jax.Array]:
     """Validate everything in Python (clear errors, before jit), then run the compiled rules."""
     attn, s, map_ndim, roi = _prepare(attn, arrays, map_ndim, roi)
     batch = attn.shape[: attn.ndim - map_ndim]
@@ -386,15 +415,29 @@ def _run(rules: tuple[str, ...], attn: Any, arrays: dict[str, Any], map_ndim: An
         q = _check_per_map(q, "q", batch, (0.0, 1.0))
         if _is_concrete(s["p"]) and not bool(((s["p"] >= 0) & (s["p"] <= 1)).all()):
             raise ValueError("p-values must lie in [0, 1] for Benjamini–Hochberg")
-    return _shrink(attn, s.get("z"), s.get("p"), s.get("lfdr"), pi0, alpha, beta, z_th, q, roi,
-                   rules=rules, map_ndim=map_ndim, repeat=as_int(repeat, "repeat (pixels per map entry)"))
+    return _shrink(
+        attn,
+        s.get("z"),
+        s.get("p"),
+        s.get("lfdr"),
+        pi0,
+        alpha,
+        beta,
+        z_th,
+        q,
+        roi,
+        rules=rules,
+        map_ndim=map_ndim,
+        repeat=as_int(repeat, "repeat (pixels per map entry)"),
+    )
 
 
 # ----------------------------------------------------------------------------- rules
 
 
-def z_threshold(attn: Any, z: Any, z_th: Threshold = 0.0, *, map_ndim: int | None = None,
-                roi: Any = None, repeat: int = 1) -> jax.Array:
+def z_threshold(
+    attn: Any, z: Any, z_th: Threshold = 0.0, *, map_ndim: int | None = None, roi: Any = None, repeat: int = 1
+) -> jax.Array:
     """z-thresholding A_z = A · 1[z ≥ z_th] (the start of every ARB rule, docs/method.md §4).
 
     attn: attention map(s), float, any shape; z: bootstrap z-scores, same shape. z_th: a number,
@@ -404,8 +447,17 @@ def z_threshold(attn: Any, z: Any, z_th: Threshold = 0.0, *, map_ndim: int | Non
     return _run(("z",), attn, {"z": z}, map_ndim, roi, z_th=z_th, repeat=repeat)["z"]
 
 
-def p_threshold(attn: Any, z: Any, p: Any, alpha: Threshold = 0.3, z_th: Threshold = 0.0, *,
-                map_ndim: int | None = None, roi: Any = None, repeat: int = 1) -> jax.Array:
+def p_threshold(
+    attn: Any,
+    z: Any,
+    p: Any,
+    alpha: Threshold = 0.3,
+    z_th: Threshold = 0.0,
+    *,
+    map_ndim: int | None = None,
+    roi: Any = None,
+    repeat: int = 1,
+) -> jax.Array:
     """p-thresholding (paper eq. 6): A_p = A_z · 1[p ≤ α].
 
     attn, z, p: same shape (p: empirical bootstrap p-values in [0, 1]). alpha: a number
@@ -413,24 +465,42 @@ def p_threshold(attn: Any, z: Any, p: Any, alpha: Threshold = 0.3, z_th: Thresho
     the ROI as ``roi``). repeat: pixels per map entry, for ``Percentile`` thresholds (module
     notes). Returns attn's shape and dtype.
     """
-    return _run(("p",), attn, {"z": z, "p": p}, map_ndim, roi, alpha=alpha, z_th=z_th,
-                repeat=repeat)["p"]
+    return _run(("p",), attn, {"z": z, "p": p}, map_ndim, roi, alpha=alpha, z_th=z_th, repeat=repeat)["p"]
 
 
-def lfdr_threshold(attn: Any, z: Any, lfdr: Any, beta: Threshold = 0.3, z_th: Threshold = 0.0, *,
-                   map_ndim: int | None = None, roi: Any = None, repeat: int = 1) -> jax.Array:
+def lfdr_threshold(
+    attn: Any,
+    z: Any,
+    lfdr: Any,
+    beta: Threshold = 0.3,
+    z_th: Threshold = 0.0,
+    *,
+    map_ndim: int | None = None,
+    roi: Any = None,
+    repeat: int = 1,
+) -> jax.Array:
     """LFDR-thresholding (paper eq. 7): A_l = A_z · 1[lfdr ≤ β].
 
     attn, z, lfdr: same shape (lfdr: local false discovery rates in [0, 1]). beta: a number
     (reference code 0.3), one per map, or a ``Percentile`` of lfdr. repeat: pixels per map
     entry, for ``Percentile`` thresholds (module notes). Returns attn's shape and dtype.
     """
-    return _run(("lfdr",), attn, {"z": z, "lfdr": lfdr}, map_ndim, roi, beta=beta,
-                z_th=z_th, repeat=repeat)["lfdr"]
+    return _run(("lfdr",), attn, {"z": z, "lfdr": lfdr}, map_ndim, roi, beta=beta, z_th=z_th, repeat=repeat)[
+        "lfdr"
+    ]
 
 
-def pi0_threshold(attn: Any, z: Any, p: Any, pi0: Any, z_th: Threshold = 0.0, *,
-                  map_ndim: int | None = None, roi: Any = None, repeat: int = 1) -> jax.Array:
+def pi0_threshold(
+    attn: Any,
+    z: Any,
+    p: Any,
+    pi0: Any,
+    z_th: Threshold = 0.0,
+    *,
+    map_ndim: int | None = None,
+    roi: Any = None,
+    repeat: int = 1,
+) -> jax.Array:
     """π₀-thresholding (docs/method.md §4): A_π = A_z · 1[p ≤ t], t = percentile(p, 100·(1 − π₀)).
 
     t is numpy's linear-interpolation percentile of all p-values of the map (the fraction 1 − π₀
@@ -439,8 +509,7 @@ def pi0_threshold(attn: Any, z: Any, p: Any, pi0: Any, z_th: Threshold = 0.0, *,
     repeat: pixels per map entry (p² for a patch grid): t is then the percentile of the
     upsampled map, as on pixels (module notes). Returns attn's shape and dtype.
     """
-    return _run(("pi0",), attn, {"z": z, "p": p}, map_ndim, roi, pi0=pi0, z_th=z_th,
-                repeat=repeat)["pi0"]
+    return _run(("pi0",), attn, {"z": z, "p": p}, map_ndim, roi, pi0=pi0, z_th=z_th, repeat=repeat)["pi0"]
 
 
 def soft_shrink(attn: Any, lfdr: Any) -> jax.Array:
@@ -452,8 +521,16 @@ def soft_shrink(attn: Any, lfdr: Any) -> jax.Array:
     return _run(("soft",), attn, {"lfdr": lfdr}, None, None)["soft"]
 
 
-def bh_threshold(attn: Any, z: Any, p: Any, q: Any = 0.1, z_th: Threshold = 0.0, *,
-                 map_ndim: int | None = None, roi: Any = None) -> jax.Array:
+def bh_threshold(
+    attn: Any,
+    z: Any,
+    p: Any,
+    q: Any = 0.1,
+    z_th: Threshold = 0.0,
+    *,
+    map_ndim: int | None = None,
+    roi: Any = None,
+) -> jax.Array:
     """A_z · 1[p rejected by Benjamini–Hochberg at FDR level q], per map.
 
     Benjamini & Hochberg (1995) step-up on all n p-values of a map: with p_(1) ≤ … ≤ p_(n) and
@@ -465,9 +542,21 @@ def bh_threshold(attn: Any, z: Any, p: Any, q: Any = 0.1, z_th: Threshold = 0.0,
     return _run(("bh",), attn, {"z": z, "p": p}, map_ndim, roi, q=q, z_th=z_th)["bh"]
 
 
-def shrink_all(attn: Any, z: Any, p: Any, lfdr: Any, pi0: Any, *, alpha: Threshold = 0.3,
-               beta: Threshold = 0.3, z_th: Threshold = 0.0, q: Any = None,
-               map_ndim: int | None = None, roi: Any = None, repeat: int = 1) -> dict[str, jax.Array]:
+def shrink_all(
+    attn: Any,
+    z: Any,
+    p: Any,
+    lfdr: Any,
+    pi0: Any,
+    *,
+    alpha: Threshold = 0.3,
+    beta: Threshold = 0.3,
+    z_th: Threshold = 0.0,
+    q: Any = None,
+    map_ndim: int | None = None,
+    roi: Any = None,
+    repeat: int = 1,
+) -> dict[str, jax.Array]:
     """Every shrinkage rule at once, as the pipeline uses them.
 
     attn, z, p, lfdr: same shape; pi0: scalar or one per map. Returns a dict of arrays of attn's
@@ -477,5 +566,16 @@ def shrink_all(attn: Any, z: Any, p: Any, lfdr: Any, pi0: Any, *, alpha: Thresho
     of the upsampled map, as the reference code's pixel-level computation (module notes).
     """
     rules = ("z", "p", "lfdr", "pi0", "soft") + (() if q is None else ("bh",))
-    return _run(rules, attn, {"z": z, "p": p, "lfdr": lfdr}, map_ndim, roi, pi0=pi0,
-                alpha=alpha, beta=beta, z_th=z_th, q=q, repeat=repeat)
+    return _run(
+        rules,
+        attn,
+        {"z": z, "p": p, "lfdr": lfdr},
+        map_ndim,
+        roi,
+        pi0=pi0,
+        alpha=alpha,
+        beta=beta,
+        z_th=z_th,
+        q=q,
+        repeat=repeat,
+    )

@@ -20,8 +20,9 @@ from arb_jax.core.options import ARBOptions, split_options
 __all__ = ["arb_statistics", "image_statistics"]
 
 
-def image_statistics(attn: jax.Array, attn_null: jax.Array, opts: ARBOptions,
-                values: dict[str, Any], patch: int) -> dict[str, Any]:
+def image_statistics(
+    attn: jax.Array, attn_null: jax.Array, opts: ARBOptions, values: dict[str, Any], patch: int
+) -> dict[str, Any]:
     """`arb_statistics` with the numeric options taken from ``values`` (they may be traced).
 
     Parameters
@@ -46,6 +47,7 @@ def image_statistics(attn: jax.Array, attn_null: jax.Array, opts: ARBOptions,
     z, z_null, mu0, sigma0 = stats.zstat(attn.reshape(-1), attn_null.reshape(attn_null.shape[0], -1))
     zn = z_null.reshape(-1)
     p = stats.empirical_pvalues(z, zn, method=opts.pvalue)
+
     def storey_pi0(p):  # pi0est is already min(·, 1); its smoother can dip below 0
         return jnp.maximum(stats.pi0est(p, method=opts.pi0_method).pi0, 0)
 
@@ -54,19 +56,35 @@ def image_statistics(attn: jax.Array, attn_null: jax.Array, opts: ARBOptions,
         lfdr_pi0 = storey_pi0(stats.empirical_pvalues(z, zn, method="attnreg"))
     else:
         lfdr_pi0 = values["lfdr_pi0"]
-    lfdr = stats.local_fdr(z, pi0=lfdr_pi0, null=opts.lfdr_null,
-                           z_null=zn if opts.lfdr_null == "empirical" else None)
-    maps = regularize.shrink_all(attn.reshape(-1), z, p, lfdr, pi0, alpha=values["alpha"],
-                                 beta=values["beta"], z_th=values["z_th"], repeat=patch * patch)
+    lfdr = stats.local_fdr(
+        z, pi0=lfdr_pi0, null=opts.lfdr_null, z_null=zn if opts.lfdr_null == "empirical" else None
+    )
+    maps = regularize.shrink_all(
+        attn.reshape(-1),
+        z,
+        p,
+        lfdr,
+        pi0,
+        alpha=values["alpha"],
+        beta=values["beta"],
+        z_th=values["z_th"],
+        repeat=patch * patch,
+    )
     return {
-        "z": z.reshape(shape), "p": p.reshape(shape), "lfdr": lfdr.reshape(shape),
-        "z_null": z_null.reshape(attn_null.shape), "pi0": pi0, "mu0": mu0, "sigma0": sigma0,
+        "z": z.reshape(shape),
+        "p": p.reshape(shape),
+        "lfdr": lfdr.reshape(shape),
+        "z_null": z_null.reshape(attn_null.shape),
+        "pi0": pi0,
+        "mu0": mu0,
+        "sigma0": sigma0,
         "maps": {k: v.reshape(shape) for k, v in maps.items()},
     }
 
 
-def arb_statistics(attn: Any, attn_null: Any, opts: ARBOptions | None = None,
-                   patch: int = 1) -> dict[str, Any]:
+def arb_statistics(
+    attn: Any, attn_null: Any, opts: ARBOptions | None = None, patch: int = 1
+) -> dict[str, Any]:
     """Statistics and shrunk maps of one image from its observed and null attention maps.
 
     attn: (h, w) observed head-mean map; attn_null: (B, h, w) bootstrap maps (scores >= 0).
@@ -81,8 +99,10 @@ def arb_statistics(attn: Any, attn_null: Any, opts: ARBOptions | None = None,
         raise TypeError(f"opts must be an ARBOptions, got {type(opts).__name__}")
     attn, attn_null = jnp.asarray(attn), jnp.asarray(attn_null)
     if attn.ndim != 2 or attn_null.ndim != 3 or attn_null.shape[1:] != attn.shape:
-        raise ValueError(f"attn must be (h, w) and attn_null (B, h, w) of the same grid, got "
-                         f"{attn.shape} and {attn_null.shape}")
+        raise ValueError(
+            f"attn must be (h, w) and attn_null (B, h, w) of the same grid, got "
+            f"{attn.shape} and {attn_null.shape}"
+        )
     patch = as_int(patch, "patch")
     static, values = split_options(opts)
     return _statistics_jit(attn, attn_null, values, static, patch)

@@ -65,6 +65,7 @@ DEFAULT_LAMBDAS = tuple(float(v) for v in np.minimum(0.05 + np.arange(19) * 0.05
 # Input handling
 # --------------------------------------------------------------------------------------------
 
+
 def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
@@ -80,9 +81,9 @@ def _as_float(x: Any, name: str) -> jax.Array:
         except Exception as e:  # ragged lists and the like
             raise TypeError(f"{name} must be an array of real numbers: {e}") from None
     dtype = np.dtype(arr.dtype)
-    if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer)
-                                 or np.issubdtype(dtype, np.floating)
-                                 or dtype == jnp.bfloat16):
+    if dtype == np.bool_ or not (
+        np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == jnp.bfloat16
+    ):
         raise TypeError(f"{name} must be an array of real numbers, got dtype {dtype}")
     if np.issubdtype(dtype, np.integer):
         return jnp.asarray(arr, dtype=jnp.result_type(float))
@@ -120,17 +121,23 @@ def _flat_null(obs: jax.Array, null: jax.Array, obs_name: str, null_name: str) -
     batch = obs.shape[:-1]
     if null.ndim == obs.ndim + 1:
         if null.shape[:-2] != batch or null.shape[-1] != obs.shape[-1]:
-            raise ValueError(f"{null_name} of shape {null.shape} does not match {obs_name} of "
-                             f"shape {obs.shape}: expected (..., B, {obs.shape[-1]}) with leading "
-                             f"axes {batch}")
+            raise ValueError(
+                f"{null_name} of shape {null.shape} does not match {obs_name} of "
+                f"shape {obs.shape}: expected (..., B, {obs.shape[-1]}) with leading "
+                f"axes {batch}"
+            )
         return null.reshape(batch + (null.shape[-2] * null.shape[-1],))
     if null.ndim == obs.ndim:
         if null.shape[:-1] != batch:
-            raise ValueError(f"{null_name} of shape {null.shape} does not match {obs_name} of "
-                             f"shape {obs.shape}: leading (batch) axes differ")
+            raise ValueError(
+                f"{null_name} of shape {null.shape} does not match {obs_name} of "
+                f"shape {obs.shape}: leading (batch) axes differ"
+            )
         return null
-    raise ValueError(f"{null_name} must have shape (..., B, n) or (..., m) with the leading axes "
-                     f"of {obs_name} {obs.shape}; got {null.shape}")
+    raise ValueError(
+        f"{null_name} must have shape (..., B, n) or (..., m) with the leading axes "
+        f"of {obs_name} {obs.shape}; got {null.shape}"
+    )
 
 
 def _div(a: jax.Array, b: Any) -> jax.Array:
@@ -153,6 +160,7 @@ def _batched(fn: Callable, n_batch: int) -> Callable:
 # --------------------------------------------------------------------------------------------
 # z-scores (eqs. 1–3)
 # --------------------------------------------------------------------------------------------
+
 
 @jax.jit
 def _zstat(attn: jax.Array, attn_null: jax.Array):
@@ -213,6 +221,7 @@ def zstat(attn: Any, attn_null: Any) -> tuple[jax.Array, jax.Array, jax.Array, j
 # Empirical p-values (eq. 4)
 # --------------------------------------------------------------------------------------------
 
+
 def count_null_geq(null: jax.Array, x: jax.Array) -> jax.Array:
     """#{v in null: v >= x_i} for every x_i (n values, m nulls, usually m = B·n >> n), x's dtype.
 
@@ -225,7 +234,7 @@ def count_null_geq(null: jax.Array, x: jax.Array) -> jax.Array:
     order = jnp.argsort(x)
     ranks = jnp.searchsorted(x[order], null, side="right", method="scan_unrolled")  # (m,) in [0, n]
     hist = jnp.bincount(ranks, length=n + 1)
-    at_least = jnp.cumsum(hist[::-1])[::-1]                              # at_least[t] = #{r >= t}
+    at_least = jnp.cumsum(hist[::-1])[::-1]  # at_least[t] = #{r >= t}
     return jnp.zeros(n, at_least.dtype).at[order].set(at_least[1:]).astype(x.dtype)
 
 
@@ -291,6 +300,7 @@ def empirical_pvalues(z: Any, z_null: Any, method: str = "upper") -> jax.Array:
 # Local FDR (eq. 5): Efron's Poisson-regression density estimate, as statsmodels
 # --------------------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=32)
 def _poisson_basis(deg: int, nbins: int) -> tuple[np.ndarray, np.ndarray]:
     """Orthonormal basis of polynomials of degree <= deg at the nbins-1 bin centres.
@@ -333,15 +343,16 @@ def _fit_log_density(x: jax.Array, deg: int, nbins: int, n_iter: int):
     # numpy.histogram counts: [e_k, e_k+1) and the last bin closed; #{x < e_0} = 0 and
     # #{x <= e_last} = n, so only the inner edges need counting (O(n · nbins), no sort).
     below = jnp.sum(x[:, None] < edges[None, 1:-1], axis=0)
-    counts = jnp.diff(jnp.concatenate([jnp.zeros(1, below.dtype), below,
-                                       jnp.full(1, n, below.dtype)])).astype(dtype)
+    counts = jnp.diff(
+        jnp.concatenate([jnp.zeros(1, below.dtype), below, jnp.full(1, n, below.dtype)])
+    ).astype(dtype)
     width = edges[1] - edges[0]
 
     q_np, rinv_np = _poisson_basis(deg, nbins)
     q = jnp.asarray(q_np, dtype)
-    beta0 = q.T @ jnp.log1p(counts)                          # OLS start (orthonormal design)
+    beta0 = q.T @ jnp.log1p(counts)  # OLS start (orthonormal design)
 
-    def neg_loglik(eta):                                     # Poisson, up to a constant
+    def neg_loglik(eta):  # Poisson, up to a constant
         return jnp.sum(jnp.exp(eta) - counts * eta, axis=-1)
 
     eps = jnp.finfo(dtype).eps
@@ -361,14 +372,14 @@ def _fit_log_density(x: jax.Array, deg: int, nbins: int, n_iter: int):
         # rounding dropped) and λ = s_max² · 10^k: the first that achieves >= 1/10 of its
         # predicted gain in loglik is taken (the Newton step once its predicted gain is at
         # rounding level: converged), else the best one.
-        ev = sv ** 2
+        ev = sv**2
         lam = damping * ev[0]
         keep = (lam[:, None] > 0) | (sv > eps * sv[0])
-        inv = jnp.where(keep, 1 / jnp.where(keep, ev + lam[:, None], 1), 0)   # (K, p)
-        steps = (inv * g_v) @ vt                          # (K, p)
-        pred = jnp.sum(inv * g_v ** 2, -1) - 0.5 * jnp.sum(ev * (inv * g_v) ** 2, -1)
+        inv = jnp.where(keep, 1 / jnp.where(keep, ev + lam[:, None], 1), 0)  # (K, p)
+        steps = (inv * g_v) @ vt  # (K, p)
+        pred = jnp.sum(inv * g_v**2, -1) - 0.5 * jnp.sum(ev * (inv * g_v) ** 2, -1)
         cur = neg_loglik(eta)
-        new = neg_loglik(eta + steps @ q.T)               # NaN/inf for overflowing steps
+        new = neg_loglik(eta + steps @ q.T)  # NaN/inf for overflowing steps
         slack = 100 * eps * jnp.sum(mu + counts * jnp.abs(eta))
         ok = (new <= cur + slack) & ((cur - new >= 0.1 * pred) | (pred[0] <= slack))
         best = jnp.argmin(jnp.where(jnp.isnan(new), jnp.inf, new))
@@ -383,9 +394,10 @@ def _fit_log_density(x: jax.Array, deg: int, nbins: int, n_iter: int):
         i, beta, _ = carry
         return i + 1, *newton_step(beta)
 
-    _, beta, _ = jax.lax.while_loop(lambda c: (c[0] < n_iter) & ~c[2], body,
-                                    (jnp.int32(0), beta0, jnp.zeros_like(beta0[0], bool)))
-    coef = jnp.asarray(rinv_np, dtype) @ beta                 # Legendre coefficients
+    _, beta, _ = jax.lax.while_loop(
+        lambda c: (c[0] < n_iter) & ~c[2], body, (jnp.int32(0), beta0, jnp.zeros_like(beta0[0], bool))
+    )
+    coef = jnp.asarray(rinv_np, dtype) @ beta  # Legendre coefficients
     centre, half = (lo + hi) / 2, (hi - lo) / 2
     log_norm = jnp.log(n * width)
 
@@ -410,8 +422,15 @@ def _local_fdr(z, pi0, z_null, deg, nbins, n_iter):
     return _batched(fn, z.ndim - 1)(z, pi0, z_null)
 
 
-def local_fdr(z: Any, pi0: Any = 1.0, null: str = "theoretical", z_null: Any = None,
-              deg: int = 7, nbins: int = 30, n_iter: int = 50) -> jax.Array:
+def local_fdr(
+    z: Any,
+    pi0: Any = 1.0,
+    null: str = "theoretical",
+    z_null: Any = None,
+    deg: int = 7,
+    nbins: int = 30,
+    n_iter: int = 50,
+) -> jax.Array:
     """Efron's local false discovery rate lfdr(z) = π₀ f₀(z) / f(z), clipped to [0, 1] (eq. 5).
 
     The same estimator as ``statsmodels.stats.multitest.local_fdr(z, null_proportion=pi0,
@@ -464,8 +483,10 @@ def local_fdr(z: Any, pi0: Any = 1.0, null: str = "theoretical", z_null: Any = N
         if not isinstance(value, int | np.integer) or isinstance(value, bool):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if deg < 0 or nbins < 2 or deg + 1 > nbins - 1 or n_iter < 0:
-        raise ValueError(f"need deg >= 0, n_iter >= 0 and deg + 1 <= nbins − 1 (one parameter "
-                         f"per bin at most); got deg={deg}, nbins={nbins}, n_iter={n_iter}")
+        raise ValueError(
+            f"need deg >= 0, n_iter >= 0 and deg + 1 <= nbins − 1 (one parameter "
+            f"per bin at most); got deg={deg}, nbins={nbins}, n_iter={n_iter}"
+        )
     z = _as_float(z, "z")
     _require_nonempty(z, "z")
     _require_finite(z, "z")
@@ -484,8 +505,7 @@ def local_fdr(z: Any, pi0: Any = 1.0, null: str = "theoretical", z_null: Any = N
             raise ValueError(f"{name} is constant within a map: the histogram has zero width")
     pi0 = _as_float(pi0, "pi0")
     if pi0.ndim and pi0.shape != z.shape[:-1]:
-        raise ValueError(f"pi0 must be a scalar or have the batch shape {z.shape[:-1]}, "
-                         f"got {pi0.shape}")
+        raise ValueError(f"pi0 must be a scalar or have the batch shape {z.shape[:-1]}, got {pi0.shape}")
     if _is_concrete(pi0):
         v = np.asarray(pi0)
         if not np.all((v > 0) & (v <= 1)):
@@ -499,6 +519,7 @@ def local_fdr(z: Any, pi0: Any = 1.0, null: str = "theoretical", z_null: Any = N
 # --------------------------------------------------------------------------------------------
 # π₀ (Storey & Tibshirani 2003; Storey, Taylor & Siegmund 2004), as R qvalue::pi0est
 # --------------------------------------------------------------------------------------------
+
 
 class Pi0Estimate(NamedTuple):
     """Result of ``pi0est`` (the fields of R ``qvalue::pi0est``), for one map of n p-values.
@@ -537,12 +558,12 @@ def smoother_matrix(lambdas: tuple[float, ...], df: float) -> np.ndarray:
         if j + 1 < n - 2:
             r[j, j + 1] = r[j + 1, j] = h[j + 1] / 6
     d, u = np.linalg.eigh(q @ np.linalg.solve(r, q.T))
-    d = np.clip(d, 0.0, None)                                # 2 zero eigenvalues (lines)
+    d = np.clip(d, 0.0, None)  # 2 zero eigenvalues (lines)
 
     def trace(log_lam: float) -> float:
         return float(np.sum(1.0 / (1.0 + np.exp(log_lam) * d)))
 
-    lo, hi = -60.0, 60.0                                    # tr S: ≈ L at lo, ≈ 2 at hi
+    lo, hi = -60.0, 60.0  # tr S: ≈ L at lo, ≈ 2 at hi
     if df >= trace(lo):
         return np.eye(n)
     for _ in range(200):
@@ -573,9 +594,10 @@ def _pi0est_1d(p, *, lambdas, method, smooth_df):
     # W = #{p >= λ} with R's float64 λ (0.05 + 14·0.05 = 0.7500000000000001 > 0.75): compared
     # with the smallest value of p's dtype >= λ, so a float32 p = 0.75 (bootstrap p-values are
     # often k/m) is not counted, as in R; float32(λ) itself would round down to 0.75.
-    n_geq = jnp.sum(p[:, None] >= jnp.asarray(_round_up(lambdas, dtype), dtype), axis=0,
-                    dtype=jnp.int32).astype(dtype)                       # (L,), no sort
-    pi0_lambda = _div(n_geq, m * one_minus)                 # as R qvalue 2.30, bit for bit
+    n_geq = jnp.sum(
+        p[:, None] >= jnp.asarray(_round_up(lambdas, dtype), dtype), axis=0, dtype=jnp.int32
+    ).astype(dtype)  # (L,), no sort
+    pi0_lambda = _div(n_geq, m * one_minus)  # as R qvalue 2.30, bit for bit
     if len(lambdas) == 1:
         return Pi0Estimate(jnp.minimum(pi0_lambda[0], 1), pi0_lambda, lam, None)
     if method == "smoother":
@@ -585,15 +607,13 @@ def _pi0est_1d(p, *, lambdas, method, smooth_df):
     lo, hi, h = _type7_quantile_weights(len(lambdas), 0.1)
     srt = jnp.sort(pi0_lambda)
     min_pi0 = jnp.where((h > 0) & (srt[hi] != srt[lo]), (1 - h) * srt[lo] + h * srt[hi], srt[lo])
-    mse = (_div(n_geq, float(m) ** 2 * one_minus ** 2) * (1 - _div(n_geq, m))
-           + (pi0_lambda - min_pi0) ** 2)
+    mse = _div(n_geq, float(m) ** 2 * one_minus**2) * (1 - _div(n_geq, m)) + (pi0_lambda - min_pi0) ** 2
     best = jnp.min(jnp.where(mse == jnp.min(mse), pi0_lambda, jnp.inf))
     return Pi0Estimate(jnp.minimum(best, 1), pi0_lambda, lam, None)
 
 
 @functools.partial(jax.jit, static_argnames=("lambdas", "method", "smooth_df"))
-def pi0est_unchecked(p: jax.Array, lambdas: tuple[float, ...], method: str,
-                     smooth_df: float) -> Pi0Estimate:
+def pi0est_unchecked(p: jax.Array, lambdas: tuple[float, ...], method: str, smooth_df: float) -> Pi0Estimate:
     """`pi0est` without its checks and without clamping below: the raw estimate.
 
     R ``qvalue`` (and `pi0est`) refuse p-values with max(p) < max(λ); the pipeline computes
@@ -619,8 +639,7 @@ def pi0est_unchecked(p: jax.Array, lambdas: tuple[float, ...], method: str,
     return _batched(fn, p.ndim - 1)(p)
 
 
-def pi0est(p: Any, method: str = "smoother", lambdas: Any = None,
-           smooth_df: float = 3.0) -> Pi0Estimate:
+def pi0est(p: Any, method: str = "smoother", lambdas: Any = None, smooth_df: float = 3.0) -> Pi0Estimate:
     """Storey's estimate of the proportion π₀ of true nulls, as R ``qvalue::pi0est`` (2.30).
 
     π₀(λ) = #{p >= λ} / (n(1 − λ)) on a grid of λ (Storey & Tibshirani 2003, PNAS 100:9440).
@@ -667,21 +686,25 @@ def pi0est(p: Any, method: str = "smoother", lambdas: Any = None,
         raise ValueError(f"lambdas must be distinct, got {lam}")
     smooth_df = float(smooth_df)
     if method == "smoother" and len(lam) > 1 and not 2 < smooth_df <= len(lam):
-        raise ValueError(f"smooth_df must lie in (2, {len(lam)}] (a cubic smoothing spline has "
-                         f"more than 2 degrees of freedom, at most one per lambda), got "
-                         f"{smooth_df}")
+        raise ValueError(
+            f"smooth_df must lie in (2, {len(lam)}] (a cubic smoothing spline has "
+            f"more than 2 degrees of freedom, at most one per lambda), got "
+            f"{smooth_df}"
+        )
     p = _as_float(p, "p")
     _require_nonempty(p, "p")
     _require_in_unit_interval(p, "p")
     if _is_concrete(p) and np.any(np.asarray(p).max(axis=-1) < lam[-1]):
-        raise ValueError(f"max(p) is smaller than the largest lambda {lam[-1]} (R qvalue: change "
-                         f"the range of lambda)")
+        raise ValueError(
+            f"max(p) is smaller than the largest lambda {lam[-1]} (R qvalue: change the range of lambda)"
+        )
     return pi0est_unchecked(p, lam, method, smooth_df)
 
 
 # --------------------------------------------------------------------------------------------
 # q-values, Benjamini–Hochberg, sRMSD
 # --------------------------------------------------------------------------------------------
+
 
 def _qvalues_1d(p, pi0):
     m = p.shape[0]
@@ -702,8 +725,9 @@ def _check_p_and_level(p: Any, level: Any, level_name: str, lo_open: bool) -> tu
     _require_in_unit_interval(p, "p")
     level = _as_float(level, level_name)
     if level.ndim and level.shape != p.shape[:-1]:
-        raise ValueError(f"{level_name} must be a scalar or have the batch shape {p.shape[:-1]}, "
-                         f"got {level.shape}")
+        raise ValueError(
+            f"{level_name} must be a scalar or have the batch shape {p.shape[:-1]}, got {level.shape}"
+        )
     if _is_concrete(level):
         v = np.asarray(level)
         ok = (v > 0) if lo_open else (v >= 0)

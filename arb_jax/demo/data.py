@@ -49,17 +49,28 @@ __all__ = [
 
 CLASSES: tuple[str, ...] = ("cat", "cup", "rocket", "astronaut", "coin", "horse", "logo")
 BACKGROUNDS: tuple[str, ...] = (
-    "brick", "grass", "gravel", "camera", "moon", "page", "text", "cell", "clock",
-    "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle",
+    "brick",
+    "grass",
+    "gravel",
+    "camera",
+    "moon",
+    "page",
+    "text",
+    "cell",
+    "clock",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "stereo_motorcycle",
 )
 
 # Sampling ranges (documented in the trained model's JSON record).
-_SCALE = (0.35, 0.95)      # longest side of the pasted object, as a fraction of the image side
-_ASPECT = (0.85, 1.18)     # width stretch of the object
-_ROTATE = 15.0             # degrees, uniform in [-_ROTATE, _ROTATE]
-_BG_CROP = (0.3, 1.0)      # background crop side, as a fraction of the source's shorter side
-_SPRITE_MAX = 160          # sprites are stored with this longest side (px)
-_BG_MAX = 256              # backgrounds are stored with this shorter side at most (px)
+_SCALE = (0.35, 0.95)  # longest side of the pasted object, as a fraction of the image side
+_ASPECT = (0.85, 1.18)  # width stretch of the object
+_ROTATE = 15.0  # degrees, uniform in [-_ROTATE, _ROTATE]
+_BG_CROP = (0.3, 1.0)  # background crop side, as a fraction of the source's shorter side
+_SPRITE_MAX = 160  # sprites are stored with this longest side (px)
+_BG_MAX = 256  # backgrounds are stored with this shorter side at most (px)
 
 RECIPE: dict = {
     "generator": "arb_jax.demo_data.make_dataset",
@@ -169,8 +180,7 @@ def _backgrounds() -> list[np.ndarray]:
         im = Image.fromarray(_load(name))
         factor = _BG_MAX / min(im.size)
         if factor < 1:
-            im = im.resize((round(im.width * factor), round(im.height * factor)),
-                           Image.Resampling.LANCZOS)
+            im = im.resize((round(im.width * factor), round(im.height * factor)), Image.Resampling.LANCZOS)
         arr = np.asarray(im, np.float32) / 255.0
         out.append(arr[..., None] if arr.ndim == 2 else arr[..., :3])
     return out
@@ -192,12 +202,13 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(arr, "F").resize(size, Image.Resampling.BILINEAR))
 
 
-def _random_crop(rng: np.random.Generator, src: np.ndarray, frac: tuple[float, float],
-                 size: int) -> np.ndarray:
+def _random_crop(
+    rng: np.random.Generator, src: np.ndarray, frac: tuple[float, float], size: int
+) -> np.ndarray:
     h, w = src.shape[:2]
     side = max(8, int(rng.uniform(*frac) * min(h, w)))
     y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    return _resize(src[y:y + side, x:x + side], (size, size))
+    return _resize(src[y : y + side, x : x + side], (size, size))
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -230,21 +241,21 @@ def cutout(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray,
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if max(im.size) > size:  # rotation grew it past the image: shrink to fit
         f = size / max(im.size)
-        im = im.resize((max(2, int(im.width * f)), max(2, int(im.height * f))),
-                       Image.Resampling.BILINEAR)
+        im = im.resize((max(2, int(im.width * f)), max(2, int(im.height * f))), Image.Resampling.BILINEAR)
     arr = np.asarray(im, np.float32) / 255.0
     rgb, alpha = arr[..., :3], arr[..., 3]
     name = CLASSES[label]
     if name == "horse":
         textures = _textures()
-        tex = _random_crop(rng, textures[rng.integers(len(textures))], (0.2, 0.6),
-                           max(alpha.shape))[: alpha.shape[0], : alpha.shape[1]]
+        tex = _random_crop(rng, textures[rng.integers(len(textures))], (0.2, 0.6), max(alpha.shape))[
+            : alpha.shape[0], : alpha.shape[1]
+        ]
         rgb = rng.uniform(0.05, 1.0, 3) * (0.55 + 0.45 * tex[..., None])
     elif name == "coin":
         rgb = rgb * rng.uniform(0.75, 1.0, 3)  # silver to bronze
     grey = rgb.mean(-1, keepdims=True)
-    rgb = grey + (rgb - grey) * rng.uniform(0.7, 1.3)            # saturation
-    rgb = (rgb - 0.5) * rng.uniform(0.8, 1.2) + 0.5               # contrast
+    rgb = grey + (rgb - grey) * rng.uniform(0.7, 1.3)  # saturation
+    rgb = (rgb - 0.5) * rng.uniform(0.8, 1.2) + 0.5  # contrast
     rgb = rgb * rng.uniform(0.75, 1.25) * rng.uniform(0.9, 1.1, 3)  # brightness, colour
     return np.clip(rgb, 0, 1).astype(np.float32), alpha
 
@@ -262,10 +273,10 @@ def composite(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarr
     h, w = alpha.shape
     y, x = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
     a = alpha[..., None]
-    region = bg[y:y + h, x:x + w]
-    bg[y:y + h, x:x + w] = region * (1 - a) + rgb * a
+    region = bg[y : y + h, x : x + w]
+    bg[y : y + h, x : x + w] = region * (1 - a) + rgb * a
     mask = np.zeros((size, size), bool)
-    mask[y:y + h, x:x + w] = alpha > 0.5
+    mask[y : y + h, x : x + w] = alpha > 0.5
     return np.round(bg * 255).astype(np.uint8), mask
 
 

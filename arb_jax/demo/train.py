@@ -62,6 +62,7 @@ __all__ = [
     "save_demo",
 ]
 
+
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     """Everything that determines a training run (recorded in the JSON).
@@ -97,22 +98,24 @@ class TrainSettings:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch", "image_size", "warm_size", "dim", "depth", "heads",
-                     "n_eval"):
+        for name in ("steps", "batch", "image_size", "warm_size", "dim", "depth", "heads", "n_eval"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainSettings.{name} must be a positive int, got {value!r}")
         for name in ("image_size", "warm_size"):
             if getattr(self, name) % 8:
-                raise ValueError(f"TrainSettings.{name} must be a multiple of the patch size 8, "
-                                 f"got {getattr(self, name)}")
+                raise ValueError(
+                    f"TrainSettings.{name} must be a multiple of the patch size 8, got {getattr(self, name)}"
+                )
         if not 0.0 <= self.warm_frac < 1.0:
             raise ValueError(f"TrainSettings.warm_frac must be in [0, 1), got {self.warm_frac}")
         if not self.lr > 0 or not 0 < self.final_lr_frac <= 1 or self.weight_decay < 0:
             raise ValueError("TrainSettings: need lr > 0, 0 < final_lr_frac <= 1, weight_decay >= 0")
         if not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"TrainSettings.warmup_steps must be in [0, steps), "
-                             f"got {self.warmup_steps} with steps={self.steps}")
+            raise ValueError(
+                f"TrainSettings.warmup_steps must be in [0, steps), "
+                f"got {self.warmup_steps} with steps={self.steps}"
+            )
 
     @property
     def warm_steps(self) -> int:
@@ -121,23 +124,44 @@ class TrainSettings:
 
 
 # Tiny configuration for the test suite: a few seconds of training after compilation.
-SMOKE = TrainSettings(steps=24, batch=16, image_size=32, warm_size=32, warm_frac=0.0,
-                      warmup_steps=4, dim=32, depth=2, heads=2, n_eval=48)
+SMOKE = TrainSettings(
+    steps=24,
+    batch=16,
+    image_size=32,
+    warm_size=32,
+    warm_frac=0.0,
+    warmup_steps=4,
+    dim=32,
+    depth=2,
+    heads=2,
+    n_eval=48,
+)
 
 
 def demo_config(settings: TrainSettings) -> ViTConfig:
     """The ViT of a run: patch 8, MLP 4·dim, position grid ``image_size/8``, one class per
     `demo_data.CLASSES`."""
-    return ViTConfig(patch=8, dim=settings.dim, depth=settings.depth, heads=settings.heads,
-                     mlp_dim=4 * settings.dim, pos_grid=settings.image_size // 8,
-                     n_classes=len(demo_data.CLASSES), name="demo_vit")
+    return ViTConfig(
+        patch=8,
+        dim=settings.dim,
+        depth=settings.depth,
+        heads=settings.heads,
+        mlp_dim=4 * settings.dim,
+        pos_grid=settings.image_size // 8,
+        n_classes=len(demo_data.CLASSES),
+        name="demo_vit",
+    )
 
 
 def make_optimizer(settings: TrainSettings) -> optax.GradientTransformation:
     """Clip at global norm 1, then AdamW with warm-up + cosine decay; decay on kernels only."""
     schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=settings.lr, warmup_steps=settings.warmup_steps,
-        decay_steps=settings.steps, end_value=settings.lr * settings.final_lr_frac)
+        init_value=0.0,
+        peak_value=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        decay_steps=settings.steps,
+        end_value=settings.lr * settings.final_lr_frac,
+    )
 
     def decay_mask(params):
         flat = flax.traverse_util.flatten_dict(params)
@@ -179,12 +203,15 @@ def attention_on_object(attn: Any, masks: Any) -> dict[str, float]:
     attn = np.asarray(attn, np.float64)
     masks = np.asarray(masks)
     if attn.ndim != 4 or masks.ndim != 3 or attn.shape[0] != masks.shape[0]:
-        raise ValueError(f"need attn (N, heads, h, w) and masks (N, H, W) with the same N; got "
-                         f"{attn.shape} and {masks.shape}")
+        raise ValueError(
+            f"need attn (N, heads, h, w) and masks (N, H, W) with the same N; got "
+            f"{attn.shape} and {masks.shape}"
+        )
     h, w = attn.shape[2:]
     if masks.shape[1] % h or masks.shape[2] % w or masks.shape[1] // h != masks.shape[2] // w:
-        raise ValueError(f"mask size {masks.shape[1:]} is not a patch multiple of the attention "
-                         f"grid {(h, w)}")
+        raise ValueError(
+            f"mask size {masks.shape[1:]} is not a patch multiple of the attention grid {(h, w)}"
+        )
     cover = demo_data.patch_coverage(masks, masks.shape[1] // h).astype(np.float64)
     a = attn.mean(axis=1)
     a = a / a.sum(axis=(1, 2), keepdims=True)
@@ -192,13 +219,15 @@ def attention_on_object(attn: Any, masks: Any) -> dict[str, float]:
     area = cover.mean(axis=(1, 2))
     if np.any(area <= 0):
         raise ValueError("an image has an empty object mask")
-    return {"mass": float(mass.mean()), "area": float(area.mean()),
-            "ratio": float(mass.mean() / area.mean()),
-            "ratio_median": float(np.median(mass / area))}
+    return {
+        "mass": float(mass.mean()),
+        "area": float(area.mean()),
+        "ratio": float(mass.mean() / area.mean()),
+        "ratio_median": float(np.median(mass / area)),
+    }
 
 
-def evaluate(config: ViTConfig, params: Any, data: demo_data.DemoData,
-             batch: int = 128) -> dict[str, float]:
+def evaluate(config: ViTConfig, params: Any, data: demo_data.DemoData, batch: int = 128) -> dict[str, float]:
     """Held-out accuracy and attention-on-object figures of a classifier ViT.
 
     Args:
@@ -215,7 +244,7 @@ def evaluate(config: ViTConfig, params: Any, data: demo_data.DemoData,
     forward = _forward_fn(config)
     attn, pred = [], []
     for i in range(0, len(data.labels), batch):
-        out = forward(params, jnp.asarray(normalize(data.images[i:i + batch])))
+        out = forward(params, jnp.asarray(normalize(data.images[i : i + batch])))
         attn.append(np.asarray(out["attn"]))
         pred.append(np.asarray(out["logits"]).argmax(-1))
     stats = attention_on_object(np.concatenate(attn), data.masks)
@@ -240,8 +269,7 @@ def _batches(settings: TrainSettings, start: int = 0) -> Iterator[tuple[np.ndarr
     def produce():
         for step in range(start, settings.steps):
             size = settings.warm_size if step < settings.warm_steps else settings.image_size
-            d = demo_data.make_dataset(settings.batch, image_size=size,
-                                       seed=batch_seed(settings.seed, step))
+            d = demo_data.make_dataset(settings.batch, image_size=size, seed=batch_seed(settings.seed, step))
             item = (normalize(d.images), d.labels)
             while not stop.is_set():
                 try:
@@ -261,8 +289,9 @@ def _batches(settings: TrainSettings, start: int = 0) -> Iterator[tuple[np.ndarr
         stop.set()
 
 
-def train(settings: TrainSettings = TrainSettings(), *, progress: bool = True,
-          log_every: int = 0) -> tuple[ViTConfig, dict, dict]:
+def train(
+    settings: TrainSettings = TrainSettings(), *, progress: bool = True, log_every: int = 0
+) -> tuple[ViTConfig, dict, dict]:
     """Train the demo ViT from scratch.
 
     Args:
@@ -295,13 +324,22 @@ def train(settings: TrainSettings = TrainSettings(), *, progress: bool = True,
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, acc
 
-    monitor = demo_data.make_dataset(256, image_size=settings.image_size,
-                                     seed=eval_seed(settings.seed) + 1) if log_every else None
+    monitor = (
+        demo_data.make_dataset(256, image_size=settings.image_size, seed=eval_seed(settings.seed) + 1)
+        if log_every
+        else None
+    )
     history = []
     monitor_s = 0.0  # time spent in the optional monitoring evaluations (not training)
     start = time.perf_counter()
-    bar = tqdm(_batches(settings), total=settings.steps, desc="train-demo", unit="step",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        _batches(settings),
+        total=settings.steps,
+        desc="train-demo",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     loss_ema = acc_ema = None
     for step, (images, labels) in enumerate(bar):
         params, opt_state, loss, acc = step_fn(params, opt_state, images, labels)
@@ -309,24 +347,29 @@ def train(settings: TrainSettings = TrainSettings(), *, progress: bool = True,
             loss, acc = float(loss), float(acc)
             loss_ema = loss if loss_ema is None else 0.8 * loss_ema + 0.2 * loss
             acc_ema = acc if acc_ema is None else 0.8 * acc_ema + 0.2 * acc
-            bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}",
-                            size=images.shape[1])
+            bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}", size=images.shape[1])
         if log_every and (step + 1) % log_every == 0:
             t0 = time.perf_counter()
             ev = evaluate(config, params, monitor)
             monitor_s += time.perf_counter() - t0
-            history.append({"step": step + 1,
-                            "train_time_s": round(time.perf_counter() - start - monitor_s, 1),
-                            **{k: round(v, 4) for k, v in ev.items()}})
-            bar.write(f"step {step + 1}: " + ", ".join(f"{k}={v}" for k, v in history[-1].items()
-                                                       if k != "step"))
+            history.append(
+                {
+                    "step": step + 1,
+                    "train_time_s": round(time.perf_counter() - start - monitor_s, 1),
+                    **{k: round(v, 4) for k, v in ev.items()},
+                }
+            )
+            bar.write(
+                f"step {step + 1}: " + ", ".join(f"{k}={v}" for k, v in history[-1].items() if k != "step")
+            )
     jax.block_until_ready(params)
     wall = time.perf_counter() - start - monitor_s
     bar.close()
     params = jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(params))
 
-    held_out = demo_data.make_dataset(settings.n_eval, image_size=settings.image_size,
-                                      seed=eval_seed(settings.seed))
+    held_out = demo_data.make_dataset(
+        settings.n_eval, image_size=settings.image_size, seed=eval_seed(settings.seed)
+    )
     ev = evaluate(config, params, held_out)
     record = {
         "note": NOT_DINO,
@@ -340,12 +383,11 @@ def train(settings: TrainSettings = TrainSettings(), *, progress: bool = True,
         "images_seen": settings.steps * settings.batch,
         "wall_time_s": round(wall, 1),
         "wall_time_note": "training only (compilation and data generation included; the "
-                          "monitoring and final evaluations excluded)",
+        "monitoring and final evaluations excluded)",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                   f"{jax.device_count()} {jax.default_backend()} device(s)",
+        f"{jax.device_count()} {jax.default_backend()} device(s)",
         "load_average_at_start": load_at_start,
-        "versions": {"jax": jax.__version__, "flax": flax.__version__,
-                     "optax": optax.__version__},
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
         "held_out": {
             "seed": eval_seed(settings.seed),
             "n": ev["n"],
@@ -364,8 +406,7 @@ def train(settings: TrainSettings = TrainSettings(), *, progress: bool = True,
 # --------------------------------------------------------------------------- files
 
 
-def save_demo(out_dir: str | Path, config: ViTConfig, params: Any,
-              record: dict) -> tuple[Path, Path]:
+def save_demo(out_dir: str | Path, config: ViTConfig, params: Any, record: dict) -> tuple[Path, Path]:
     """Write ``demo_vit.msgpack`` (`flax.serialization.to_bytes` of the params: plain msgpack,
     no code runs on load) and ``demo_vit.json`` (the record plus the msgpack's sha256).
 
@@ -376,7 +417,12 @@ def save_demo(out_dir: str | Path, config: ViTConfig, params: Any,
     out.mkdir(parents=True, exist_ok=True)
     weights, meta = out / WEIGHTS_FILE, out / RECORD_FILE
     weights.write_bytes(flax.serialization.to_bytes(params))
-    record = {**record, "config": config.to_dict(), "weights": WEIGHTS_FILE,
-              "bytes": weights.stat().st_size, "sha256": sha256_file(weights)}
+    record = {
+        **record,
+        "config": config.to_dict(),
+        "weights": WEIGHTS_FILE,
+        "bytes": weights.stat().st_size,
+        "sha256": sha256_file(weights),
+    }
     meta.write_text(json.dumps(record, indent=2) + "\n")
     return weights, meta

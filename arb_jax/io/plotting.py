@@ -29,10 +29,17 @@ def _roi_outline(ax: Any, roi: np.ndarray | None) -> None:
         ax.contour(np.asarray(roi, float), levels=[0.5], colors="red", linewidths=1.2)
 
 
-def _show_map(ax: Any, m: np.ndarray, hw: tuple[int, int], vmax: float, title: str,
-              roi: np.ndarray | None) -> None:
-    ax.imshow(m, cmap="inferno", vmin=0.0, vmax=vmax, interpolation="nearest",
-              extent=(-0.5, hw[1] - 0.5, hw[0] - 0.5, -0.5))
+def _show_map(
+    ax: Any, m: np.ndarray, hw: tuple[int, int], vmax: float, title: str, roi: np.ndarray | None
+) -> None:
+    ax.imshow(
+        m,
+        cmap="inferno",
+        vmin=0.0,
+        vmax=vmax,
+        interpolation="nearest",
+        extent=(-0.5, hw[1] - 0.5, hw[0] - 0.5, -0.5),
+    )
     _roi_outline(ax, roi)
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
@@ -46,8 +53,14 @@ def _unit_histogram(ax: Any, values: np.ndarray, color: str, title: str, xlabel:
     ax.set_ylabel("patches")
 
 
-def plot_result(res: Any, images: Any = None, path: str | Path | None = None, index: int = 0,
-                roi: np.ndarray | None = None, title: str | None = None) -> Any:
+def plot_result(
+    res: Any,
+    images: Any = None,
+    path: str | Path | None = None,
+    index: int = 0,
+    roi: np.ndarray | None = None,
+    title: str | None = None,
+) -> Any:
     """Figure of one image's ARB result (like the paper's Fig. 2); saved to ``path`` if given.
 
     res: ``ARBResult``; images: (N, H, W, 3) normalised inputs (for the photo panel); index: which
@@ -83,8 +96,7 @@ def plot_result(res: Any, images: Any = None, path: str | Path | None = None, in
     ax = axes[1, 1]
     bins = 40
     if "z_null" in d:
-        ax.hist(d["z_null"].ravel(), bins=bins, density=True, alpha=0.55, color="gray",
-                label="bootstrap z⁰")
+        ax.hist(d["z_null"].ravel(), bins=bins, density=True, alpha=0.55, color="gray", label="bootstrap z⁰")
     ax.hist(z.ravel(), bins=bins, density=True, alpha=0.7, color="tab:blue", label="observed z")
     ax.set_title("z-scores", fontsize=10)
     ax.set_xlabel("z")

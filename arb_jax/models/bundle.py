@@ -113,8 +113,10 @@ class ViT:
           ValueError: the model has no linear head (``config.n_classes == 0``).
         """
         if not self.config.n_classes:
-            raise ValueError("this ViT has no classification head (config.n_classes == 0); "
-                             "attach one with with_head() or load a fine-tuned model")
+            raise ValueError(
+                "this ViT has no classification head (config.n_classes == 0); "
+                "attach one with with_head() or load a fine-tuned model"
+            )
         self._check(images)
         return self._logits_fn(self.params, images)
 
@@ -132,8 +134,7 @@ class ViT:
             raise ValueError(f"head bias must have shape ({kernel.shape[1]},), got {bias.shape}")
         config = dataclasses.replace(self.config, n_classes=int(kernel.shape[1]))
         params = {**self.params, "head": {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}}
-        return dataclasses.replace(self, config=config, params=params,
-                                   meta={**self.meta, **(meta or {})})
+        return dataclasses.replace(self, config=config, params=params, meta={**self.meta, **(meta or {})})
 
     def stored_params(self) -> dict:
         """The parameter tree as numpy float32 with ``pos_embed`` on the stored M×M grid
@@ -155,7 +156,8 @@ class ViT:
         if pos is None or np.shape(pos)[1] != 1 + M * M:
             raise ValueError(
                 f"the stored pos_embed is not on the config's {M}x{M} grid: this bundle was built "
-                "from position embeddings already resampled to another grid")
+                "from position embeddings already resampled to another grid"
+            )
         return np.asarray(pos, dtype=np.float32)
 
     def at_size(self, image_size: int | tuple[int, int]) -> ViT:
@@ -165,8 +167,9 @@ class ViT:
         if size == tuple(self.image_size):
             return self
         pos = _pos_embed_for(self._stored_pos_embed(), self.config, size)
-        return dataclasses.replace(self, params={**self.params, "pos_embed": jnp.asarray(pos)},
-                                   image_size=size)
+        return dataclasses.replace(
+            self, params={**self.params, "pos_embed": jnp.asarray(pos)}, image_size=size
+        )
 
     def _check(self, images) -> None:
         check_images(images, self.config.patch, (self.image_size[0], self.image_size[1]))
@@ -179,9 +182,7 @@ def _image_size(image_size, config: ViTConfig) -> tuple[int, int]:
         image_size = (image_size, image_size)
     size = tuple(image_size)
     if len(size) != 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in size):
-        raise ValueError(
-            f"image_size must be an int or (H, W) of positive ints, got {image_size!r}"
-        )
+        raise ValueError(f"image_size must be an int or (H, W) of positive ints, got {image_size!r}")
     if size[0] % config.patch or size[1] % config.patch:
         raise ValueError(f"image_size {size} is not a multiple of the patch size {config.patch}")
     return int(size[0]), int(size[1])

@@ -83,18 +83,27 @@ class ViTConfig:
 
 
 def _dino(name: str, patch: int, dim: int, heads: int) -> ViTConfig:
-    return ViTConfig(patch=patch, dim=dim, depth=12, heads=heads, mlp_dim=4 * dim,
-                     pos_grid=224 // patch, name=name)
+    return ViTConfig(
+        patch=patch, dim=dim, depth=12, heads=heads, mlp_dim=4 * dim, pos_grid=224 // patch, name=name
+    )
 
 
 def _dinov2(name: str, dim: int, heads: int, n_registers: int = 0) -> ViTConfig:
-    return ViTConfig(patch=14, dim=dim, depth=12, heads=heads, mlp_dim=4 * dim, pos_grid=37,
-                     n_registers=n_registers, layerscale=True, name=name)
+    return ViTConfig(
+        patch=14,
+        dim=dim,
+        depth=12,
+        heads=heads,
+        mlp_dim=4 * dim,
+        pos_grid=37,
+        n_registers=n_registers,
+        layerscale=True,
+        name=name,
+    )
 
 
 def _tiny(name: str, patch: int, pos_grid: int, **kw) -> ViTConfig:
-    return ViTConfig(patch=patch, dim=32, depth=2, heads=2, mlp_dim=64, pos_grid=pos_grid,
-                     name=name, **kw)
+    return ViTConfig(patch=patch, dim=32, depth=2, heads=2, mlp_dim=64, pos_grid=pos_grid, name=name, **kw)
 
 
 CONFIGS: dict[str, ViTConfig] = {
@@ -124,6 +133,4 @@ def get_config(name: str) -> ViTConfig:
     try:
         return CONFIGS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown ViT config {name!r}; known: {', '.join(sorted(CONFIGS))}"
-        ) from None
+        raise ValueError(f"unknown ViT config {name!r}; known: {', '.join(sorted(CONFIGS))}") from None

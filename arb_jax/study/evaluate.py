@@ -47,17 +47,31 @@ class Metric:
     doc: str
 
 
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("perc_after",
-           lambda before, after, w, patch: metrics.mean_percentile_in_roi(before, after, w, patch)[1],
-           "mean percentile in the ROI after shrinking (%)"),
-    Metric("nonzero_after", lambda before, after, w, patch: metrics.nonzero_percent_in_roi(after, w),
-           "non-zero share of the ROI after shrinking (%)"),
-    Metric("sens", lambda before, after, w, patch: metrics.sensitivity(before, after, w),
-           "sensitivity, docs/method.md §5 (share of the ROI's attention removed)"),
-    Metric("spec", lambda before, after, w, patch: metrics.specificity(before, after, w),
-           "specificity, docs/method.md §5 (share of the attention outside the ROI kept)"),
-)}
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "perc_after",
+            lambda before, after, w, patch: metrics.mean_percentile_in_roi(before, after, w, patch)[1],
+            "mean percentile in the ROI after shrinking (%)",
+        ),
+        Metric(
+            "nonzero_after",
+            lambda before, after, w, patch: metrics.nonzero_percent_in_roi(after, w),
+            "non-zero share of the ROI after shrinking (%)",
+        ),
+        Metric(
+            "sens",
+            lambda before, after, w, patch: metrics.sensitivity(before, after, w),
+            "sensitivity, docs/method.md §5 (share of the ROI's attention removed)",
+        ),
+        Metric(
+            "spec",
+            lambda before, after, w, patch: metrics.specificity(before, after, w),
+            "specificity, docs/method.md §5 (share of the attention outside the ROI kept)",
+        ),
+    )
+}
 """Per-method metrics, in CSV column order."""
 
 IMAGE_METRICS = {
@@ -70,17 +84,18 @@ IMAGE_METRICS = {
 
 
 @functools.partial(jax.jit, static_argnames=("patch", "roi_pixels"))
-def _evaluate(attn, z, p, lfdr, map_z, map_pi0, weights, alphas, betas, z_th, *, patch,
-              roi_pixels):
+def _evaluate(attn, z, p, lfdr, map_z, map_pi0, weights, alphas, betas, z_th, *, patch, roi_pixels):
     n, t = attn.shape[0], alphas.shape[0]
 
     def tile(a):
         return jnp.broadcast_to(a[:, None], (n, t) + a.shape[1:])
 
-    map_p = regularize.p_threshold(tile(attn), tile(z), tile(p), jnp.broadcast_to(alphas, (n, t)),
-                                   z_th, map_ndim=2)
-    map_l = regularize.lfdr_threshold(tile(attn), tile(z), tile(lfdr),
-                                      jnp.broadcast_to(betas, (n, t)), z_th, map_ndim=2)
+    map_p = regularize.p_threshold(
+        tile(attn), tile(z), tile(p), jnp.broadcast_to(alphas, (n, t)), z_th, map_ndim=2
+    )
+    map_l = regularize.lfdr_threshold(
+        tile(attn), tile(z), tile(lfdr), jnp.broadcast_to(betas, (n, t)), z_th, map_ndim=2
+    )
     after = jnp.concatenate([map_p, map_l, map_pi0[:, None], map_z[:, None]], axis=1)
 
     def one(before, stack, w, z1, p1):
@@ -99,9 +114,20 @@ def _evaluate(attn, z, p, lfdr, map_z, map_pi0, weights, alphas, betas, z_th, *,
     return jax.vmap(one)(attn, after, weights, z, p)
 
 
-def evaluate(attn: Any, z: Any, p: Any, lfdr: Any, map_z: Any, map_pi0: Any, roi_weights: Any,
-             thresholds: Sequence[tuple[float, float]], *, patch: int, roi_pixels: int,
-             z_th: float = 0.0) -> dict[str, np.ndarray]:
+def evaluate(
+    attn: Any,
+    z: Any,
+    p: Any,
+    lfdr: Any,
+    map_z: Any,
+    map_pi0: Any,
+    roi_weights: Any,
+    thresholds: Sequence[tuple[float, float]],
+    *,
+    patch: int,
+    roi_pixels: int,
+    z_th: float = 0.0,
+) -> dict[str, np.ndarray]:
     """Simulation-study metrics of a batch of ARB results, at several threshold pairs.
 
     The p- and LFDR-maps are rebuilt from the same ``attn``, ``z``, ``p``, ``lfdr`` for every
@@ -133,14 +159,30 @@ def evaluate(attn: Any, z: Any, p: Any, lfdr: Any, map_z: Any, map_pi0: Any, roi
         raise ValueError("thresholds is empty")
     alphas = jnp.asarray([a for a, _ in thresholds], jnp.float32)
     betas = jnp.asarray([b for _, b in thresholds], jnp.float32)
-    out = jax.device_get(_evaluate(
-        jnp.asarray(attn), jnp.asarray(z), jnp.asarray(p), jnp.asarray(lfdr), jnp.asarray(map_z),
-        jnp.asarray(map_pi0), jnp.asarray(roi_weights, jnp.float32), alphas, betas,
-        jnp.float32(z_th), patch=int(patch), roi_pixels=int(roi_pixels)))
+    out = jax.device_get(
+        _evaluate(
+            jnp.asarray(attn),
+            jnp.asarray(z),
+            jnp.asarray(p),
+            jnp.asarray(lfdr),
+            jnp.asarray(map_z),
+            jnp.asarray(map_pi0),
+            jnp.asarray(roi_weights, jnp.float32),
+            alphas,
+            betas,
+            jnp.float32(z_th),
+            patch=int(patch),
+            roi_pixels=int(roi_pixels),
+        )
+    )
     t = len(thresholds)
     res = {k: np.asarray(out[k]) for k in IMAGE_METRICS}
-    cols = {"p": slice(0, t), "lfdr": slice(t, 2 * t), "pi0": slice(2 * t, 2 * t + 1),
-            "z": slice(2 * t + 1, 2 * t + 2)}
+    cols = {
+        "p": slice(0, t),
+        "lfdr": slice(t, 2 * t),
+        "pi0": slice(2 * t, 2 * t + 1),
+        "z": slice(2 * t + 1, 2 * t + 2),
+    }
     for m, sl in cols.items():
         for name in METRICS:
             v = np.asarray(out[name])[:, sl]

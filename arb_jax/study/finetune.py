@@ -78,8 +78,18 @@ in [0, 1]) and ``val_loss``: the whole split after the epoch (empty without a va
 ``seconds``: wall time of the epoch."""
 
 # settings a resume must match (known before the features are computed, then after)
-_CHECKED_EARLY = ("backbone_sha256", "backbone_config", "image_size", "dtype", "listing",
-                  "layout", "lr", "batch", "seed", "val_fraction")
+_CHECKED_EARLY = (
+    "backbone_sha256",
+    "backbone_config",
+    "image_size",
+    "dtype",
+    "listing",
+    "layout",
+    "lr",
+    "batch",
+    "seed",
+    "val_fraction",
+)
 _CHECKED = (*_CHECKED_EARLY, "classes", "n_train", "n_val")
 
 
@@ -106,19 +116,21 @@ class Features:
 
 
 def _has_class_folders(folder: Path) -> bool:
-    return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".")
-                                   for p in folder.iterdir())
+    return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
 
 
 def _sources(data: str) -> tuple[str, dict[str, Callable[[], Iterable[Item]]], dict[str, Any]]:
     """(layout, {"train": items, ["val": items]}, listing fingerprint per split) of ``data``."""
     if data.startswith("tfds:"):
-        name, _, split = data[len("tfds:"):].partition(":")
+        name, _, split = data[len("tfds:") :].partition(":")
         if split:
             return "split by seed", {"train": lambda: sources.tfds_items(data)}, {"train": data}
         specs = {"train": f"tfds:{name}:train", "val": f"tfds:{name}:validation"}
-        return ("tfds train/validation",
-                {k: (lambda s=s: sources.tfds_items(s)) for k, s in specs.items()}, specs)
+        return (
+            "tfds train/validation",
+            {k: (lambda s=s: sources.tfds_items(s)) for k, s in specs.items()},
+            specs,
+        )
     root = Path(data).expanduser()
     if not root.is_dir():
         raise FinetuneError(f"data folder not found: {root}")
@@ -134,15 +146,24 @@ def _sources(data: str) -> tuple[str, dict[str, Callable[[], Iterable[Item]]], d
         if loose:
             raise FinetuneError(
                 f"{len(loose)} images lie directly in {folders[split]} (e.g. {loose[0]}), without "
-                f"a class: put each class in its own folder ({folders[split]}/CLASS/*.jpg)")
-    listing = {k: hashlib.sha256("\n".join(sorted(it.image_id for it in items)).encode()).hexdigest()
-               for k, items in lists.items()}
+                f"a class: put each class in its own folder ({folders[split]}/CLASS/*.jpg)"
+            )
+    listing = {
+        k: hashlib.sha256("\n".join(sorted(it.image_id for it in items)).encode()).hexdigest()
+        for k, items in lists.items()
+    }
     return layout, {k: (lambda v=v: v) for k, v in lists.items()}, listing
 
 
-def extract_features(vit: ViT, items: Iterable[Item], *, batch: int = 64, progress: bool = False,
-                     desc: str = "features", total: int | None = None,
-                     ) -> tuple[Features, list[tuple[str, str]]]:
+def extract_features(
+    vit: ViT,
+    items: Iterable[Item],
+    *,
+    batch: int = 64,
+    progress: bool = False,
+    desc: str = "features",
+    total: int | None = None,
+) -> tuple[Features, list[tuple[str, str]]]:
     """CLS features of ``items`` at ``vit.image_size`` (exact resize, as ``arb sweep`` does).
 
     Batches have a fixed size ``batch`` (the last one is padded), so the jitted forward compiles
@@ -161,8 +182,7 @@ def extract_features(vit: ViT, items: Iterable[Item], *, batch: int = 64, progre
     skipped: list[tuple[str, str]] = []
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        for chunk in images.prefetch(items, batch,
-                                       lambda it: images.try_prepare(it.load, (H, W), vit.patch)):
+        for chunk in images.prefetch(items, batch, lambda it: images.try_prepare(it.load, (H, W), vit.patch)):
             good = []
             for item, (x, reason) in chunk:
                 if x is None:
@@ -173,7 +193,7 @@ def extract_features(vit: ViT, items: Iterable[Item], *, batch: int = 64, progre
                 x = np.stack([x for _, x in good])
                 if len(good) < batch:
                     x = np.concatenate([x, np.zeros((batch - len(good), *x.shape[1:]), x.dtype)])
-                f = np.asarray(vit.features(x), dtype=np.float32)[:len(good)]
+                f = np.asarray(vit.features(x), dtype=np.float32)[: len(good)]
                 feats.append(f)
                 ids.extend(it.image_id for it, _ in good)
                 labels.extend(it.label for it, _ in good)
@@ -221,8 +241,10 @@ def init_head(key: jax.Array, dim: int, n_classes: int) -> dict[str, jax.Array]:
     """A linear head ``{"kernel": (D, K), "bias": (K,)}``, uniform in ±1/√D (torch's default)."""
     k1, k2 = jax.random.split(key)
     bound = 1.0 / math.sqrt(dim)
-    return {"kernel": jax.random.uniform(k1, (dim, n_classes), jnp.float32, -bound, bound),
-            "bias": jax.random.uniform(k2, (n_classes,), jnp.float32, -bound, bound)}
+    return {
+        "kernel": jax.random.uniform(k1, (dim, n_classes), jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(k2, (n_classes,), jnp.float32, -bound, bound),
+    }
 
 
 def _loss_acc(head, x, y, w):
@@ -273,13 +295,15 @@ def _evaluate(head, x, y):
 def _checkpoint_manager(out: Path):
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=KEEP_CHECKPOINTS, create=True,
-                                           enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=KEEP_CHECKPOINTS, create=True, enable_async_checkpointing=False
+    )
     return ocp.CheckpointManager((out / CHECKPOINT_DIR).absolute(), options=options)
 
 
-def _save_features(path: Path, splits: dict[str, Features], skipped: list[tuple[str, str]],
-                   record: dict[str, Any]) -> None:
+def _save_features(
+    path: Path, splits: dict[str, Features], skipped: list[tuple[str, str]], record: dict[str, Any]
+) -> None:
     arrays: dict[str, np.ndarray] = {"record": np.array(json.dumps(record, sort_keys=True))}
     for name, f in splits.items():
         arrays.update({f"{name}_ids": f.ids, f"{name}_labels": f.labels, f"{name}_x": f.x})
@@ -287,8 +311,9 @@ def _save_features(path: Path, splits: dict[str, Features], skipped: list[tuple[
     write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
 
 
-def _load_features(path: Path, record: dict[str, Any]
-                   ) -> tuple[dict[str, Features], list[tuple[str, str]]] | None:
+def _load_features(
+    path: Path, record: dict[str, Any]
+) -> tuple[dict[str, Features], list[tuple[str, str]]] | None:
     """The cached features if ``path`` holds them for ``record``; else None."""
     if not path.is_file():
         return None
@@ -296,8 +321,7 @@ def _load_features(path: Path, record: dict[str, Any]
         with np.load(path, allow_pickle=False) as z:
             if json.loads(str(z["record"])) != json.loads(json.dumps(record, sort_keys=True)):
                 return None
-            splits = {s: Features(z[f"{s}_ids"], z[f"{s}_labels"], z[f"{s}_x"])
-                      for s in record["splits"]}
+            splits = {s: Features(z[f"{s}_ids"], z[f"{s}_labels"], z[f"{s}_x"]) for s in record["splits"]}
             skipped = [tuple(s.split("\t", 1)) for s in z["skipped"].tolist()]
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None  # damaged or foreign: recompute
@@ -307,6 +331,7 @@ def _load_features(path: Path, record: dict[str, Any]
 def _check_record(out: Path, old: dict[str, Any], new: dict[str, Any], keys: Sequence[str]) -> None:
     diff = [k for k in keys if old.get(k) != new.get(k)]
     if diff:
+
         def show(k: str) -> str:
             if k == "listing":
                 return "the image files differ"
@@ -319,7 +344,8 @@ def _check_record(out: Path, old: dict[str, Any], new: dict[str, Any], keys: Seq
         details = "; ".join(show(k) for k in diff)
         raise FinetuneError(
             f"{out} holds checkpoints of a different fine-tuning run ({details}); use another "
-            f"--out, or delete {out / CHECKPOINT_DIR} to start over")
+            f"--out, or delete {out / CHECKPOINT_DIR} to start over"
+        )
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
@@ -349,21 +375,22 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _append_metrics(path: Path, row: dict[str, Any]) -> None:
     with path.open("a", newline="") as f:
-        csv.DictWriter(f, fieldnames=METRIC_COLUMNS).writerow(
-            {k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+        csv.DictWriter(f, fieldnames=METRIC_COLUMNS).writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
         f.flush()
         os.fsync(f.fileno())
 
 
 def _write_split(path: Path, train: Features, val: Features) -> None:
     """``image_id,class,split`` of every image used (split: train or val)."""
+
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["image_id", "class", "split"])
             for name, feats in (("train", train), ("val", val)):
-                writer.writerows([i, c, name] for i, c in zip(feats.ids.tolist(),
-                                                               feats.labels.tolist(), strict=True))
+                writer.writerows(
+                    [i, c, name] for i, c in zip(feats.ids.tolist(), feats.labels.tolist(), strict=True)
+                )
 
     write_atomic(path, write)
 
@@ -403,10 +430,21 @@ class FinetuneResult:
     val_ids: tuple[str, ...] = ()
 
 
-def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 10,
-             lr: float = DEFAULT_LR, batch: int = 64, seed: int = 0, val_fraction: float = 0.2,
-             resume: bool = False, model: str | None = None, progress: bool = False,
-             log: Callable[[str], None] | None = print) -> FinetuneResult:
+def finetune(
+    vit: ViT,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    epochs: int = 10,
+    lr: float = DEFAULT_LR,
+    batch: int = 64,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    resume: bool = False,
+    model: str | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> FinetuneResult:
     """Train a linear head on ``vit``'s frozen CLS features (see the module docstring).
 
     Args:
@@ -450,12 +488,18 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
     out.mkdir(parents=True, exist_ok=True)
     layout, sources, listing = _sources(data)
     record: dict[str, Any] = {
-        "format": FORMAT, "data": data if data.startswith("tfds:") else str(Path(data).absolute()),
-        "layout": layout, "listing": listing, "model": model or vit.meta.get("name") or vit.config.name,
+        "format": FORMAT,
+        "data": data if data.startswith("tfds:") else str(Path(data).absolute()),
+        "layout": layout,
+        "listing": listing,
+        "model": model or vit.meta.get("name") or vit.config.name,
         "backbone_sha256": backbone_sha256(vit),
         "backbone_config": dataclasses.replace(vit.config, n_classes=0).to_dict(),
-        "image_size": list(vit.image_size), "dtype": vit.dtype, "lr": float(lr),
-        "batch": int(batch), "seed": int(seed),
+        "image_size": list(vit.image_size),
+        "dtype": vit.dtype,
+        "lr": float(lr),
+        "batch": int(batch),
+        "seed": int(seed),
         "val_fraction": float(val_fraction) if "val" not in sources else None,
     }
     if "val" in sources and val_fraction and log:
@@ -472,16 +516,19 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
             except json.JSONDecodeError as e:
                 raise FinetuneError(f"{out / CONFIG_FILE} is unreadable ({e})") from None
         if steps and old is None:
-            raise FinetuneError(f"{out / CHECKPOINT_DIR} has checkpoints but {out / CONFIG_FILE} is "
-                                "missing: not a finetune folder, or a damaged one")
+            raise FinetuneError(
+                f"{out / CHECKPOINT_DIR} has checkpoints but {out / CONFIG_FILE} is "
+                "missing: not a finetune folder, or a damaged one"
+            )
         if resume and not steps:
             raise FinetuneError(f"nothing to resume: {out} has no finetune checkpoints")
         if steps:
             _check_record(out, old, record, _CHECKED_EARLY)
 
         # ---- features (cached)
-        cache_record = {k: record[k] for k in ("listing", "backbone_sha256", "backbone_config",
-                                               "image_size", "dtype")}
+        cache_record = {
+            k: record[k] for k in ("listing", "backbone_sha256", "backbone_config", "image_size", "dtype")
+        }
         cache_record["splits"] = sorted(sources)
         cached = _load_features(out / FEATURES_FILE, cache_record)
         if cached is not None:
@@ -492,14 +539,17 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
             for name, items in sources.items():
                 listed = items()
                 total = len(listed) if isinstance(listed, list) else None
-                f, bad = extract_features(vit, listed, batch=batch, progress=progress,
-                                          desc=f"features ({name})", total=total)
+                f, bad = extract_features(
+                    vit, listed, batch=batch, progress=progress, desc=f"features ({name})", total=total
+                )
                 splits[name], skipped = f, skipped + bad
             _save_features(out / FEATURES_FILE, splits, skipped, cache_record)
         if skipped:
             shown = "; ".join(f"{i}: {r}" for i, r in skipped[:3])
-            say(f"arb: finetune: skipped {len(skipped)} unreadable image(s): {shown}"
-                + (" ..." if len(skipped) > 3 else ""))
+            say(
+                f"arb: finetune: skipped {len(skipped)} unreadable image(s): {shown}"
+                + (" ..." if len(skipped) > 3 else "")
+            )
 
         # ---- classes and split
         train = splits["train"]
@@ -507,8 +557,9 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
             raise FinetuneError(f"no readable image in {data} ({len(skipped)} skipped)")
         classes = tuple(sorted(set(train.labels.tolist())))
         if len(classes) < 2:
-            raise FinetuneError(f"a classifier needs at least 2 classes; {data} has only "
-                                f"{classes[0]!r} (readable images)")
+            raise FinetuneError(
+                f"a classifier needs at least 2 classes; {data} has only {classes[0]!r} (readable images)"
+            )
         if "val" in splits:
             val = splits["val"]
             unknown = sorted(set(val.labels.tolist()) - set(classes))
@@ -538,10 +589,16 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
         if steps:
             start = epochs if epochs in steps else steps[-1]
             if start > epochs:
-                say(f"arb: finetune: {out} is already trained to epoch {start} (> --epochs "
-                    f"{epochs}); keeping epoch {start}")
-            target = {"head": head, "opt_state": opt_state, "key": jax.random.key_data(key),
-                      "epoch": np.zeros((), np.int32)}
+                say(
+                    f"arb: finetune: {out} is already trained to epoch {start} (> --epochs "
+                    f"{epochs}); keeping epoch {start}"
+                )
+            target = {
+                "head": head,
+                "opt_state": opt_state,
+                "key": jax.random.key_data(key),
+                "epoch": np.zeros((), np.int32),
+            }
             state = mngr.restore(start, args=ocp.args.StandardRestore(target))
             head, opt_state = state["head"], state["opt_state"]
             key = jax.random.wrap_key_data(jnp.asarray(state["key"]))
@@ -559,20 +616,33 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
             head, opt_state, key, loss = epoch_fn(head, opt_state, key, xt, yt)
             _, train_acc = _evaluate(head, xt, yt)
             val_loss, val_acc = _evaluate(head, xv, yv) if len(val) else (None, None)
-            row = {"epoch": epoch, "train_loss": float(loss), "train_acc": float(train_acc),
-                   "val_loss": None if val_loss is None else float(val_loss),
-                   "val_acc": None if val_acc is None else float(val_acc)}
-            state = {"head": head, "opt_state": opt_state, "key": jax.random.key_data(key),
-                     "epoch": np.asarray(epoch, np.int32)}
+            row = {
+                "epoch": epoch,
+                "train_loss": float(loss),
+                "train_acc": float(train_acc),
+                "val_loss": None if val_loss is None else float(val_loss),
+                "val_acc": None if val_acc is None else float(val_acc),
+            }
+            state = {
+                "head": head,
+                "opt_state": opt_state,
+                "key": jax.random.key_data(key),
+                "epoch": np.asarray(epoch, np.int32),
+            }
             mngr.save(epoch, args=ocp.args.StandardSave(state), force=True)
             mngr.wait_until_finished()
             row["seconds"] = round(time.perf_counter() - t0, 4)
             _append_metrics(out / METRICS_FILE, row)
             history.append(row)
-            val_text = ("" if val_acc is None
-                        else f", val loss {row['val_loss']:.4f}, val acc {100 * row['val_acc']:.1f}%")
-            say(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, "
-                f"train acc {100 * row['train_acc']:.1f}%{val_text} ({row['seconds']:.2f} s)")
+            val_text = (
+                ""
+                if val_acc is None
+                else f", val loss {row['val_loss']:.4f}, val acc {100 * row['val_acc']:.1f}%"
+            )
+            say(
+                f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, "
+                f"train acc {100 * row['train_acc']:.1f}%{val_text} ({row['seconds']:.2f} s)"
+            )
     finally:
         mngr.close()
 
@@ -584,16 +654,27 @@ def finetune(vit: ViT, data: str | Path, out_dir: str | Path, *, epochs: int = 1
         "classes": list(classes),
         "image_size": list(vit.image_size),
         "random_init": bool(vit.meta.get("random_init", False)),
-        "backbone": {"model": record["model"], "sha256": record["backbone_sha256"],
-                     **{k: vit.meta[k] for k in ("name", "source", "sha256", "random_init")
-                        if k in vit.meta}},
-        "finetune": {"epochs": start if start > epochs else epochs, "lr": float(lr),
-                     "batch": int(batch), "seed": int(seed), "data": record["data"],
-                     "layout": layout, "n_train": len(train), "n_val": len(val),
-                     "train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
-                     "val_loss": last.get("val_loss")},
+        "backbone": {
+            "model": record["model"],
+            "sha256": record["backbone_sha256"],
+            **{k: vit.meta[k] for k in ("name", "source", "sha256", "random_init") if k in vit.meta},
+        },
+        "finetune": {
+            "epochs": start if start > epochs else epochs,
+            "lr": float(lr),
+            "batch": int(batch),
+            "seed": int(seed),
+            "data": record["data"],
+            "layout": layout,
+            "n_train": len(train),
+            "n_val": len(val),
+            "train_acc": last.get("train_acc"),
+            "val_acc": last.get("val_acc"),
+            "val_loss": last.get("val_loss"),
+        },
     }
     tuned = vit.with_head(np.asarray(head["kernel"]), np.asarray(head["bias"]), meta=meta)
     write_converted(out, tuned.config, tuned.stored_params(), meta, overwrite=True)
-    return FinetuneResult(tuned, classes, history, out, start, skipped,
-                          tuple(train.ids.tolist()), tuple(val.ids.tolist()))
+    return FinetuneResult(
+        tuned, classes, history, out, start, skipped, tuple(train.ids.tolist()), tuple(val.ids.tolist())
+    )

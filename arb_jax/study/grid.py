@@ -64,8 +64,10 @@ class Grid:
                     raise ValueError(f"{name} must lie in [0, 1], got {v!r}")
         na, nb = len(self.alpha), len(self.beta)
         if na != nb and 1 not in (na, nb):
-            raise ValueError(f"alpha and beta are paired: give them the same number of values "
-                             f"(or one of them a single value), got {na} and {nb}")
+            raise ValueError(
+                f"alpha and beta are paired: give them the same number of values "
+                f"(or one of them a single value), got {na} and {nb}"
+            )
 
     @property
     def runs(self) -> list[tuple[int, float]]:
@@ -121,8 +123,10 @@ def parse_grid(text: str | None, **fixed: Any) -> Grid:
         name, eq, rhs = entry.partition("=")
         name = name.strip().replace("-", "_")
         if not eq or name not in GRID_NAMES:
-            raise ValueError(f"bad --grid entry {entry!r}; expected NAME=V1,V2,... with NAME one "
-                             f"of {', '.join(GRID_NAMES)}")
+            raise ValueError(
+                f"bad --grid entry {entry!r}; expected NAME=V1,V2,... with NAME one "
+                f"of {', '.join(GRID_NAMES)}"
+            )
         if name in values:
             raise ValueError(f"{name} appears twice in --grid")
         values[name] = _parse_values(name, rhs)

@@ -123,8 +123,7 @@ def main_point(points: Sequence[Point]) -> Point:
     """The grid point closest to the paper's `PAPER_POINT` (B first, then width, α, β)."""
     if not points:
         raise ValueError("no grid points")
-    return min(points, key=lambda pt: tuple(abs(a - b) for a, b in zip(pt, PAPER_POINT,
-                                                                       strict=True)) + pt)
+    return min(points, key=lambda pt: tuple(abs(a - b) for a, b in zip(pt, PAPER_POINT, strict=True)) + pt)
 
 
 # ============================================================================ D values
@@ -142,8 +141,9 @@ def _d(rows: Sequence[dict[str, Any]], method: str) -> tuple[float, float, int]:
     return d, err, n
 
 
-def suppression_table(rows: Sequence[dict[str, Any]],
-                      methods: Sequence[str] = METHODS) -> list[dict[str, Any]]:
+def suppression_table(
+    rows: Sequence[dict[str, Any]], methods: Sequence[str] = METHODS
+) -> list[dict[str, Any]]:
     """D ± error (eq. 8) per grid point, class (and ``"all"`` classes pooled) and method.
 
     Returns one dict per (point, class, method): ``n_boot``, ``width``, ``alpha``, ``beta``,
@@ -159,8 +159,19 @@ def suppression_table(rows: Sequence[dict[str, Any]],
         for cls in classes + [ALL]:
             for m in methods:
                 d, err, n = _d(groups[(pt, cls)], m)
-                out.append({"n_boot": pt[0], "width": pt[1], "alpha": pt[2], "beta": pt[3],
-                            "class": cls, "method": m, "n": n, "D": d, "err": err})
+                out.append(
+                    {
+                        "n_boot": pt[0],
+                        "width": pt[1],
+                        "alpha": pt[2],
+                        "beta": pt[3],
+                        "class": cls,
+                        "method": m,
+                        "n": n,
+                        "D": d,
+                        "err": err,
+                    }
+                )
     return out
 
 
@@ -186,8 +197,11 @@ def summary_markdown(table: Sequence[dict[str, Any]], *, header: str = "") -> st
     lines = ["# Suppression factor D (eq. 8)", ""]
     if header:
         lines += [header, ""]
-    lines += ["D = Σ mean percentile in ROI after / Σ before, over the images (1: no effect, "
-              "0: noise fully suppressed); ± the reference code's error.", ""]
+    lines += [
+        "D = Σ mean percentile in ROI after / Σ before, over the images (1: no effect, "
+        "0: noise fully suppressed); ± the reference code's error.",
+        "",
+    ]
     cols = "| class | n | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |"
     rule = "|---|---:|" + "---:|" * len(methods)
     for pt, classes in by_point.items():
@@ -195,19 +209,27 @@ def summary_markdown(table: Sequence[dict[str, Any]], *, header: str = "") -> st
         for cls, cells in classes.items():
             n = max(c["n"] for c in cells.values())
             name = f"**{ALL}**" if cls == ALL else _class_name(cls)
-            lines.append(f"| {name} | {n} | " + " | ".join(
-                _fmt_d(cells[m]["D"], cells[m]["err"], cells[m]["n"]) for m in methods) + " |")
+            lines.append(
+                f"| {name} | {n} | "
+                + " | ".join(_fmt_d(cells[m]["D"], cells[m]["err"], cells[m]["n"]) for m in methods)
+                + " |"
+            )
         lines.append("")
     if len(by_point) > 1:
-        lines += ["## D over the grid (all classes)", "",
-                  "| B | width | α | β | n | " + " | ".join(METHOD_LABELS.get(m, m)
-                                                        for m in methods) + " |",
-                  "|---:|---:|---:|---:|---:|" + "---:|" * len(methods)]
+        lines += [
+            "## D over the grid (all classes)",
+            "",
+            "| B | width | α | β | n | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |",
+            "|---:|---:|---:|---:|---:|" + "---:|" * len(methods),
+        ]
         for pt, classes in by_point.items():
             cells = classes[ALL]
             n = max(c["n"] for c in cells.values())
-            lines.append(f"| {pt[0]} | {pt[1]:g} | {pt[2]:g} | {pt[3]:g} | {n} | " + " | ".join(
-                _fmt_d(cells[m]["D"], cells[m]["err"], cells[m]["n"]) for m in methods) + " |")
+            lines.append(
+                f"| {pt[0]} | {pt[1]:g} | {pt[2]:g} | {pt[3]:g} | {n} | "
+                + " | ".join(_fmt_d(cells[m]["D"], cells[m]["err"], cells[m]["n"]) for m in methods)
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -220,8 +242,9 @@ def _class_colors(classes: Sequence[str]) -> dict[str, Any]:
     return {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
 
 
-def plot_suppression(table: Sequence[dict[str, Any]], pt: Point, path: Path,
-                     methods: Sequence[str] = METHODS) -> Path:
+def plot_suppression(
+    table: Sequence[dict[str, Any]], pt: Point, path: Path, methods: Sequence[str] = METHODS
+) -> Path:
     """Fig. 4: bars of D ± err per class (and all classes), one colour per method."""
     sel = [t for t in table if (t["n_boot"], t["width"], t["alpha"], t["beta"]) == pt]
     classes = list(dict.fromkeys(t["class"] for t in sel))
@@ -232,8 +255,14 @@ def plot_suppression(table: Sequence[dict[str, Any]], pt: Point, path: Path,
         cells = {t["class"]: t for t in sel if t["method"] == m}
         d = [cells[c]["D"] for c in classes]
         e = [cells[c]["err"] for c in classes]
-        ax.bar(x + (k - (len(methods) - 1) / 2) * width, d, width, yerr=e, capsize=2,
-               label=METHOD_LABELS.get(m, m))
+        ax.bar(
+            x + (k - (len(methods) - 1) / 2) * width,
+            d,
+            width,
+            yerr=e,
+            capsize=2,
+            label=METHOD_LABELS.get(m, m),
+        )
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xticks(x, [_class_name(c) for c in classes], rotation=30, ha="right")
     ax.set_ylabel("suppression factor D")
@@ -249,14 +278,20 @@ def plot_before_after(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     colors = _class_colors(classes)
     fig, axes = subplots(2, len(METHODS), layout="tight", figsize=(3.0 * len(METHODS), 6.0), squeeze=False)
     for k, m in enumerate(METHODS):
-        for i, (stat, label) in enumerate((("perc", "mean percentile in ROI"),
-                                           ("nonzero", "non-zero % in ROI"))):
+        for i, (stat, label) in enumerate(
+            (("perc", "mean percentile in ROI"), ("nonzero", "non-zero % in ROI"))
+        ):
             ax = axes[i, k]
             for c in classes:
                 sub = [r for r in rows if r["class"] == c]
-                ax.scatter([r[f"{stat}_before"] for r in sub],
-                           [r[f"{stat}_after_{m}"] for r in sub], s=8, alpha=0.7,
-                           color=colors[c], label=_class_name(c))
+                ax.scatter(
+                    [r[f"{stat}_before"] for r in sub],
+                    [r[f"{stat}_after_{m}"] for r in sub],
+                    s=8,
+                    alpha=0.7,
+                    color=colors[c],
+                    label=_class_name(c),
+                )
             ax.plot([0, 100], [0, 100], color="gray", lw=0.8, ls="--")
             ax.set_xlim(-2, 102)
             ax.set_ylim(-2, 102)
@@ -286,22 +321,24 @@ def plot_sens_spec(rows: Sequence[dict[str, Any]], path: Path) -> Path:
             for t, sp, se in pts:
                 per_t[t].append((sp, se))
             if len(pts) > 1:
-                ax.plot([p[1] for p in pts], [p[2] for p in pts], lw=0.6, alpha=0.5,
-                        color=colors[img_rows[0]["class"]])
+                ax.plot(
+                    [p[1] for p in pts],
+                    [p[2] for p in pts],
+                    lw=0.6,
+                    alpha=0.5,
+                    color=colors[img_rows[0]["class"]],
+                )
             r0 = img_rows[0]
-            ax.scatter([r0["spec_pi0"]], [r0["sens_pi0"]], s=10, color=colors[r0["class"]],
-                       zorder=3)
+            ax.scatter([r0["spec_pi0"]], [r0["sens_pi0"]], s=10, color=colors[r0["class"]], zorder=3)
         ts = sorted(per_t)
         med = np.array([np.nanmedian(np.array(per_t[t]), axis=0) for t in ts])
-        ax.plot(med[:, 0], med[:, 1], "k-o" if len(ts) > 1 else "ko", lw=2, ms=3,
-                label="median")
+        ax.plot(med[:, 0], med[:, 1], "k-o" if len(ts) > 1 else "ko", lw=2, ms=3, label="median")
         ax.plot([0, 1], [1, 0], "b--", lw=1, label="uniform shrinkage")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("specificity")
         ax.set_ylabel("sensitivity")
-        ax.set_title(f"{METHOD_LABELS[m]} thresholding ({len(ts)} thresholds; dots: π₀)",
-                     fontsize=9)
+        ax.set_title(f"{METHOD_LABELS[m]} thresholding ({len(ts)} thresholds; dots: π₀)", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     fig.savefig(path, dpi=110)
     return path
@@ -314,8 +351,13 @@ def plot_srmsd(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     fig, ax = subplots(layout="tight", figsize=(5.0, 3.8))
     for c in classes:
         sub = [r for r in rows if r["class"] == c]
-        ax.scatter([r["perc_before"] for r in sub], [r["srmsd_roi"] for r in sub], s=8,
-                   color=colors[c], label=_class_name(c))
+        ax.scatter(
+            [r["perc_before"] for r in sub],
+            [r["srmsd_roi"] for r in sub],
+            s=8,
+            color=colors[c],
+            label=_class_name(c),
+        )
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("mean percentile in ROI before regularisation")
     ax.set_ylabel("sRMSD of p-values in ROI")
@@ -325,17 +367,21 @@ def plot_srmsd(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_grid(table: Sequence[dict[str, Any]], pt: Point, path: Path,
-              methods: Sequence[str] = METHODS) -> Path:
+def plot_grid(
+    table: Sequence[dict[str, Any]], pt: Point, path: Path, methods: Sequence[str] = METHODS
+) -> Path:
     """Fig. S11: D (all classes) against B at the main width, and against the width at the main
     B, at the main (α, β)."""
     sel = [t for t in table if t["class"] == ALL and (t["alpha"], t["beta"]) == pt[2:]]
     fig, axes = subplots(1, 2, layout="tight", figsize=(8.0, 3.6))
-    for ax, key, fixed, label in ((axes[0], "n_boot", ("width", pt[1]), "B (bootstrap images)"),
-                                  (axes[1], "width", ("n_boot", pt[0]), "bootstrap width w")):
+    for ax, key, fixed, label in (
+        (axes[0], "n_boot", ("width", pt[1]), "B (bootstrap images)"),
+        (axes[1], "width", ("n_boot", pt[0]), "bootstrap width w"),
+    ):
         for m in methods:
-            cells = sorted((t[key], t["D"], t["err"]) for t in sel
-                           if t["method"] == m and t[fixed[0]] == fixed[1])
+            cells = sorted(
+                (t[key], t["D"], t["err"]) for t in sel if t["method"] == m and t[fixed[0]] == fixed[1]
+            )
             if cells:
                 x, d, e = zip(*cells, strict=True)
                 ax.errorbar(x, d, yerr=e, marker="o", capsize=2, label=METHOD_LABELS.get(m, m))
@@ -362,8 +408,7 @@ def _write_table_csv(table: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def make_report(results: str | Path, out: str | Path, *,
-                include_filtered: bool = False) -> dict[str, Path]:
+def make_report(results: str | Path, out: str | Path, *, include_filtered: bool = False) -> dict[str, Path]:
     """Write the tables and figures of a sweep's results (see the module docstring).
 
     Args:
@@ -378,9 +423,12 @@ def make_report(results: str | Path, out: str | Path, *,
     rows, dups = read_results(results)
     kept = rows if include_filtered else [r for r in rows if r["passed"]]
     if not kept:
-        raise ValueError(f"no rows to report in {results}: {len(rows)} rows, none passed the "
-                         "mean-z filter (use --all to include them)" if rows else
-                         f"no rows in {results}")
+        raise ValueError(
+            f"no rows to report in {results}: {len(rows)} rows, none passed the "
+            "mean-z filter (use --all to include them)"
+            if rows
+            else f"no rows in {results}"
+        )
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     table = suppression_table(kept)
@@ -390,19 +438,24 @@ def make_report(results: str | Path, out: str | Path, *,
     passed = {(r["image_id"], r["seed"]) for r in rows if _point(r) == pt and r["passed"]}
     at_pt = {(r["image_id"], r["seed"]) for r in rows if _point(r) == pt}
     noise = sorted({f"{r['noise']} {r['noise_size']} px" for r in rows})
-    header = (f"Source: `{results}`: {len(rows)} rows, {len(images)} images (× seeds), noise "
-              f"{', '.join(noise)}; {len(kept)} rows used "
-              + ("(filter ignored: --all)" if include_filtered else
-                 f"(mean-z filter: {len(passed)} of {len(at_pt)} images pass at the main point)")
-              + (f"; {dups} duplicate rows dropped" if dups else "") + ".")
+    header = (
+        f"Source: `{results}`: {len(rows)} rows, {len(images)} images (× seeds), noise "
+        f"{', '.join(noise)}; {len(kept)} rows used "
+        + (
+            "(filter ignored: --all)"
+            if include_filtered
+            else f"(mean-z filter: {len(passed)} of {len(at_pt)} images pass at the main point)"
+        )
+        + (f"; {dups} duplicate rows dropped" if dups else "")
+        + "."
+    )
     files = {"summary": out / "summary.md"}
     files["summary"].write_text(summary_markdown(table, header=header), encoding="utf-8")
     files["suppression_csv"] = _write_table_csv(table, out / "suppression.csv")
     main_rows = [r for r in kept if _point(r) == pt]
     files["fig3"] = plot_before_after(main_rows, out / "fig3_before_after.png")
     files["fig4"] = plot_suppression(table, pt, out / "fig4_suppression.png")
-    files["fig5"] = plot_sens_spec([r for r in kept if _point(r)[:2] == pt[:2]],
-                                   out / "fig5_sens_spec.png")
+    files["fig5"] = plot_sens_spec([r for r in kept if _point(r)[:2] == pt[:2]], out / "fig5_sens_spec.png")
     files["figS7"] = plot_srmsd(main_rows, out / "figS7_srmsd.png")
     if len({p[0] for p in points}) > 1 or len({p[1] for p in points}) > 1:
         files["figS11"] = plot_grid(table, pt, out / "figS11_grid.png")

@@ -21,9 +21,22 @@ from arb_jax.study.evaluate import METHODS, METRICS
 __all__ = ["COLUMNS", "KEY_COLUMNS", "METHODS", "RowWriter", "read_rows", "row_key"]
 
 COLUMNS = (
-    "image_id", "class", "seed", "n_boot", "width", "alpha", "beta",
-    "noise", "noise_size", "roi_row", "roi_col", "mean_z_roi", "passed", "pi0",
-    "perc_before", "nonzero_before",
+    "image_id",
+    "class",
+    "seed",
+    "n_boot",
+    "width",
+    "alpha",
+    "beta",
+    "noise",
+    "noise_size",
+    "roi_row",
+    "roi_col",
+    "mean_z_roi",
+    "passed",
+    "pi0",
+    "perc_before",
+    "nonzero_before",
     *(f"{name}_{m}" for m in METHODS for name in METRICS),
     "srmsd_roi",
 )
@@ -54,8 +67,14 @@ def _fmt(value: Any) -> str:
 
 def row_key(row: dict[str, str]) -> tuple:
     """The identity of a row: ``(image_id, seed, n_boot, width, alpha, beta)``, typed."""
-    return (row["image_id"], int(row["seed"]), int(row["n_boot"]), float(row["width"]),
-            float(row["alpha"]), float(row["beta"]))
+    return (
+        row["image_id"],
+        int(row["seed"]),
+        int(row["n_boot"]),
+        float(row["width"]),
+        float(row["alpha"]),
+        float(row["beta"]),
+    )
 
 
 def read_rows(path: str | Path, *, drop_partial: bool = True) -> list[dict[str, str]]:
@@ -73,8 +92,10 @@ def read_rows(path: str | Path, *, drop_partial: bool = True) -> list[dict[str, 
     if not lines:
         return []
     if tuple(lines[0]) != COLUMNS:
-        raise ValueError(f"{path} does not have the columns of this version's sweep rows "
-                         f"(first line {','.join(lines[0])[:80]!r}); write to another --out")
+        raise ValueError(
+            f"{path} does not have the columns of this version's sweep rows "
+            f"(first line {','.join(lines[0])[:80]!r}); write to another --out"
+        )
     rows = []
     for i, fields in enumerate(lines[1:], start=2):
         if len(fields) != len(COLUMNS):
@@ -116,7 +137,8 @@ class RowWriter:
         else:
             self.dropped = 0
         self._file = open(  # noqa: SIM115 (closed by close() / __exit__)
-            self.path, "a" if header_ok else "w", newline="", encoding="utf-8")
+            self.path, "a" if header_ok else "w", newline="", encoding="utf-8"
+        )
         self._csv = csv.writer(self._file, lineterminator="\n")
         if not header_ok:
             self._csv.writerow(COLUMNS)

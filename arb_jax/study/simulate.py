@@ -109,8 +109,7 @@ def square_noise(
         for value, name, extent in ((at[0], "row", height), (at[1], "col", width)):
             if isinstance(value, jax.core.Tracer):
                 continue
-            if isinstance(value, float) or not jnp.issubdtype(jnp.asarray(value).dtype,
-                                                              jnp.integer):
+            if isinstance(value, float) or not jnp.issubdtype(jnp.asarray(value).dtype, jnp.integer):
                 raise TypeError(f"at {name} must be an integer, got {value!r}")
             if not 0 <= int(value) <= extent - size:
                 raise ValueError(
@@ -271,8 +270,6 @@ def passes_z_filter(mean_z: ArrayLike, bound: float | None = 1.0) -> jax.Array:
     mean_z = jnp.asarray(mean_z)
     if bound is None:
         return jnp.ones(mean_z.shape, bool)
-    if not isinstance(bound, jax.core.Tracer) and not (
-        math.isfinite(float(bound)) and float(bound) >= 0
-    ):
+    if not isinstance(bound, jax.core.Tracer) and not (math.isfinite(float(bound)) and float(bound) >= 0):
         raise ValueError(f"bound must be a finite number >= 0 or None, got {bound!r}")
     return jnp.abs(mean_z) <= bound

@@ -25,7 +25,6 @@ class SourceError(ValueError):
     """A data source that cannot be read (missing folder, no images, tfds not installed, ...)."""
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Item:
     """One image of a data source: a stable id, its class (``""`` if none) and a loader.
@@ -74,8 +73,11 @@ def folder_items(root: str | Path) -> list[Item]:
             entries = sorted(folder.iterdir())
         except OSError as e:
             raise SourceError(f"cannot read folder {folder}: {e.strerror or e}") from e
-        return [p for p in entries if p.is_file() and not p.name.startswith(".")
-                and p.suffix.lower() in images.IMAGE_EXTENSIONS]
+        return [
+            p
+            for p in entries
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in images.IMAGE_EXTENSIONS
+        ]
 
     groups: list[list[Item]] = []
     top = image_files(root)
@@ -86,21 +88,26 @@ def folder_items(root: str | Path) -> list[Item]:
         if files:
             groups.append([Item(f"{sub.name}/{p.name}", sub.name, _file_loader(p)) for p in files])
     if not groups:
-        raise SourceError(f"no image files ({', '.join(sorted(images.IMAGE_EXTENSIONS))}) in "
-                          f"{root} or its class folders")
+        raise SourceError(
+            f"no image files ({', '.join(sorted(images.IMAGE_EXTENSIONS))}) in {root} or its class folders"
+        )
     return _round_robin(groups)
 
 
-TFDS_INSTALL = ("reading {spec} needs tensorflow-datasets, which is not installed; install the "
-                "extra with: pip install 'arb-jax[tfds]'  (tensorflow-datasets and tensorflow-cpu)")
+TFDS_INSTALL = (
+    "reading {spec} needs tensorflow-datasets, which is not installed; install the "
+    "extra with: pip install 'arb-jax[tfds]'  (tensorflow-datasets and tensorflow-cpu)"
+)
 
 
 def _parse_tfds(spec: str) -> tuple[str, str]:
-    body = spec[len("tfds:"):]
+    body = spec[len("tfds:") :]
     name, _, split = body.partition(":")
     if not name or not re.fullmatch(r"[\w.\-/]+", name):
-        raise SourceError(f"bad tfds data set {spec!r}; expected tfds:NAME[/CONFIG][:SPLIT], e.g. "
-                          "tfds:imagenette/320px-v2:validation")
+        raise SourceError(
+            f"bad tfds data set {spec!r}; expected tfds:NAME[/CONFIG][:SPLIT], e.g. "
+            "tfds:imagenette/320px-v2:validation"
+        )
     return name, split or "validation"
 
 
@@ -122,8 +129,7 @@ def tfds_items(spec: str, data_dir: str | None = None) -> Iterator[Item]:
     except ImportError:
         raise SourceError(TFDS_INSTALL.format(spec=spec)) from None
     try:
-        ds, info = tfds.load(name, split=split, shuffle_files=False, with_info=True,
-                             data_dir=data_dir)
+        ds, info = tfds.load(name, split=split, shuffle_files=False, with_info=True, data_dir=data_dir)
     except Exception as e:  # tfds raises many types (DatasetNotFoundError, ValueError, ...)
         raise SourceError(f"cannot load {spec}: {type(e).__name__}: {e}") from e
     label_feature = info.features["label"] if "label" in info.features else None  # noqa: SIM401
@@ -136,6 +142,7 @@ def tfds_items(spec: str, data_dir: str | None = None) -> Iterator[Item]:
             if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.dtype != np.uint8:
                 raise images.ImageError(f"unexpected tfds image of shape {a.shape}, {a.dtype}")
             return np.ascontiguousarray(np.repeat(a, 3, -1) if a.shape[-1] == 1 else a[..., :3])
+
         return load
 
     def items() -> Iterator[Item]:

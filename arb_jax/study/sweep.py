@@ -48,15 +48,23 @@ from arb_jax.study.grid import Grid, image_key
 from arb_jax.study.rows import RowWriter
 from arb_jax.study.sources import Item, open_source
 
-__all__ = ["NOISES", "PVALUES", "SAMPLERS", "SweepConfig", "SweepSummary", "run_sweep",
-           "sweep_batch"]
+__all__ = ["NOISES", "PVALUES", "SAMPLERS", "SweepConfig", "SweepSummary", "run_sweep", "sweep_batch"]
 
 NOISES = ("square", "diffuse")
 SAMPLERS = ("normal", "pixel", "patch", "uniform")
 PVALUES = ("upper", "plus_one", "two_sided", "attnreg")
 CONFIG_FILE = "sweep.json"
-CHECKED_CONFIG = ("data", "model", "size", "noise", "noise_size", "sampler", "pvalue",
-                  "z_filter", "dtype")  # a resume must match these; limit, seed, grid may grow
+CHECKED_CONFIG = (
+    "data",
+    "model",
+    "size",
+    "noise",
+    "noise_size",
+    "sampler",
+    "pvalue",
+    "z_filter",
+    "dtype",
+)  # a resume must match these; limit, seed, grid may grow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +123,7 @@ class SweepConfig:
         if self.n_hosts is not None and not 0 <= self.host < self.n_hosts:
             raise ValueError(f"host must lie in [0, {self.n_hosts}), got {self.host}")
         if self.distributed and self.host is not None:
-            raise ValueError("--distributed takes the host from jax.distributed; "
-                             "do not give --host")
+            raise ValueError("--distributed takes the host from jax.distributed; do not give --host")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +139,18 @@ class SweepSummary:
 
 def _config_record(cfg: SweepConfig, size: int, noise_size: int) -> dict[str, Any]:
     data = cfg.data if cfg.data.startswith("tfds:") else str(Path(cfg.data).expanduser().resolve())
-    return {"data": data, "model": cfg.model, "size": size, "noise": cfg.noise,
-            "noise_size": noise_size, "sampler": cfg.sampler, "pvalue": cfg.pvalue,
-            "z_filter": cfg.z_filter, "dtype": cfg.dtype, "limit": cfg.limit}
+    return {
+        "data": data,
+        "model": cfg.model,
+        "size": size,
+        "noise": cfg.noise,
+        "noise_size": noise_size,
+        "sampler": cfg.sampler,
+        "pvalue": cfg.pvalue,
+        "z_filter": cfg.z_filter,
+        "dtype": cfg.dtype,
+        "limit": cfg.limit,
+    }
 
 
 def _check_config(out: Path, record: dict[str, Any]) -> None:
@@ -145,11 +161,14 @@ def _check_config(out: Path, record: dict[str, Any]) -> None:
             old = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read {path}: {e}") from e
-        diff = [f"{k}: {old.get(k)!r} there, {record[k]!r} now" for k in CHECKED_CONFIG
-                if old.get(k) != record[k]]
+        diff = [
+            f"{k}: {old.get(k)!r} there, {record[k]!r} now" for k in CHECKED_CONFIG if old.get(k) != record[k]
+        ]
         if diff:
-            raise ValueError(f"{out} holds a sweep with other settings ({'; '.join(diff)}); "
-                             "resume with the same settings or write to another --out")
+            raise ValueError(
+                f"{out} holds a sweep with other settings ({'; '.join(diff)}); "
+                "resume with the same settings or write to another --out"
+            )
         return
     write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
@@ -159,8 +178,9 @@ def _roi_corner(roi: np.ndarray) -> tuple[int, int]:
     return int(np.argmax(rows)), int(np.argmax(cols))
 
 
-def run_sweep(cfg: SweepConfig, *, progress: bool = False,
-              log: Callable[[str], None] = print) -> SweepSummary:
+def run_sweep(
+    cfg: SweepConfig, *, progress: bool = False, log: Callable[[str], None] = print
+) -> SweepSummary:
     """Run (or resume) the simulation study; rows go to ``OUT/rows.csv`` (``rows.host{k}.csv``).
 
     For each image (in `folder_items` order, this host's share, not yet done): resize to
@@ -253,9 +273,16 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = False,
     return SweepSummary(rows_path, written, before, failed, seen[0])
 
 
-def sweep_batch(vit: Any, good: list[tuple[Item, np.ndarray]], cfg: SweepConfig, batch: int,
-                 noise_size: int, thresholds: list[tuple[float, float]], done: set[tuple],
-                 mesh: Any) -> list[dict[str, Any]]:
+def sweep_batch(
+    vit: Any,
+    good: list[tuple[Item, np.ndarray]],
+    cfg: SweepConfig,
+    batch: int,
+    noise_size: int,
+    thresholds: list[tuple[float, float]],
+    done: set[tuple],
+    mesh: Any,
+) -> list[dict[str, Any]]:
     """Noise, ARB runs and metrics for one batch of images; the rows not yet done.
 
     Parameters
@@ -285,8 +312,7 @@ def sweep_batch(vit: Any, good: list[tuple[Item, np.ndarray]], cfg: SweepConfig,
     """
     patch = vit.config.patch
     n = len(good)
-    keys = jax.vmap(jax.random.split)(jnp.stack([image_key(cfg.seed, it.image_id)
-                                                 for it, _ in good]))
+    keys = jax.vmap(jax.random.split)(jnp.stack([image_key(cfg.seed, it.image_id) for it, _ in good]))
     arb_keys, noise_keys = keys[:, 0], keys[:, 1]
     inject = simulate.square_noise if cfg.noise == "square" else simulate.diffuse_noise
     noisy, rois = [], []
@@ -304,29 +330,61 @@ def sweep_batch(vit: Any, good: list[tuple[Item, np.ndarray]], cfg: SweepConfig,
 
     rows = []
     for n_boot, width in cfg.grid.runs:
-        wanted = [[(it.image_id, cfg.seed, n_boot, width, a, b) not in done for a, b in thresholds]
-                  for it, _ in good]
+        wanted = [
+            [(it.image_id, cfg.seed, n_boot, width, a, b) not in done for a, b in thresholds]
+            for it, _ in good
+        ]
         if not any(map(any, wanted)):
             continue
         res = pipeline.regularize_attention(
-            vit, x, arb_keys, n_boot=n_boot, sampler=cfg.sampler, width=width,
-            pvalue=cfg.pvalue, boot_chunk=cfg.boot_chunk, mesh=mesh)
-        ev = evaluate(res.attn, res.z, res.p, res.lfdr, res.maps["z"], res.maps["pi0"], weights,
-                      thresholds, patch=patch, roi_pixels=noise_size * noise_size,
-                      z_th=res.options.z_th)
+            vit,
+            x,
+            arb_keys,
+            n_boot=n_boot,
+            sampler=cfg.sampler,
+            width=width,
+            pvalue=cfg.pvalue,
+            boot_chunk=cfg.boot_chunk,
+            mesh=mesh,
+        )
+        ev = evaluate(
+            res.attn,
+            res.z,
+            res.p,
+            res.lfdr,
+            res.maps["z"],
+            res.maps["pi0"],
+            weights,
+            thresholds,
+            patch=patch,
+            roi_pixels=noise_size * noise_size,
+            z_th=res.options.z_th,
+        )
         passed = np.asarray(simulate.passes_z_filter(ev["mean_z_roi"], cfg.z_filter))
         pi0 = np.asarray(res.pi0)
         for i, (item, _) in enumerate(good):
             for j, (alpha, beta) in enumerate(thresholds):
                 if not wanted[i][j]:
                     continue
-                row = {"image_id": item.image_id, "class": item.label, "seed": cfg.seed,
-                       "n_boot": n_boot, "width": float(width), "alpha": float(alpha),
-                       "beta": float(beta), "noise": cfg.noise, "noise_size": noise_size,
-                       "roi_row": corners[i][0], "roi_col": corners[i][1],
-                       "mean_z_roi": ev["mean_z_roi"][i], "passed": bool(passed[i]),
-                       "pi0": pi0[i], "perc_before": ev["perc_before"][i],
-                       "nonzero_before": ev["nonzero_before"][i], "srmsd_roi": ev["srmsd_roi"][i]}
+                row = {
+                    "image_id": item.image_id,
+                    "class": item.label,
+                    "seed": cfg.seed,
+                    "n_boot": n_boot,
+                    "width": float(width),
+                    "alpha": float(alpha),
+                    "beta": float(beta),
+                    "noise": cfg.noise,
+                    "noise_size": noise_size,
+                    "roi_row": corners[i][0],
+                    "roi_col": corners[i][1],
+                    "mean_z_roi": ev["mean_z_roi"][i],
+                    "passed": bool(passed[i]),
+                    "pi0": pi0[i],
+                    "perc_before": ev["perc_before"][i],
+                    "nonzero_before": ev["nonzero_before"][i],
+                    "srmsd_roi": ev["srmsd_roi"][i],
+                }
                 for m in METHODS:
                     for name in METRICS:
                         row[f"{name}_{m}"] = ev[f"{name}_{m}"][i, j]
