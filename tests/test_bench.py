@@ -56,6 +56,7 @@ def smoke(tmp_path_factory):
     return code, json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
 
 
+@pytest.mark.slow
 def test_smoke_preset_records(smoke):
     code, result, _ = smoke
     assert code == 0 and result["errors"] == []
@@ -93,6 +94,7 @@ def test_smoke_preset_records(smoke):
     }
 
 
+@pytest.mark.slow
 def test_smoke_check_ran_and_passed(smoke):
     _, result, _ = smoke
     checked = [r for r in result["records"] if r["check"] is not None]
@@ -106,6 +108,7 @@ def test_smoke_check_ran_and_passed(smoke):
     assert bf16["check"]["n_boot"] == 2  # checked in float32 with check_boot null images
 
 
+@pytest.mark.slow
 def test_smoke_markdown_table(smoke):
     _, result, md = smoke
     assert md.startswith("## Benchmark `smoke`")
@@ -256,6 +259,7 @@ def test_presets_and_bad_input(capsys):
         main(["--preset", "smoke", "--json", "/nonexistent/dir/r.json"])
 
 
+@pytest.mark.slow
 def test_budget_skips_what_would_start_late_and_results_are_written_as_they_grow(tmp_path):
     """No case starts once the budget is spent (listed as not run); the JSON and markdown are
     rewritten after every case, so a killed run keeps what it measured."""

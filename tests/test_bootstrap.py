@@ -124,6 +124,7 @@ def test_patch_positions_are_uniform():
 # ----------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_chunked_draw_equals_full_draw_bit_for_bit(name):
     key = jax.random.key(11)
@@ -156,6 +157,7 @@ def test_same_key_same_samples_other_key_other_samples(name):
     assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))  # samples differ
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_and_vmap_over_images_and_keys(name):
     imgs = jnp.stack([jnp.asarray(_image(s)) for s in range(3)])

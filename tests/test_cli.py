@@ -72,6 +72,7 @@ def test_models_lists_demo_hub_and_cache(capsys, tmp_path, monkeypatch):
     assert str(tmp_path / "cache") in out
 
 
+@pytest.mark.slow
 def test_regularize_files_match_python_api(capsys, tmp_path, photos):
     """PNG + NPZ per image; the NPZ arrays equal the API's for the same seed (bit for bit)."""
     Image.fromarray(photos["chelsea"]).save(tmp_path / "cat.png")
@@ -174,6 +175,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
     return {f.name: f.stat().st_mtime_ns for f in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_reruns_what_changed(capsys, tmp_path, photos):
     """Outputs carry their settings; a rerun skips images done with the same settings and input."""
     src = tmp_path / "in"
@@ -210,6 +212,7 @@ def test_rerun_resumes_and_reruns_what_changed(capsys, tmp_path, photos):
     assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_batch_equals_one_at_a_time_and_no_figures(capsys, tmp_path, photos):
     """--batch 2 runs images of one size together: same keys, same numbers up to f32 rounding."""
     names = ["chelsea", "coffee", "rocket"]  # all landscape: one size at a 48 px short side
@@ -359,6 +362,7 @@ def test_installed_script_exit_status_and_no_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
+@pytest.mark.slow
 def test_arb_program_keeps_compiled_programs_in_the_cache(tmp_path):
     """The installed ``arb`` turns on JAX's persistent compilation cache in <ARB_CACHE>/xla (a
     rerun loads the compiled programs: same files, same results); JAX_COMPILATION_CACHE_DIR wins."""

@@ -254,6 +254,7 @@ def case_data(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_converted_model_matches_pytorch(case_data, tmp_path, case, fmt):

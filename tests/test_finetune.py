@@ -91,6 +91,7 @@ def _steps(out: Path) -> list[int]:
 # ------------------------------------------------------------------------------ the smoke run
 
 
+@pytest.mark.slow
 def test_metrics_and_checkpoints_per_epoch(runs):
     assert runs["steps_a2"] == [1, 2]
     assert [r["epoch"] for r in runs["rows_a2"]] == ["1", "2"]
@@ -109,6 +110,7 @@ def test_metrics_and_checkpoints_per_epoch(runs):
     assert any("resuming from epoch 2" in ln for ln in runs["lines"])
 
 
+@pytest.mark.slow
 def test_training_learns(runs):
     hist = runs["b4"].history
     assert hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"]
@@ -117,6 +119,7 @@ def test_training_learns(runs):
     assert len(runs["b4"].train_ids) == 18 and len(runs["b4"].val_ids) == 6  # 2 of 8 per class
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(runs, data):
     a4, b4 = runs["a4"], runs["b4"]
     assert runs["a2"].resumed_from == 0 and a4.resumed_from == 2 and b4.resumed_from == 0
@@ -133,6 +136,7 @@ def test_resume_equals_uninterrupted_run(runs, data):
     np.testing.assert_array_equal(np.asarray(again.vit.head["kernel"]), np.asarray(a4.vit.head["kernel"]))
 
 
+@pytest.mark.slow
 def test_load_vit_gives_backbone_and_head(runs, data, vit):
     out = runs["out"] / "a"
     loaded = loading.load_vit(out)
@@ -161,6 +165,7 @@ def test_load_vit_gives_backbone_and_head(runs, data, vit):
 # ------------------------------------------------------------------------------ refusals
 
 
+@pytest.mark.slow
 def test_mismatched_settings_are_refused(runs, data, vit):
     with pytest.raises(ft.FinetuneError, match=r"different fine-tuning run.*lr 0\.03 there"):
         ft.finetune(vit, data, runs["out"] / "a", epochs=5, log=None, **{**KW, "lr": 1e-3})

@@ -86,6 +86,7 @@ def make_case(seed, roi_kind, map_kind, p):
 # --------------------------------------------------------------------------- mean percentile
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seed", "roi_kind", "map_kind", "p"), CASES)
 def test_mean_percentile_equals_pixel_definition(seed, roi_kind, map_kind, p):
     before, after, roi_px = make_case(seed, roi_kind, map_kind, p)

@@ -142,6 +142,7 @@ def assert_matches_reference(got: dict, ref: dict, lfdr_tol: float = 1e-4) -> No
 # ----------------------------------------------------------------------------------- chunks, keys, cache
 
 
+@pytest.mark.slow
 def test_result_does_not_depend_on_the_chunk_size(chunk_runs):
     """boot_chunk 1, 3, None: the same null images and, as every forward has >= 2 images of
     65 tokens (XLA:CPU then picks the same kernels for every batch), bit-identical results."""
@@ -153,6 +154,7 @@ def test_result_does_not_depend_on_the_chunk_size(chunk_runs):
             np.testing.assert_array_equal(got[k], ref[k], err_msg=f"boot_chunk={chunk}: {k}")
 
 
+@pytest.mark.slow
 def test_shapes_heads_and_null(chunk_runs, vit64):
     res = chunk_runs[3][0]
     assert isinstance(res, ARBResult) and res.options.boot_chunk == 3 and res.options.n_boot == B
@@ -169,6 +171,7 @@ def test_shapes_heads_and_null(chunk_runs, vit64):
     assert np.all((np.asarray(res.pi0) >= 0) & (np.asarray(res.pi0) <= 1))
 
 
+@pytest.mark.slow
 def test_same_key_is_bit_identical_and_other_keys_differ(chunk_runs, vit64, photos64, keys2):
     first = chunk_runs[3][0].to_numpy()
     again = pipeline.regularize_attention(
@@ -190,6 +193,7 @@ def test_same_key_is_bit_identical_and_other_keys_differ(chunk_runs, vit64, phot
     assert not np.array_equal(other.z, first["z"])
 
 
+@pytest.mark.slow
 def test_calls_reuse_the_compiled_function_and_models_never_share_it_wrongly(
     chunk_runs, vit64, photos64, keys2
 ):
@@ -224,6 +228,7 @@ def test_calls_reuse_the_compiled_function_and_models_never_share_it_wrongly(
         assert engine.compiled(different, static, None) is not same
 
 
+@pytest.mark.slow
 def test_bfloat16_model_with_percentile_threshold():
     """A bfloat16 model (its own compiled function) with alpha = the 20th percentile of p;
     without heads=True / return_null=True no per-head maps or null z."""
@@ -246,6 +251,7 @@ def test_bfloat16_model_with_percentile_threshold():
 # ----------------------------------------------------------------------------------- numpy, pixels
 
 
+@pytest.mark.slow
 def test_pipeline_equals_numpy_pixel_level_computation(chunk_runs, vit64, photos64, keys2):
     """z, p, lfdr, π₀ and the maps of the pipeline (patch grid) against float64 numpy on the
     nearest-upsampled pixel maps, from null maps computed here independently."""
@@ -261,6 +267,7 @@ def test_pipeline_equals_numpy_pixel_level_computation(chunk_runs, vit64, photos
         assert_matches_reference(got, pixel_reference(attn[i], null[i]))
 
 
+@pytest.mark.slow
 def test_null_images_are_the_null_the_pipeline_ran(chunk_runs, vit64, photos64, keys2):
     """null_images gives the pipeline's bootstrap images: the ViT on them, standardised with the
     returned mu0 / sigma0 (of log attention), reproduces the returned z_null; one key gives
@@ -482,6 +489,7 @@ def assert_within_float_bound(a: dict, b: dict) -> None:
     np.testing.assert_allclose(a["map_soft"], b["map_soft"], atol=1e-3 * a["attn"].max())
 
 
+@pytest.mark.slow
 def test_four_cpu_devices_equal_one_device(tmp_path):
     """5 images on 4 fake CPU devices against 1 device. With image_chunk the per-device shapes
     are fixed: bit-identical, whatever the padding (8 vs 6 images), also on a 2 x 2

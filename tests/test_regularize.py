@@ -157,6 +157,7 @@ def test_integer_percentiles_select_order_statistics_exactly():
         np.testing.assert_array_equal(np.asarray(f(A, z, p, np.float32(q))) != 0, p <= np.percentile(p, q))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_order_statistics_by_bisection_equal_numpy_sort(dtype):
     """The CPU path of percentiles (bisection on the bit pattern, no sort) and the sort path give

@@ -184,6 +184,7 @@ def test_smooth_field_is_a_periodic_gaussian_blur():
     np.testing.assert_allclose(np.asarray(simulate.smooth_field(white, c)), ref, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [1, 7, 16, 24])
 def test_diffuse_roi_has_exactly_size_squared_pixels(size):
     image = _image(3, shape=(24, 32, 3))
@@ -236,6 +237,7 @@ def test_diffuse_roi_is_clustered():
         assert ndimage.label(np.asarray(white))[1] > 100
 
 
+@pytest.mark.slow
 def test_diffuse_deterministic_jit_vmap():
     image = jnp.asarray(_image(6, shape=(32, 32, 3)))
     key = jax.random.key(1)

@@ -121,6 +121,7 @@ def reference_lfdr(z: np.ndarray, pi0: float) -> tuple[np.ndarray, str]:
         return lfdr_from_log_f(z, log_density_trust_region(z, z), pi0), "trust-region"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dist", DISTS)
 def test_local_fdr_matches_statsmodels_x64(dist, n):
@@ -151,6 +152,7 @@ def test_trust_region_reference_agrees_with_statsmodels(dist, n):
     np.testing.assert_allclose(f_tr, f_sm, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_local_fdr_float32_error():
     """float32 (default) against the float64 reference on the float32-rounded z.
 
@@ -171,6 +173,7 @@ def test_local_fdr_float32_error():
     assert errs["t3", 100_000] <= TOL_F32_HEAVY, errs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_newton_loop_stops_once_converged(dtype):
     """The Newton loop stops after an undamped step of <= √eps: a normal mixture converges within
@@ -200,6 +203,7 @@ def test_local_fdr_float32_ties_on_bin_edges():
         assert err <= TOL_F32, f"n={n}: {err:.2e}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", (1_000, 10_000))
 def test_local_fdr_empirical_null(n):
     """null="empirical": f₀ fitted to z⁰ like f, evaluated at z (extrapolated beyond z⁰'s range)."""
@@ -218,6 +222,7 @@ def test_local_fdr_empirical_null(n):
         np.testing.assert_array_equal(got, flat)
 
 
+@pytest.mark.slow
 def test_local_fdr_properties():
     z = sample("normal_mixture", 2_000)
     lf1 = np.asarray(stats.local_fdr(z, pi0=1.0))

@@ -137,6 +137,7 @@ def test_zstat_bad_inputs(attn, null, err, match):
 # --- p-values --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_pvalues_match_brute_force(method):
     """Exact (bit for bit) in float64 and float32, continuous z and heavily tied z."""
@@ -158,6 +159,7 @@ def test_pvalues_match_brute_force(method):
         assert np.all(got > 0)
 
 
+@pytest.mark.slow
 def test_pvalues_batches_shapes_and_jit():
     rng = np.random.default_rng(4)
     z, z_null = rng.normal(size=(2, 300)), rng.normal(size=(2, 5, 300))
@@ -267,6 +269,7 @@ def test_pvalues_uniform_under_the_null(method):
     assert abs(s.mean()) <= 5 * s.std() / np.sqrt(R)
 
 
+@pytest.mark.slow
 def test_ranking_nulls_among_observed_equals_sorting_the_nulls():
     """The fast count (sort the n observed, rank the m nulls) equals the direct one, ties included."""
     rng = np.random.default_rng(5)

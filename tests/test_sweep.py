@@ -118,6 +118,7 @@ def reference(photos, env, tmp_path_factory) -> dict[tuple, dict[str, str]]:
 # ----------------------------------------------------------------------------------- rows
 
 
+@pytest.mark.slow
 def test_rows_have_the_columns_and_one_row_per_image_and_grid_point(reference, photos):
     ids = {f"{c}/{n}.png" for c, names in PHOTOS.items() for n in names}
     keys = set(reference)
@@ -135,6 +136,7 @@ def test_rows_have_the_columns_and_one_row_per_image_and_grid_point(reference, p
             assert 0 <= float(row[f"nonzero_after_{m}"]) <= 100
 
 
+@pytest.mark.slow
 def test_thresholds_reuse_one_arb_run(reference):
     """Rows of the same image and (n_boot, width) differ only in the threshold-dependent maps."""
     runs: dict[tuple, list[dict[str, str]]] = {}
@@ -194,6 +196,7 @@ def _numpy_metrics(attn, z, p, lfdr, pi0, roi, patch, alpha, beta):
     return res
 
 
+@pytest.mark.slow
 def test_row_values_match_an_independent_numpy_computation(reference, photos):
     """The first batch (2 images): redo noise + ARB by hand, score with numpy."""
     vit = loading.load_vit(MODEL, image_size=32)
@@ -241,6 +244,7 @@ SLOW = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_losing_or_repeating_rows(reference, photos, env, tmp_path):
     out = tmp_path / "killed"
     rows_csv = out / "rows.csv"
@@ -343,6 +347,7 @@ FOUR_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_cpu_devices_give_the_same_rows_and_arrays(reference, photos, env, tmp_path):
     out = tmp_path / "four"
     four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -367,6 +372,7 @@ def _free_slurm_port() -> int:
     raise RuntimeError("no free port")
 
 
+@pytest.mark.slow
 def test_distributed_hosts_write_their_shares(reference, photos, env, tmp_path):
     """``--distributed`` under a (simulated) 2-task SLURM job on this machine: jax.distributed
     connects the two processes; host k writes rows.host{k}.csv with ids[k::2]."""
@@ -439,6 +445,7 @@ def _fake_regularize(calls):
     return fake
 
 
+@pytest.mark.slow
 def test_grid_runs_arb_once_per_n_boot_and_width_and_skips_done_work(photos, tmp_path, monkeypatch):
     calls: list[tuple] = []
     monkeypatch.setattr(pipeline, "regularize_attention", _fake_regularize(calls))
@@ -467,6 +474,7 @@ def test_grid_runs_arb_once_per_n_boot_and_width_and_skips_done_work(photos, tmp
     assert len(sweep_rows.read_rows(tmp_path / "r" / "rows.csv")) == 6 * 6 * 3
 
 
+@pytest.mark.slow
 def test_sweep_refuses_to_mix_settings_in_one_folder(photos, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "regularize_attention", _fake_regularize([]))
     cfg = sweep.SweepConfig(data=str(photos), model=MODEL, out=str(tmp_path), limit=2)
@@ -477,6 +485,7 @@ def test_sweep_refuses_to_mix_settings_in_one_folder(photos, tmp_path, monkeypat
         sweep.run_sweep(dataclasses.replace(cfg, noise="diffuse"), log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_hosts_take_interleaved_shares_and_report_merges_them(photos, tmp_path, monkeypatch):
     from arb_jax.study import report
 
@@ -501,6 +510,7 @@ def test_hosts_take_interleaved_shares_and_report_merges_them(photos, tmp_path, 
     assert sorted(merged, key=key) == sorted(ref_rows, key=key)
 
 
+@pytest.mark.slow
 def test_diffuse_noise_rows_and_bad_images(photos, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "regularize_attention", _fake_regularize([]))
     data = tmp_path / "data"
@@ -657,6 +667,7 @@ def test_cli_options_and_errors(photos, tmp_path, capsys):
 # ----------------------------------------------------------------------------------- demo model
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (ROOT / "arb_jax" / "assets" / "demo_vit.msgpack").exists(),
     reason="the demo ViT (arb_jax/assets/demo_vit.msgpack) is not trained yet",

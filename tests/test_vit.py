@@ -173,6 +173,7 @@ def _assert_parity(ours: dict, attn_ref, feat_ref, n_patches):
 # --------------------------------------------------------------------------- parity
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["test_tiny8", "test_tiny16", "test_tiny14", "test_tiny14_reg"])
 def test_parity_with_hf_at_native_size(name):
     cfg = get_config(name)
@@ -185,6 +186,7 @@ def test_parity_with_hf_at_native_size(name):
     assert set(ours) == {"attn", "features"}  # "logits" only with a head
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,grid", [("test_tiny8", (7, 5)), ("test_tiny14_reg", (6, 6)), ("test_tiny14", (3, 3))]
 )
@@ -280,6 +282,7 @@ def _reference_forward(params: dict, cfg: ViTConfig, images: np.ndarray):
     return attn, ln(x, P["norm"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["test_tiny8", "test_tiny14_reg"])
 def test_cls_only_last_block_equals_full_block(name):
     cfg = dataclasses.replace(get_config(name), depth=3)
@@ -315,6 +318,7 @@ def test_classifier_head_logits():
 # --------------------------------------------------------------------------- bfloat16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["test_tiny14_reg"])
 def test_bfloat16_close_to_float32(name):
     # bf16 keeps 8 significant bits (unit roundoff 2^-9 = 0.2%). q and k are rounded (and the
@@ -340,6 +344,7 @@ def test_bfloat16_close_to_float32(name):
 # --------------------------------------------------------------------------- input checks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape,dtype,error,match",
     [
@@ -456,6 +461,7 @@ def test_config_round_trip_and_errors():
 # --------------------------------------------------------------------------- the bundle
 
 
+@pytest.mark.slow
 def test_bundle_random_init_and_pos_embed_resampled_once():
     vit = build_vit("test_tiny8", image_size=(56, 40), seed=3)
     assert vit.meta["random_init"] is True and vit.meta["seed"] == 3
@@ -473,6 +479,7 @@ def test_bundle_random_init_and_pos_embed_resampled_once():
     assert build_vit("test_tiny8", params=native).meta["random_init"] is False
 
 
+@pytest.mark.slow
 def test_bundle_apply_is_pure_under_jit_and_vmap():
     vit = build_vit("test_tiny14_reg")
     images = _images(3, vit.image_size, seed=11)
@@ -505,6 +512,7 @@ def test_bundle_errors():
         build_vit("test_tiny8", params={**params, "pos_embed": np.zeros((1, 10, 32), np.float32)})
 
 
+@pytest.mark.slow
 def test_at_size_equals_building_at_that_size():
     """at_size resamples only pos_embed from the stored grid: the same parameters, bit for bit,
     as build_vit at that size, and back to the first size gives the first bundle's values."""
