@@ -466,11 +466,85 @@ def finetune(
       FinetuneError: bad settings, fewer than 2 classes, no readable image, a validation class
         absent from training, or ``out_dir`` holding a run with other settings.
     """
-    import orbax.checkpoint as ocp
-
     from arb_jax.convert.orbax_io import write_converted
 
     say = log or (lambda _msg: None)
+    _check_settings(vit, epochs=epochs, lr=lr, batch=batch, val_fraction=val_fraction)
+    data = str(data)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FinetuneError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    layout, sources, listing = _sources(data)
+    record = _run_record(
+        vit,
+        data,
+        layout,
+        listing,
+        sources,
+        model=model,
+        lr=lr,
+        batch=batch,
+        seed=seed,
+        val_fraction=val_fraction,
+    )
+    if "val" in sources and val_fraction and log:
+        say(f"arb: finetune: {data} has a validation split; --val-fraction is not used")
+
+    mngr = _checkpoint_manager(out)
+    try:
+        steps, old = _previous_run(out, mngr, record, resume)
+        splits, skipped = _features(vit, out, sources, record, batch=batch, progress=progress, say=say)
+        train, val, classes = _classes_and_split(splits, skipped, data, val_fraction, seed)
+        record.update(classes=list(classes), n_train=len(train), n_val=len(val))
+        _write_split(out / SPLIT_FILE, train, val)
+        if steps:
+            _check_record(out, old, record, _CHECKED)
+        write_text_atomic(out / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        tx = optax.adam(lr)
+        state, start, history = _initial_state(
+            out, mngr, steps, tx, vit.config.dim, len(classes), epochs=epochs, seed=seed, say=say
+        )
+        head = _train_epochs(
+            out,
+            mngr,
+            tx,
+            state,
+            history,
+            train,
+            val,
+            classes,
+            start=start,
+            epochs=epochs,
+            batch=batch,
+            say=say,
+        )
+    finally:
+        mngr.close()
+
+    meta = _model_meta(
+        vit,
+        record,
+        classes,
+        history,
+        train,
+        val,
+        layout,
+        start=start,
+        epochs=epochs,
+        lr=lr,
+        batch=batch,
+        seed=seed,
+    )
+    tuned = vit.with_head(np.asarray(head["kernel"]), np.asarray(head["bias"]), meta=meta)
+    write_converted(out, tuned.config, tuned.stored_params(), meta, overwrite=True)
+    return FinetuneResult(
+        tuned, classes, history, out, start, skipped, tuple(train.ids.tolist()), tuple(val.ids.tolist())
+    )
+
+
+def _check_settings(vit: ViT, *, epochs: int, lr: float, batch: int, val_fraction: float) -> None:
+    """FinetuneError (TypeError for a non-ViT) for settings no run can use."""
     for name, value in (("epochs", epochs), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise FinetuneError(f"{name} must be a positive integer, got {value!r}")
@@ -481,13 +555,22 @@ def finetune(
     if not isinstance(vit, ViT):
         raise TypeError(f"vit must be an arb_jax ViT bundle (load_vit), got {type(vit).__name__}")
 
-    data = str(data)
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise FinetuneError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    layout, sources, listing = _sources(data)
-    record: dict[str, Any] = {
+
+def _run_record(
+    vit: ViT,
+    data: str,
+    layout: str,
+    listing: dict[str, Any],
+    sources: dict[str, Any],
+    *,
+    model: str | None,
+    lr: float,
+    batch: int,
+    seed: int,
+    val_fraction: float,
+) -> dict[str, Any]:
+    """The settings written to ``finetune.json``, which a resume must match."""
+    return {
         "format": FORMAT,
         "data": data if data.startswith("tfds:") else str(Path(data).absolute()),
         "layout": layout,
@@ -502,153 +585,212 @@ def finetune(
         "seed": int(seed),
         "val_fraction": float(val_fraction) if "val" not in sources else None,
     }
-    if "val" in sources and val_fraction and log:
-        say(f"arb: finetune: {data} has a validation split; --val-fraction is not used")
 
-    # ---- earlier run in this folder?
-    mngr = _checkpoint_manager(out)
-    try:
-        steps = sorted(mngr.all_steps())
-        old = None
-        if (out / CONFIG_FILE).is_file():
-            try:
-                old = json.loads((out / CONFIG_FILE).read_text())
-            except json.JSONDecodeError as e:
-                raise FinetuneError(f"{out / CONFIG_FILE} is unreadable ({e})") from None
-        if steps and old is None:
-            raise FinetuneError(
-                f"{out / CHECKPOINT_DIR} has checkpoints but {out / CONFIG_FILE} is "
-                "missing: not a finetune folder, or a damaged one"
+
+def _previous_run(out: Path, mngr: Any, record: dict[str, Any], resume: bool) -> tuple[list[int], Any]:
+    """The checkpointed epochs of an earlier run in ``out`` and its record (checked early)."""
+    steps = sorted(mngr.all_steps())
+    old = None
+    if (out / CONFIG_FILE).is_file():
+        try:
+            old = json.loads((out / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise FinetuneError(f"{out / CONFIG_FILE} is unreadable ({e})") from None
+    if steps and old is None:
+        raise FinetuneError(
+            f"{out / CHECKPOINT_DIR} has checkpoints but {out / CONFIG_FILE} is "
+            "missing: not a finetune folder, or a damaged one"
+        )
+    if resume and not steps:
+        raise FinetuneError(f"nothing to resume: {out} has no finetune checkpoints")
+    if steps:
+        _check_record(out, old, record, _CHECKED_EARLY)
+    return steps, old
+
+
+def _features(
+    vit: ViT,
+    out: Path,
+    sources: dict[str, Any],
+    record: dict[str, Any],
+    *,
+    batch: int,
+    progress: bool,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Features], list[tuple[str, str]]]:
+    """The CLS features of every split: from ``features.npz`` when it matches, else computed."""
+    cache_record = {
+        k: record[k] for k in ("listing", "backbone_sha256", "backbone_config", "image_size", "dtype")
+    }
+    cache_record["splits"] = sorted(sources)
+    cached = _load_features(out / FEATURES_FILE, cache_record)
+    if cached is not None:
+        splits, skipped = cached
+        say(f"arb: finetune: using the cached features in {out / FEATURES_FILE}")
+    else:
+        splits, skipped = {}, []
+        for name, items in sources.items():
+            listed = items()
+            total = len(listed) if isinstance(listed, list) else None
+            f, bad = extract_features(
+                vit, listed, batch=batch, progress=progress, desc=f"features ({name})", total=total
             )
-        if resume and not steps:
-            raise FinetuneError(f"nothing to resume: {out} has no finetune checkpoints")
-        if steps:
-            _check_record(out, old, record, _CHECKED_EARLY)
+            splits[name], skipped = f, skipped + bad
+        _save_features(out / FEATURES_FILE, splits, skipped, cache_record)
+    if skipped:
+        shown = "; ".join(f"{i}: {r}" for i, r in skipped[:3])
+        say(
+            f"arb: finetune: skipped {len(skipped)} unreadable image(s): {shown}"
+            + (" ..." if len(skipped) > 3 else "")
+        )
+    return splits, skipped
 
-        # ---- features (cached)
-        cache_record = {
-            k: record[k] for k in ("listing", "backbone_sha256", "backbone_config", "image_size", "dtype")
+
+def _classes_and_split(
+    splits: dict[str, Features], skipped: list[tuple[str, str]], data: str, val_fraction: float, seed: int
+) -> tuple[Features, Features, tuple[str, ...]]:
+    """(train, val, classes): the data's own validation split, or one held out by ``seed``."""
+    train = splits["train"]
+    if not len(train):
+        raise FinetuneError(f"no readable image in {data} ({len(skipped)} skipped)")
+    classes = tuple(sorted(set(train.labels.tolist())))
+    if len(classes) < 2:
+        raise FinetuneError(
+            f"a classifier needs at least 2 classes; {data} has only {classes[0]!r} (readable images)"
+        )
+    if "val" in splits:
+        val = splits["val"]
+        unknown = sorted(set(val.labels.tolist()) - set(classes))
+        if unknown:
+            raise FinetuneError(f"validation classes {unknown} have no training images")
+    else:
+        train_idx, val_idx = split_by_seed(train.labels, val_fraction, seed)
+        train, val = train.take(train_idx), train.take(val_idx)
+    return train, val, classes
+
+
+def _initial_state(
+    out: Path,
+    mngr: Any,
+    steps: list[int],
+    tx: optax.GradientTransformation,
+    dim: int,
+    n_classes: int,
+    *,
+    epochs: int,
+    seed: int,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+    """(state, start epoch, history so far): a fresh head, or the last checkpoint's state."""
+    import orbax.checkpoint as ocp
+
+    key, init_key = jax.random.split(jax.random.key(seed))
+    head = init_head(init_key, dim, n_classes)
+    opt_state = tx.init(head)
+    start = 0
+    if steps:
+        start = epochs if epochs in steps else steps[-1]
+        if start > epochs:
+            say(
+                f"arb: finetune: {out} is already trained to epoch {start} (> --epochs "
+                f"{epochs}); keeping epoch {start}"
+            )
+        target = {
+            "head": head,
+            "opt_state": opt_state,
+            "key": jax.random.key_data(key),
+            "epoch": np.zeros((), np.int32),
         }
-        cache_record["splits"] = sorted(sources)
-        cached = _load_features(out / FEATURES_FILE, cache_record)
-        if cached is not None:
-            splits, skipped = cached
-            say(f"arb: finetune: using the cached features in {out / FEATURES_FILE}")
-        else:
-            splits, skipped = {}, []
-            for name, items in sources.items():
-                listed = items()
-                total = len(listed) if isinstance(listed, list) else None
-                f, bad = extract_features(
-                    vit, listed, batch=batch, progress=progress, desc=f"features ({name})", total=total
-                )
-                splits[name], skipped = f, skipped + bad
-            _save_features(out / FEATURES_FILE, splits, skipped, cache_record)
-        if skipped:
-            shown = "; ".join(f"{i}: {r}" for i, r in skipped[:3])
-            say(
-                f"arb: finetune: skipped {len(skipped)} unreadable image(s): {shown}"
-                + (" ..." if len(skipped) > 3 else "")
-            )
+        state = mngr.restore(start, args=ocp.args.StandardRestore(target))
+        head, opt_state = state["head"], state["opt_state"]
+        key = jax.random.wrap_key_data(jnp.asarray(state["key"]))
+        if start < epochs:
+            say(f"arb: finetune: resuming from epoch {start} ({out / CHECKPOINT_DIR})")
+    kept = _read_metrics(out / METRICS_FILE, steps[-1] if steps else 0)
+    if start == (steps[-1] if steps else 0):
+        _write_metrics(out / METRICS_FILE, kept)  # drops rows of epochs never checkpointed
+    history = [r for r in kept if r["epoch"] <= start]
+    return {"head": head, "opt_state": opt_state, "key": key}, start, history
 
-        # ---- classes and split
-        train = splits["train"]
-        if not len(train):
-            raise FinetuneError(f"no readable image in {data} ({len(skipped)} skipped)")
-        classes = tuple(sorted(set(train.labels.tolist())))
-        if len(classes) < 2:
-            raise FinetuneError(
-                f"a classifier needs at least 2 classes; {data} has only {classes[0]!r} (readable images)"
-            )
-        if "val" in splits:
-            val = splits["val"]
-            unknown = sorted(set(val.labels.tolist()) - set(classes))
-            if unknown:
-                raise FinetuneError(f"validation classes {unknown} have no training images")
-        else:
-            train_idx, val_idx = split_by_seed(train.labels, val_fraction, seed)
-            train, val = train.take(train_idx), train.take(val_idx)
-        index = {c: i for i, c in enumerate(classes)}
-        record.update(classes=list(classes), n_train=len(train), n_val=len(val))
-        _write_split(out / SPLIT_FILE, train, val)
-        if steps:
-            _check_record(out, old, record, _CHECKED)
-        write_text_atomic(out / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
-        xt = jnp.asarray(train.x)
-        yt = jnp.asarray([index[c] for c in train.labels.tolist()], jnp.int32)
-        xv = jnp.asarray(val.x)
-        yv = jnp.asarray([index[c] for c in val.labels.tolist()], jnp.int32)
+def _train_epochs(
+    out: Path,
+    mngr: Any,
+    tx: optax.GradientTransformation,
+    state: dict[str, Any],
+    history: list[dict[str, Any]],
+    train: Features,
+    val: Features,
+    classes: tuple[str, ...],
+    *,
+    start: int,
+    epochs: int,
+    batch: int,
+    say: Callable[[str], None],
+) -> dict[str, jax.Array]:
+    """Epochs ``start + 1 .. epochs``: train, evaluate, checkpoint, log; returns the head."""
+    import orbax.checkpoint as ocp
 
-        # ---- state: fresh or restored
-        tx = optax.adam(lr)
-        key, init_key = jax.random.split(jax.random.key(seed))
-        head = init_head(init_key, vit.config.dim, len(classes))
-        opt_state = tx.init(head)
-        start = 0
-        if steps:
-            start = epochs if epochs in steps else steps[-1]
-            if start > epochs:
-                say(
-                    f"arb: finetune: {out} is already trained to epoch {start} (> --epochs "
-                    f"{epochs}); keeping epoch {start}"
-                )
-            target = {
-                "head": head,
-                "opt_state": opt_state,
-                "key": jax.random.key_data(key),
-                "epoch": np.zeros((), np.int32),
-            }
-            state = mngr.restore(start, args=ocp.args.StandardRestore(target))
-            head, opt_state = state["head"], state["opt_state"]
-            key = jax.random.wrap_key_data(jnp.asarray(state["key"]))
-            if start < epochs:
-                say(f"arb: finetune: resuming from epoch {start} ({out / CHECKPOINT_DIR})")
-        kept = _read_metrics(out / METRICS_FILE, steps[-1] if steps else 0)
-        if start == (steps[-1] if steps else 0):
-            _write_metrics(out / METRICS_FILE, kept)  # drops rows of epochs never checkpointed
-        history = [r for r in kept if r["epoch"] <= start]
+    index = {c: i for i, c in enumerate(classes)}
+    xt = jnp.asarray(train.x)
+    yt = jnp.asarray([index[c] for c in train.labels.tolist()], jnp.int32)
+    xv = jnp.asarray(val.x)
+    yv = jnp.asarray([index[c] for c in val.labels.tolist()], jnp.int32)
+    head, opt_state, key = state["head"], state["opt_state"], state["key"]
+    epoch_fn = _make_epoch(tx, batch)
+    for epoch in range(start + 1, epochs + 1):
+        t0 = time.perf_counter()
+        head, opt_state, key, loss = epoch_fn(head, opt_state, key, xt, yt)
+        _, train_acc = _evaluate(head, xt, yt)
+        val_loss, val_acc = _evaluate(head, xv, yv) if len(val) else (None, None)
+        row = {
+            "epoch": epoch,
+            "train_loss": float(loss),
+            "train_acc": float(train_acc),
+            "val_loss": None if val_loss is None else float(val_loss),
+            "val_acc": None if val_acc is None else float(val_acc),
+        }
+        saved = {
+            "head": head,
+            "opt_state": opt_state,
+            "key": jax.random.key_data(key),
+            "epoch": np.asarray(epoch, np.int32),
+        }
+        mngr.save(epoch, args=ocp.args.StandardSave(saved), force=True)
+        mngr.wait_until_finished()
+        row["seconds"] = round(time.perf_counter() - t0, 4)
+        _append_metrics(out / METRICS_FILE, row)
+        history.append(row)
+        val_text = (
+            ""
+            if val_acc is None
+            else f", val loss {row['val_loss']:.4f}, val acc {100 * row['val_acc']:.1f}%"
+        )
+        say(
+            f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, "
+            f"train acc {100 * row['train_acc']:.1f}%{val_text} ({row['seconds']:.2f} s)"
+        )
+    return head
 
-        # ---- epochs
-        epoch_fn = _make_epoch(tx, batch)
-        for epoch in range(start + 1, epochs + 1):
-            t0 = time.perf_counter()
-            head, opt_state, key, loss = epoch_fn(head, opt_state, key, xt, yt)
-            _, train_acc = _evaluate(head, xt, yt)
-            val_loss, val_acc = _evaluate(head, xv, yv) if len(val) else (None, None)
-            row = {
-                "epoch": epoch,
-                "train_loss": float(loss),
-                "train_acc": float(train_acc),
-                "val_loss": None if val_loss is None else float(val_loss),
-                "val_acc": None if val_acc is None else float(val_acc),
-            }
-            state = {
-                "head": head,
-                "opt_state": opt_state,
-                "key": jax.random.key_data(key),
-                "epoch": np.asarray(epoch, np.int32),
-            }
-            mngr.save(epoch, args=ocp.args.StandardSave(state), force=True)
-            mngr.wait_until_finished()
-            row["seconds"] = round(time.perf_counter() - t0, 4)
-            _append_metrics(out / METRICS_FILE, row)
-            history.append(row)
-            val_text = (
-                ""
-                if val_acc is None
-                else f", val loss {row['val_loss']:.4f}, val acc {100 * row['val_acc']:.1f}%"
-            )
-            say(
-                f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, "
-                f"train acc {100 * row['train_acc']:.1f}%{val_text} ({row['seconds']:.2f} s)"
-            )
-    finally:
-        mngr.close()
 
-    # ---- the model: backbone + head, loadable with load_vit(out)
+def _model_meta(
+    vit: ViT,
+    record: dict[str, Any],
+    classes: tuple[str, ...],
+    history: list[dict[str, Any]],
+    train: Features,
+    val: Features,
+    layout: str,
+    *,
+    start: int,
+    epochs: int,
+    lr: float,
+    batch: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The written model's ``meta``: the backbone, the classes, and how the head was trained."""
     last = history[-1] if history else {}
-    meta = {
+    return {
         "name": f"{record['model'] or 'backbone'} + linear head ({len(classes)} classes)",
         "source": "arb finetune",
         "classes": list(classes),
@@ -673,8 +815,3 @@ def finetune(
             "val_loss": last.get("val_loss"),
         },
     }
-    tuned = vit.with_head(np.asarray(head["kernel"]), np.asarray(head["bias"]), meta=meta)
-    write_converted(out, tuned.config, tuned.stored_params(), meta, overwrite=True)
-    return FinetuneResult(
-        tuned, classes, history, out, start, skipped, tuple(train.ids.tolist()), tuple(val.ids.tolist())
-    )
