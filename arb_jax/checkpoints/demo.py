@@ -35,17 +35,23 @@ class DemoWeightsError(ValueError):
 def load_demo_params(directory: str | Path | None = None) -> tuple[ViTConfig, dict, dict]:
     """Load the demo ViT's weights after checking them against their record.
 
-    Args:
-      directory: folder holding ``demo_vit.msgpack`` and ``demo_vit.json``; default the
+    Parameters
+    ----------
+    directory : str | Path | None, default None
+        folder holding ``demo_vit.msgpack`` and ``demo_vit.json``; default the
         shipped ``arb_jax/assets``.
 
-    Returns:
-      (config, params, meta): the `ViTConfig`, the canonical parameter tree (nested dict of
-      float32 numpy arrays, ``pos_embed`` on the stored grid) and the JSON record (plus
-      ``"source"``, the weights path).
+    Returns
+    -------
+    tuple[ViTConfig, dict, dict]
+        (config, params, meta): the `ViTConfig`, the canonical parameter tree (nested dict of
+        float32 numpy arrays, ``pos_embed`` on the stored grid) and the JSON record (plus
+        ``"source"``, the weights path).
 
-    Raises:
-      DemoWeightsError: a file is missing, or the weights' sha256 differs from the record's.
+    Raises
+    ------
+    DemoWeightsError
+        a file is missing, or the weights' sha256 differs from the record's.
     """
     folder = ASSETS if directory is None else Path(directory)
     weights, meta_path = folder / WEIGHTS_FILE, folder / RECORD_FILE

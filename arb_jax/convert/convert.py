@@ -43,21 +43,28 @@ def read_checkpoint(
 ) -> tuple[ViTConfig, dict[str, Any], dict[str, Any]]:
     """Read and convert a checkpoint in memory (nothing written).
 
-    Args:
-      src: a ``.pth`` / ``.bin`` / ``.ckpt`` (zip-format ``torch.save``) or ``.safetensors`` file,
+    Parameters
+    ----------
+    src : str | os.PathLike
+        a ``.pth`` / ``.bin`` / ``.ckpt`` (zip-format ``torch.save``) or ``.safetensors`` file,
         or an HF model directory (``model.safetensors`` or ``pytorch_model.bin``).
-      heads: number of attention heads (not derivable from shapes); default: ``num_attention_heads``
+    heads : int | None, default None
+        number of attention heads (not derivable from shapes); default: ``num_attention_heads``
         of an HF ``config.json`` beside the file, else the DINO convention ``dim // 64``.
-      which: branch of a DINO training checkpoint: ``"teacher"`` (default) or ``"student"``.
+    which : str, default 'teacher'
+        branch of a DINO training checkpoint: ``"teacher"`` (default) or ``"student"``.
 
-    Returns:
-      ``(config, params, meta)``: the inferred :class:`ViTConfig`, the canonical tree
-      (float32 numpy) and ``meta`` (source name and path, sha256, file kind, detected format,
-      dropped keys, notes).
+    Returns
+    -------
+    tuple[ViTConfig, dict[str, Any], dict[str, Any]]
+        ``(config, params, meta)``: the inferred :class:`ViTConfig`, the canonical tree
+        (float32 numpy) and ``meta`` (source name and path, sha256, file kind, detected format,
+        dropped keys, notes).
 
-    Raises:
-      UnsafeCheckpointError, CheckpointFormatError, CheckpointKeysError, FileNotFoundError,
-      ValueError (bad ``heads`` / ``which``).
+    Raises
+    ------
+        UnsafeCheckpointError, CheckpointFormatError, CheckpointKeysError, FileNotFoundError,
+        ValueError (bad ``heads`` / ``which``).
     """
     if which not in ("teacher", "student"):
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
@@ -91,8 +98,10 @@ def convert(
     Args: as :func:`read_checkpoint`; ``dst`` a directory (created); ``overwrite`` replaces an
     earlier conversion there.
 
-    Returns:
-      ``(config, params)`` as written; read them back with ``load_converted(dst)``.
+    Returns
+    -------
+    tuple[ViTConfig, dict[str, Any]]
+        ``(config, params)`` as written; read them back with ``load_converted(dst)``.
     """
     config, params, meta = read_checkpoint(src, heads=heads, which=which)
     write_converted(dst, config, params, meta, overwrite=overwrite)

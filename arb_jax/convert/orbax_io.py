@@ -75,8 +75,10 @@ def write_converted(
 ) -> Path:
     """Write ``dst/params`` (Orbax) and ``dst/arb_model.json`` (``config`` + ``meta``).
 
-    Raises:
-      FileExistsError: ``dst`` already holds a converted checkpoint and ``overwrite`` is False.
+    Raises
+    ------
+    FileExistsError
+        ``dst`` already holds a converted checkpoint and ``overwrite`` is False.
     """
     dst = Path(dst).absolute()
     params_dir, meta_file = dst / PARAMS_DIR, dst / META_FILE
@@ -97,14 +99,20 @@ def write_converted(
 def load_converted(dst: str | os.PathLike) -> tuple[ViTConfig, dict[str, Any], dict[str, Any]]:
     """Load a directory written by :func:`arb_jax.convert.convert`.
 
-    Returns:
-      ``(config, params, meta)``: the :class:`ViTConfig`, the canonical tree (float32 numpy)
-      and the JSON record (source, sha256, format, dropped keys, notes).
+    Returns
+    -------
+    tuple[ViTConfig, dict[str, Any], dict[str, Any]]
+        ``(config, params, meta)``: the :class:`ViTConfig`, the canonical tree (float32 numpy)
+        and the JSON record (source, sha256, format, dropped keys, notes).
 
-    Raises:
-      FileNotFoundError: ``dst`` has no ``arb_model.json`` or ``params``.
-      CheckpointFormatError: the JSON is unreadable or of another format version.
-      CheckpointKeysError: the params do not match the recorded config.
+    Raises
+    ------
+    FileNotFoundError
+        ``dst`` has no ``arb_model.json`` or ``params``.
+    CheckpointFormatError
+        the JSON is unreadable or of another format version.
+    CheckpointKeysError
+        the params do not match the recorded config.
     """
     dst = Path(dst).absolute()
     meta_file = dst / META_FILE

@@ -161,16 +161,26 @@ def sample_range(
     Equal, bit for bit, to ``sample(name, key, image, n)[start:start+count]`` for any n covering
     them: sample b uses only ``jax.random.fold_in(key, b)``.
 
-    Args:
-      name: "normal" | "pixel" | "patch" | "uniform".
-      key: one PRNG key (``jax.random.key`` or raw ``PRNGKey``).
-      image: (H, W, C) float, normalised pixels.
-      start: index of the first sample, int >= 0 (may be a traced int32 scalar).
-      count: number of samples, static int >= 1.
-      width: ``normal`` only, multiplier of each channel's std (> 0).
-      patch: ``patch`` only, side in pixels of the shuffled patches; must divide H and W.
-    Returns:
-      (count, H, W, C), the image's dtype.
+    Parameters
+    ----------
+    name : str
+        "normal" | "pixel" | "patch" | "uniform".
+    key : jax.Array
+        one PRNG key (``jax.random.key`` or raw ``PRNGKey``).
+    image : jax.Array
+        (H, W, C) float, normalised pixels.
+    start : int | jax.Array
+        index of the first sample, int >= 0 (may be a traced int32 scalar).
+    count : int
+        number of samples, static int >= 1.
+    width : float | jax.Array, default 1.0
+        ``normal`` only, multiplier of each channel's std (> 0).
+    patch : int | None, default None
+        ``patch`` only, side in pixels of the shuffled patches; must divide H and W.
+    Returns
+    -------
+    jax.Array
+        (count, H, W, C), the image's dtype.
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")

@@ -279,13 +279,20 @@ def map_percentile(
 ) -> jax.Array:
     """q-th percentile of each map of ``x``, as numpy ``percentile(..., method="linear")``.
 
-    Args:
-      x: (*batch, *map) real array; the last ``map_ndim`` axes form a map (None: all axes).
-      q: percent in [0, 100]; a scalar or one per map (batch shape); may be traced.
-      roi: optional boolean mask broadcastable to x.shape: only its entries of each map count.
-      repeat: each entry counts as this many equal values (pixels per patch), see module notes.
-    Returns:
-      (*batch) float array: the percentile of each map (NaN where a map contains NaN).
+    Parameters
+    ----------
+    x : Any
+        (*batch, *map) real array; the last ``map_ndim`` axes form a map (None: all axes).
+    q : Any
+        percent in [0, 100]; a scalar or one per map (batch shape); may be traced.
+    roi : Any, default None
+        optional boolean mask broadcastable to x.shape: only its entries of each map count.
+    repeat : int, default 1
+        each entry counts as this many equal values (pixels per patch), see module notes.
+    Returns
+    -------
+    jax.Array
+        (*batch) float array: the percentile of each map (NaN where a map contains NaN).
 
     Interpolates as numpy's ``_lerp`` (a + (b − a)·t, or b − (b − a)·(1 − t) for t ≥ 0.5), so a
     percentile that falls between equal values is exactly that value, as in numpy;

@@ -283,14 +283,20 @@ def composite(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarr
 def make_dataset(n: int, *, image_size: int = 64, seed: int = 0) -> DemoData:
     """Generate ``n`` labelled composites, deterministically from ``seed``.
 
-    Args:
-      n: number of images (>= 1).
-      image_size: side S of the square images in pixels (>= 16).
-      seed: seed of `numpy.random.default_rng`; the same seed gives the same images.
+    Parameters
+    ----------
+    n : int
+        number of images (>= 1).
+    image_size : int, default 64
+        side S of the square images in pixels (>= 16).
+    seed : int, default 0
+        seed of `numpy.random.default_rng`; the same seed gives the same images.
 
-    Returns:
-      `DemoData`: images (n, S, S, 3) uint8 RGB, labels (n,) int32 (balanced: label i % K
-      shuffled), masks (n, S, S) bool on the object's pixels (alpha > 0.5).
+    Returns
+    -------
+    DemoData
+        `DemoData`: images (n, S, S, 3) uint8 RGB, labels (n,) int32 (balanced: label i % K
+        shuffled), masks (n, S, S) bool on the object's pixels (alpha > 0.5).
     """
     n = as_int(n, "n", 1)
     image_size = as_int(image_size, "image_size", 16)
@@ -307,12 +313,17 @@ def make_dataset(n: int, *, image_size: int = 64, seed: int = 0) -> DemoData:
 def patch_coverage(masks: np.ndarray, patch: int) -> np.ndarray:
     """Fraction of each ``patch`` x ``patch`` cell covered by the mask.
 
-    Args:
-      masks: (N, H, W) bool or {0, 1}, H and W multiples of ``patch``.
-      patch: patch side p in pixels.
+    Parameters
+    ----------
+    masks : np.ndarray
+        (N, H, W) bool or {0, 1}, H and W multiples of ``patch``.
+    patch : int
+        patch side p in pixels.
 
-    Returns:
-      (N, H/p, W/p) float32 in [0, 1].
+    Returns
+    -------
+    np.ndarray
+        (N, H/p, W/p) float32 in [0, 1].
     """
     patch = as_int(patch, "patch", 1)
     masks = np.asarray(masks)

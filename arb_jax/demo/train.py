@@ -67,19 +67,30 @@ __all__ = [
 class TrainSettings:
     """Everything that determines a training run (recorded in the JSON).
 
-    Attributes:
-      steps: optimisation steps.
-      batch: images per step.
-      image_size: final training size S in pixels (a multiple of 8); the stored position grid
+    Attributes
+    ----------
+    steps
+        optimisation steps.
+    batch
+        images per step.
+    image_size
+        final training size S in pixels (a multiple of 8); the stored position grid
         is S/8 square, so S is the model's native input size.
-      warm_size: size of the first ``warm_frac`` of the steps (cheaper, lower resolution).
-      warm_frac: fraction of the steps at ``warm_size`` (0: all at ``image_size``).
-      lr: peak learning rate; warmup_steps: linear warm-up from 0; then cosine decay to
+    warm_size
+        size of the first ``warm_frac`` of the steps (cheaper, lower resolution).
+    warm_frac
+        fraction of the steps at ``warm_size`` (0: all at ``image_size``).
+    lr
+        peak learning rate; warmup_steps: linear warm-up from 0; then cosine decay to
         ``lr * final_lr_frac``.
-      weight_decay: AdamW decoupled weight decay (kernels only).
-      dim, depth, heads: ViT width, blocks and heads (MLP 4·dim, patch 8).
-      n_eval: held-out images for the final evaluation.
-      seed: seed of the initialisation and of the data.
+    weight_decay
+        AdamW decoupled weight decay (kernels only).
+    dim, depth, heads
+        ViT width, blocks and heads (MLP 4·dim, patch 8).
+    n_eval
+        held-out images for the final evaluation.
+    seed
+        seed of the initialisation and of the data.
     """
 
     steps: int = 1000
@@ -189,16 +200,21 @@ def eval_seed(seed: int) -> int:
 def attention_on_object(attn: Any, masks: Any) -> dict[str, float]:
     """How much of the CLS attention falls on the object.
 
-    Args:
-      attn: (N, heads, h, w) last-block CLS attention over the patches (any non-negative
+    Parameters
+    ----------
+    attn : Any
+        (N, heads, h, w) last-block CLS attention over the patches (any non-negative
         weights; the head mean is renormalised to sum 1 over the patches of each image).
-      masks: (N, h·p, w·p) bool object masks (p = patch side, inferred).
+    masks : Any
+        (N, h·p, w·p) bool object masks (p = patch side, inferred).
 
-    Returns:
-      dict of floats: ``mass`` = mean over images of the attention share on the object (each
-      patch weighted by the fraction of it the object covers); ``area`` = mean object area
-      share; ``ratio`` = mass / area (1: attention blind to the object, > 1: concentrated on
-      it); ``ratio_median`` = median of the per-image ratios.
+    Returns
+    -------
+    dict[str, float]
+        dict of floats: ``mass`` = mean over images of the attention share on the object (each
+        patch weighted by the fraction of it the object covers); ``area`` = mean object area
+        share; ``ratio`` = mass / area (1: attention blind to the object, > 1: concentrated on
+        it); ``ratio_median`` = median of the per-image ratios.
     """
     attn = np.asarray(attn, np.float64)
     masks = np.asarray(masks)
@@ -230,14 +246,21 @@ def attention_on_object(attn: Any, masks: Any) -> dict[str, float]:
 def evaluate(config: ViTConfig, params: Any, data: demo_data.DemoData, batch: int = 128) -> dict[str, float]:
     """Held-out accuracy and attention-on-object figures of a classifier ViT.
 
-    Args:
-      config: the ViT configuration (``n_classes > 0``).
-      params: its canonical parameter tree.
-      data: `demo_data.DemoData` at a multiple of the patch size.
-      batch: images per forward.
+    Parameters
+    ----------
+    config : ViTConfig
+        the ViT configuration (``n_classes > 0``).
+    params : Any
+        its canonical parameter tree.
+    data : demo_data.DemoData
+        `demo_data.DemoData` at a multiple of the patch size.
+    batch : int, default 128
+        images per forward.
 
-    Returns:
-      dict: ``accuracy`` in [0, 1], ``n``, plus the keys of `attention_on_object`.
+    Returns
+    -------
+    dict[str, float]
+        dict: ``accuracy`` in [0, 1], ``n``, plus the keys of `attention_on_object`.
     """
     if config.n_classes < 1:
         raise ValueError("evaluate needs a ViT with a classification head (n_classes > 0)")
@@ -294,14 +317,20 @@ def train(
 ) -> tuple[ViTConfig, dict, dict]:
     """Train the demo ViT from scratch.
 
-    Args:
-      settings: the run (see `TrainSettings`).
-      progress: show a tqdm bar (loss and running accuracy).
-      log_every: if > 0, also evaluate on 256 held-out images every this many steps (printed).
+    Parameters
+    ----------
+    settings : TrainSettings, default TrainSettings()
+        the run (see `TrainSettings`).
+    progress : bool, default True
+        show a tqdm bar (loss and running accuracy).
+    log_every : int, default 0
+        if > 0, also evaluate on 256 held-out images every this many steps (printed).
 
-    Returns:
-      (config, params, record): the ViT configuration, the trained canonical parameter tree
-      (numpy float32) and a JSON-ready record (settings, recipe, wall time, held-out figures).
+    Returns
+    -------
+    tuple[ViTConfig, dict, dict]
+        (config, params, record): the ViT configuration, the trained canonical parameter tree
+        (numpy float32) and a JSON-ready record (settings, recipe, wall time, held-out figures).
     """
     from tqdm import tqdm
 
@@ -410,8 +439,10 @@ def save_demo(out_dir: str | Path, config: ViTConfig, params: Any, record: dict)
     """Write ``demo_vit.msgpack`` (`flax.serialization.to_bytes` of the params: plain msgpack,
     no code runs on load) and ``demo_vit.json`` (the record plus the msgpack's sha256).
 
-    Returns:
-      (weights path, record path).
+    Returns
+    -------
+    tuple[Path, Path]
+        (weights path, record path).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,15 +32,22 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class ViT:
     """A ViT with parameters for one input size.
 
-    Attributes:
-      config: the architecture.
-      params: canonical parameter tree (float32), ``pos_embed`` already resampled to
+    Attributes
+    ----------
+    config
+        the architecture.
+    params
+        canonical parameter tree (float32), ``pos_embed`` already resampled to
         ``image_size``: (1, 1 + h·w, D).
-      image_size: (H, W) in pixels, multiples of the patch.
-      dtype: compute dtype, "float32" (matmuls at HIGHEST precision) or "bfloat16".
-      meta: provenance (source, sha256, ...); ``meta["random_init"]`` is True for fixtures;
+    image_size
+        (H, W) in pixels, multiples of the patch.
+    dtype
+        compute dtype, "float32" (matmuls at HIGHEST precision) or "bfloat16".
+    meta
+        provenance (source, sha256, ...); ``meta["random_init"]`` is True for fixtures;
         a fine-tuned model also has ``meta["classes"]`` (the K class names, in logit order).
-      pos_embed_stored: ``pos_embed`` as given to ``build_vit``, before resampling (numpy
+    pos_embed_stored
+        ``pos_embed`` as given to ``build_vit``, before resampling (numpy
         float32); ``stored_params`` puts it back.
     """
 
@@ -73,9 +80,12 @@ class ViT:
     def apply(self, params: Mapping[str, Any], images: jax.Array) -> dict[str, jax.Array]:
         """The model as a pure function; see ``VisionTransformer`` for the output dict.
 
-        Args:
-          params: a canonical parameter tree (e.g. ``self.params``).
-          images: (N, H, W, 3) float, ImageNet-normalised, NHWC.
+        Parameters
+        ----------
+        params : Mapping[str, Any]
+            a canonical parameter tree (e.g. ``self.params``).
+        images : jax.Array
+            (N, H, W, 3) float, ImageNet-normalised, NHWC.
         """
         return cast(dict[str, jax.Array], self.module.apply({"params": params}, images))
 
@@ -109,8 +119,10 @@ class ViT:
     def logits(self, images: jax.Array) -> jax.Array:
         """Class scores ``features(images) @ kernel + bias``, (N, H, W, 3) → (N, K) float32 (jitted).
 
-        Raises:
-          ValueError: the model has no linear head (``config.n_classes == 0``).
+        Raises
+        ------
+        ValueError
+            the model has no linear head (``config.n_classes == 0``).
         """
         if not self.config.n_classes:
             raise ValueError(
@@ -140,8 +152,10 @@ class ViT:
         """The parameter tree as numpy float32 with ``pos_embed`` on the stored M×M grid
         (M = ``config.pos_grid``), i.e. the canonical tree to save (``weights_convert``).
 
-        Raises:
-          ValueError: the bundle was built from a ``pos_embed`` already on another grid.
+        Raises
+        ------
+        ValueError
+            the bundle was built from a ``pos_embed`` already on another grid.
         """
         out = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), self.params)
         out["pos_embed"] = self._stored_pos_embed()
@@ -254,18 +268,27 @@ def build_vit(
 ) -> ViT:
     """Bundle a configuration and parameters into a ``ViT`` for one image size.
 
-    Args:
-      config: a ``ViTConfig`` or a registered name (``arb_jax.models.CONFIGS``).
-      params: canonical parameter tree; None makes a random-init FIXTURE from ``seed``
+    Parameters
+    ----------
+    config : ViTConfig | str
+        a ``ViTConfig`` or a registered name (``arb_jax.models.CONFIGS``).
+    params : Mapping[str, Any] | None, default None
+        canonical parameter tree; None makes a random-init FIXTURE from ``seed``
         (``random_params``; not a pretrained model, ``meta["random_init"]`` is then True).
-      image_size: (H, W) or a side, multiples of the patch; default the native
+    image_size : int | tuple[int, int] | None, default None
+        (H, W) or a side, multiples of the patch; default the native
         ``pos_grid·patch`` square.
-      dtype: "float32" or "bfloat16" compute.
-      seed: PRNG seed for the random init.
-      meta: provenance to record (source, sha256, ...).
+    dtype : str, default 'float32'
+        "float32" or "bfloat16" compute.
+    seed : int, default 0
+        PRNG seed for the random init.
+    meta : Mapping[str, Any] | None, default None
+        provenance to record (source, sha256, ...).
 
-    Returns:
-      A ``ViT`` whose ``pos_embed`` is resampled (DINO's bicubic, once) to ``image_size``.
+    Returns
+    -------
+    ViT
+        A ``ViT`` whose ``pos_embed`` is resampled (DINO's bicubic, once) to ``image_size``.
     """
     if isinstance(config, str):
         config = get_config(config)

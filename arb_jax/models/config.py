@@ -14,19 +14,31 @@ from typing import Any
 class ViTConfig:
     """Hyper-parameters of a DINO-style vision transformer.
 
-    Attributes:
-      patch: patch side p in pixels (8, 14, 16).
-      dim: token width D.
-      depth: number of transformer blocks L.
-      heads: number of attention heads (``dim % heads == 0``).
-      mlp_dim: hidden width of the MLP (4·D for DINO).
-      pos_grid: side M of the stored position-embedding grid (224/16 = 14, 224/8 = 28,
+    Attributes
+    ----------
+    patch
+        patch side p in pixels (8, 14, 16).
+    dim
+        token width D.
+    depth
+        number of transformer blocks L.
+    heads
+        number of attention heads (``dim % heads == 0``).
+    mlp_dim
+        hidden width of the MLP (4·D for DINO).
+    pos_grid
+        side M of the stored position-embedding grid (224/16 = 14, 224/8 = 28,
         518/14 = 37); the native input is ``M·p`` pixels square.
-      n_registers: DINOv2 register tokens (4 for the ``*_reg`` checkpoints).
-      layerscale: whether blocks scale their residual branches (DINOv2 ``ls1``/``ls2``).
-      eps: LayerNorm epsilon.
-      n_classes: width K of a linear head on the CLS feature; 0 for none.
-      name: the registry name, informational.
+    n_registers
+        DINOv2 register tokens (4 for the ``*_reg`` checkpoints).
+    layerscale
+        whether blocks scale their residual branches (DINOv2 ``ls1``/``ls2``).
+    eps
+        LayerNorm epsilon.
+    n_classes
+        width K of a linear head on the CLS feature; 0 for none.
+    name
+        the registry name, informational.
     """
 
     patch: int

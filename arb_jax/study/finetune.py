@@ -169,9 +169,11 @@ def extract_features(
     Batches have a fixed size ``batch`` (the last one is padded), so the jitted forward compiles
     once. Images are decoded in threads ahead of the model (`arb_jax.images.prefetch`).
 
-    Returns:
-      (features, skipped): `Features` with ``x`` (N, D) float32, and ``(image id, reason)`` of
-      every image that could not be read.
+    Returns
+    -------
+    tuple[Features, list[tuple[str, str]]]
+        (features, skipped): `Features` with ``x`` (N, D) float32, and ``(image id, reason)`` of
+        every image that could not be read.
     """
     from tqdm import tqdm
 
@@ -410,14 +412,22 @@ def _fmt(v: Any) -> str:
 class FinetuneResult:
     """What `finetune` made.
 
-    Attributes:
-      vit: the backbone with the trained head (``vit.logits``; ``meta["classes"]``).
-      classes: the K class names, in logit order.
-      history: one dict per epoch (`METRIC_COLUMNS`), resumed epochs included.
-      out_dir: the output folder (``load_vit(out_dir)`` loads ``vit``).
-      resumed_from: the epoch the run continued from (0: from scratch).
-      skipped: ``(image id, reason)`` of the unreadable images.
-      train_ids, val_ids: the images of each split (also in ``OUT/split.csv``).
+    Attributes
+    ----------
+    vit
+        the backbone with the trained head (``vit.logits``; ``meta["classes"]``).
+    classes
+        the K class names, in logit order.
+    history
+        one dict per epoch (`METRIC_COLUMNS`), resumed epochs included.
+    out_dir
+        the output folder (``load_vit(out_dir)`` loads ``vit``).
+    resumed_from
+        the epoch the run continued from (0: from scratch).
+    skipped
+        ``(image id, reason)`` of the unreadable images.
+    train_ids, val_ids
+        the images of each split (also in ``OUT/split.csv``).
     """
 
     vit: ViT
@@ -447,23 +457,38 @@ def finetune(
 ) -> FinetuneResult:
     """Train a linear head on ``vit``'s frozen CLS features (see the module docstring).
 
-    Args:
-      vit: the backbone (its image size is the training size); any head it has is replaced.
-      data: an image folder (``CLASS/*.jpg``, or ``train/`` + ``val/`` of class folders) or
+    Parameters
+    ----------
+    vit : ViT
+        the backbone (its image size is the training size); any head it has is replaced.
+    data : str | Path
+        an image folder (``CLASS/*.jpg``, or ``train/`` + ``val/`` of class folders) or
         ``tfds:NAME[:SPLIT]``.
-      out_dir: output folder; it may hold a previous run with the same settings, which is resumed.
-      epochs: total epochs (a resumed run trains the missing ones).
-      lr: Adam learning rate (the paper's 3e-4).
-      batch: minibatch size (also the feature-extraction batch).
-      seed: the head's init, the minibatch order and the train/val split.
-      val_fraction: fraction of each class held out when ``data`` has no validation split.
-      resume: require a previous run to continue (without it, one is continued when present).
-      model: the backbone's name or path, recorded in the output's ``meta``.
-      progress: tqdm bar while computing features.
-      log: receives the per-epoch lines and notes (None: silent).
+    out_dir : str | Path
+        output folder; it may hold a previous run with the same settings, which is resumed.
+    epochs : int, default 10
+        total epochs (a resumed run trains the missing ones).
+    lr : float, default DEFAULT_LR
+        Adam learning rate (the paper's 3e-4).
+    batch : int, default 64
+        minibatch size (also the feature-extraction batch).
+    seed : int, default 0
+        the head's init, the minibatch order and the train/val split.
+    val_fraction : float, default 0.2
+        fraction of each class held out when ``data`` has no validation split.
+    resume : bool, default False
+        require a previous run to continue (without it, one is continued when present).
+    model : str | None, default None
+        the backbone's name or path, recorded in the output's ``meta``.
+    progress : bool, default False
+        tqdm bar while computing features.
+    log : Callable[[str], None] | None, default print
+        receives the per-epoch lines and notes (None: silent).
 
-    Raises:
-      FinetuneError: bad settings, fewer than 2 classes, no readable image, a validation class
+    Raises
+    ------
+    FinetuneError
+        bad settings, fewer than 2 classes, no readable image, a validation class
         absent from training, or ``out_dir`` holding a run with other settings.
     """
     from arb_jax.convert.orbax_io import write_converted

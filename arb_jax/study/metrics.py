@@ -106,17 +106,24 @@ def mean_percentile_in_roi(
     Computed by sorting the before-map once and a weighted `searchsorted`: O(n log n) in the
     number of patches n, no n x n comparison matrix.
 
-    Args:
-      before: (h, w) attention map before regularisation, on the patch grid.
-      after: (..., h, w) map(s) after regularisation.
-      roi_weights: (h, w) ROI fraction of each patch (`arb_jax.simulate.roi_patch_weights`).
-      patch: optional patch size p; if given, the weights are rounded to pixel counts
+    Parameters
+    ----------
+    before : ArrayLike
+        (h, w) attention map before regularisation, on the patch grid.
+    after : ArrayLike
+        (..., h, w) map(s) after regularisation.
+    roi_weights : ArrayLike
+        (h, w) ROI fraction of each patch (`arb_jax.simulate.roi_patch_weights`).
+    patch : int | None, default None
+        optional patch size p; if given, the weights are rounded to pixel counts
         ``weights * p**2`` and counted in integers (exact cumulative sums for any image size);
         without it the fractions are used directly (same result up to float rounding).
 
-    Returns:
-      ``(perc_before, perc_after)``: a scalar and an array of shape (...), in percent [0, 100].
-      NaN if the ROI or its outside is empty.
+    Returns
+    -------
+    tuple[jax.Array, jax.Array]
+        ``(perc_before, perc_after)``: a scalar and an array of shape (...), in percent [0, 100].
+        NaN if the ROI or its outside is empty.
     """
     weights = _check_weights(roi_weights)
     before = _check_map(before, "before", weights, single=True)
@@ -132,12 +139,17 @@ def mean_percentile_in_roi(
 def nonzero_percent_in_roi(attn: ArrayLike, roi_weights: ArrayLike) -> jax.Array:
     """Percentage of ROI pixels whose attention is non-zero (sparsity, Fig. 3b).
 
-    Args:
-      attn: (..., h, w) attention map(s) on the patch grid.
-      roi_weights: (h, w) ROI fraction of each patch.
+    Parameters
+    ----------
+    attn : ArrayLike
+        (..., h, w) attention map(s) on the patch grid.
+    roi_weights : ArrayLike
+        (h, w) ROI fraction of each patch.
 
-    Returns:
-      (...) float, ``100 * #{ROI pixels != 0} / #ROI`` (NaN if the ROI is empty).
+    Returns
+    -------
+    jax.Array
+        (...) float, ``100 * #{ROI pixels != 0} / #ROI`` (NaN if the ROI is empty).
     """
     weights = _check_weights(roi_weights)
     attn = _check_map(attn, "attn", weights)
@@ -150,13 +162,19 @@ def sensitivity(before: ArrayLike, after: ArrayLike, roi_weights: ArrayLike) -> 
 
     1: the attention in the ROI (the noise) is removed; 0: unchanged.
 
-    Args:
-      before: (h, w) map A before regularisation.
-      after: (..., h, w) map(s) A' after regularisation.
-      roi_weights: (h, w) ROI fraction of each patch.
+    Parameters
+    ----------
+    before : ArrayLike
+        (h, w) map A before regularisation.
+    after : ArrayLike
+        (..., h, w) map(s) A' after regularisation.
+    roi_weights : ArrayLike
+        (h, w) ROI fraction of each patch.
 
-    Returns:
-      (...) float (NaN/inf if the ROI carries no attention before).
+    Returns
+    -------
+    jax.Array
+        (...) float (NaN/inf if the ROI carries no attention before).
     """
     weights = _check_weights(roi_weights)
     before = _check_map(before, "before", weights, single=True)
@@ -169,13 +187,19 @@ def specificity(before: ArrayLike, after: ArrayLike, roi_weights: ArrayLike) -> 
 
     1: the rest of the map (the signal) is intact; 0: removed.
 
-    Args:
-      before: (h, w) map A before regularisation.
-      after: (..., h, w) map(s) A' after regularisation.
-      roi_weights: (h, w) ROI fraction of each patch.
+    Parameters
+    ----------
+    before : ArrayLike
+        (h, w) map A before regularisation.
+    after : ArrayLike
+        (..., h, w) map(s) A' after regularisation.
+    roi_weights : ArrayLike
+        (h, w) ROI fraction of each patch.
 
-    Returns:
-      (...) float (NaN/inf if the rest carries no attention before).
+    Returns
+    -------
+    jax.Array
+        (...) float (NaN/inf if the rest carries no attention before).
     """
     weights = _check_weights(roi_weights)
     before = _check_map(before, "before", weights, single=True)
@@ -217,16 +241,25 @@ def sens_spec_curve(
     on top of it. The baseline of shrinking every score by the same factor s is the diagonal
     ``sensitivity = s, specificity = 1 - s``: a useful curve lies above it.
 
-    Args:
-      before: (h, w) map before regularisation.
-      stat: (h, w) per-patch statistic (p, lfdr, z, ...).
-      roi_weights: (h, w) ROI fraction of each patch.
-      thresholds: (T,) threshold grid, e.g. ``jnp.linspace(0, 1, 50)``.
-      keep: "le" keeps scores with ``stat <= t``, "ge" those with ``stat >= t``.
-      base: optional (h, w) map that is thresholded (default ``before``).
+    Parameters
+    ----------
+    before : ArrayLike
+        (h, w) map before regularisation.
+    stat : ArrayLike
+        (h, w) per-patch statistic (p, lfdr, z, ...).
+    roi_weights : ArrayLike
+        (h, w) ROI fraction of each patch.
+    thresholds : ArrayLike
+        (T,) threshold grid, e.g. ``jnp.linspace(0, 1, 50)``.
+    keep : str, default 'le'
+        "le" keeps scores with ``stat <= t``, "ge" those with ``stat >= t``.
+    base : ArrayLike | None, default None
+        optional (h, w) map that is thresholded (default ``before``).
 
-    Returns:
-      ``(sens, spec)``, each (T,) float.
+    Returns
+    -------
+    tuple[jax.Array, jax.Array]
+        ``(sens, spec)``, each (T,) float.
     """
     if keep not in ("le", "ge"):
         raise ValueError(f"keep must be 'le' or 'ge', got {keep!r}")
@@ -253,12 +286,17 @@ def suppression_factor(perc_before: ArrayLike, perc_after: ArrayLike) -> tuple[f
     ``Var(D) = N var(after) / S_b**2 + (S_a / S_b**2)**2 N var(before)``, var with ddof=1,
     ``err = sqrt(Var(D))``.
 
-    Args:
-      perc_before: (N,) mean percentiles before, N >= 2.
-      perc_after: (N,) mean percentiles after, same images.
+    Parameters
+    ----------
+    perc_before : ArrayLike
+        (N,) mean percentiles before, N >= 2.
+    perc_after : ArrayLike
+        (N,) mean percentiles after, same images.
 
-    Returns:
-      ``(D, err)`` as Python floats.
+    Returns
+    -------
+    tuple[float, float]
+        ``(D, err)`` as Python floats.
     """
     before = np.asarray(perc_before, dtype=np.float64)
     after = np.asarray(perc_after, dtype=np.float64)

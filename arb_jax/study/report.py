@@ -83,8 +83,10 @@ def read_results(results: str | Path) -> tuple[list[dict[str, Any]], int]:
     ``roi_row``/``roi_col`` None for diffuse noise), sorted by file then line, the first of rows
     with the same (image, seed, grid point) kept; ``duplicates`` counts those dropped.
 
-    Raises:
-      ValueError: no such folder/file, or no ``rows*.csv`` in it.
+    Raises
+    ------
+    ValueError
+        no such folder/file, or no ``rows*.csv`` in it.
     """
     path = Path(results).expanduser()
     if path.is_dir():
@@ -411,14 +413,20 @@ def _write_table_csv(table: Sequence[dict[str, Any]], path: Path) -> Path:
 def make_report(results: str | Path, out: str | Path, *, include_filtered: bool = False) -> dict[str, Path]:
     """Write the tables and figures of a sweep's results (see the module docstring).
 
-    Args:
-      results: the sweep's ``--out`` folder (all ``rows*.csv`` merged) or one rows CSV.
-      out: output folder (created).
-      include_filtered: also use the rows that failed the mean-z filter.
+    Parameters
+    ----------
+    results : str | Path
+        the sweep's ``--out`` folder (all ``rows*.csv`` merged) or one rows CSV.
+    out : str | Path
+        output folder (created).
+    include_filtered : bool, default False
+        also use the rows that failed the mean-z filter.
 
-    Returns:
-      ``{name: path}`` of the files written (``summary``, ``suppression_csv``, ``fig3``,
-      ``fig4``, ``fig5``, ``figS7`` and, when the grid varies B or the width, ``figS11``).
+    Returns
+    -------
+    dict[str, Path]
+        ``{name: path}`` of the files written (``summary``, ``suppression_csv``, ``fig3``,
+        ``fig4``, ``fig5``, ``figS7`` and, when the grid varies B or the width, ``figS11``).
     """
     rows, dups = read_results(results)
     kept = rows if include_filtered else [r for r in rows if r["passed"]]

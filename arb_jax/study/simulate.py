@@ -87,15 +87,22 @@ def square_noise(
     Randomness: ``key`` is split in two, the first key places the square, the second draws the
     noise; so ``at`` set to the corner the random call chose gives the same image.
 
-    Args:
-      key: a PRNG key (``jax.random.key`` or ``jax.random.PRNGKey``).
-      image: (H, W, C) float array, normalised (e.g. ImageNet mean/std).
-      size: side of the square in pixels, 1 <= size <= min(H, W).
-      at: optional fixed top-left corner ``(row, col)`` in pixels. Python ints are checked to keep
+    Parameters
+    ----------
+    key : ArrayLike
+        a PRNG key (``jax.random.key`` or ``jax.random.PRNGKey``).
+    image : ArrayLike
+        (H, W, C) float array, normalised (e.g. ImageNet mean/std).
+    size : int
+        side of the square in pixels, 1 <= size <= min(H, W).
+    at : tuple[ArrayLike, ArrayLike] | None, default None
+        optional fixed top-left corner ``(row, col)`` in pixels. Python ints are checked to keep
         the square inside; traced values are clamped into range (``lax.dynamic_update_slice``).
 
-    Returns:
-      ``(noisy, roi)``: the (H, W, C) image, same dtype, and the (H, W) bool ROI mask (the square).
+    Returns
+    -------
+    tuple[jax.Array, jax.Array]
+        ``(noisy, roi)``: the (H, W, C) image, same dtype, and the (H, W) bool ROI mask (the square).
     """
     key = one_key(key)
     image = one_image(image, min_pixels=2)  # a std with ddof=1
@@ -141,12 +148,17 @@ def smooth_field(field: ArrayLike, cluster_scale: float = 20.0) -> jax.Array:
     frequencies (cycles per pixel) of the columns and rows: a periodic Gaussian blur of standard
     deviation ``cluster_scale / (pi * sqrt(2))`` pixels (about 4.5 px for the default 20).
 
-    Args:
-      field: (H, W) float array, e.g. iid N(0, 1).
-      cluster_scale: c >= 0, in pixels; larger c gives larger clusters.
+    Parameters
+    ----------
+    field : ArrayLike
+        (H, W) float array, e.g. iid N(0, 1).
+    cluster_scale : float, default 20.0
+        c >= 0, in pixels; larger c gives larger clusters.
 
-    Returns:
-      (H, W) array of the input's dtype, min 0 and max 1 (NaN if the smoothed field is constant).
+    Returns
+    -------
+    jax.Array
+        (H, W) array of the input's dtype, min 0 and max 1 (NaN if the smoothed field is constant).
     """
     field = jnp.asarray(field)
     if field.ndim != 2:
@@ -186,14 +198,21 @@ def diffuse_noise(
 
     Randomness: ``key`` is split in two, the first key draws the field, the second the noise.
 
-    Args:
-      key: a PRNG key.
-      image: (H, W, C) float array, normalised.
-      size: the ROI has ``size**2`` pixels; 1 <= size**2 <= H * W.
-      cluster_scale: Fourier smoothing scale c in pixels (reference: 20).
+    Parameters
+    ----------
+    key : ArrayLike
+        a PRNG key.
+    image : ArrayLike
+        (H, W, C) float array, normalised.
+    size : int
+        the ROI has ``size**2`` pixels; 1 <= size**2 <= H * W.
+    cluster_scale : float, default 20.0
+        Fourier smoothing scale c in pixels (reference: 20).
 
-    Returns:
-      ``(noisy, roi)``: the (H, W, C) image, same dtype, and the (H, W) bool ROI mask.
+    Returns
+    -------
+    tuple[jax.Array, jax.Array]
+        ``(noisy, roi)``: the (H, W, C) image, same dtype, and the (H, W) bool ROI mask.
     """
     key = one_key(key)
     image = one_image(image, min_pixels=2)  # a std with ddof=1
@@ -212,12 +231,17 @@ def diffuse_noise(
 def roi_patch_weights(roi_mask: ArrayLike, patch: int) -> jax.Array:
     """Fraction of each p x p patch's pixels that lie in the ROI.
 
-    Args:
-      roi_mask: (H, W) bool (or 0/1) pixel mask; H and W multiples of ``patch``.
-      patch: the ViT patch size p in pixels.
+    Parameters
+    ----------
+    roi_mask : ArrayLike
+        (H, W) bool (or 0/1) pixel mask; H and W multiples of ``patch``.
+    patch : int
+        the ViT patch size p in pixels.
 
-    Returns:
-      (H/p, W/p) float32 in [0, 1]: (number of ROI pixels in the patch) / p**2.
+    Returns
+    -------
+    jax.Array
+        (H/p, W/p) float32 in [0, 1]: (number of ROI pixels in the patch) / p**2.
     """
     roi_mask = jnp.asarray(roi_mask)
     patch = as_int(patch, "patch")
@@ -244,12 +268,17 @@ def mean_z_in_roi(z: ArrayLike, weights: ArrayLike) -> jax.Array:
     Equals the mean of z over the ROI pixels of the pixel map, since each patch holds
     ``weights * p**2`` ROI pixels: sum(weights * z) / sum(weights).
 
-    Args:
-      z: (..., h, w) z-scores on the patch grid.
-      weights: (h, w) ROI fraction per patch (`roi_patch_weights`).
+    Parameters
+    ----------
+    z : ArrayLike
+        (..., h, w) z-scores on the patch grid.
+    weights : ArrayLike
+        (h, w) ROI fraction per patch (`roi_patch_weights`).
 
-    Returns:
-      (...) float mean z in the ROI (NaN if the ROI is empty).
+    Returns
+    -------
+    jax.Array
+        (...) float mean z in the ROI (NaN if the ROI is empty).
     """
     z = jnp.asarray(z)
     weights = jnp.asarray(weights)
@@ -260,12 +289,17 @@ def mean_z_in_roi(z: ArrayLike, weights: ArrayLike) -> jax.Array:
 def passes_z_filter(mean_z: ArrayLike, bound: float | None = 1.0) -> jax.Array:
     """Appendix B filter: keeps perturbed images with ``|mean z in ROI| <= bound``.
 
-    Args:
-      mean_z: (...) mean z in the ROI (`mean_z_in_roi`).
-      bound: the bound (reference: 1.0); None switches the filter off (Appendix D).
+    Parameters
+    ----------
+    mean_z : ArrayLike
+        (...) mean z in the ROI (`mean_z_in_roi`).
+    bound : float | None, default 1.0
+        the bound (reference: 1.0); None switches the filter off (Appendix D).
 
-    Returns:
-      (...) bool, True where the image is kept (NaN never passes an active filter).
+    Returns
+    -------
+    jax.Array
+        (...) bool, True where the image is kept (NaN never passes an active filter).
     """
     mean_z = jnp.asarray(mean_z)
     if bound is None:

@@ -61,8 +61,10 @@ def folder_items(root: str | Path) -> list[Item]:
     interrupted sweep cover every class evenly. The id of an image is its path relative to
     ``root``, with ``/`` separators (e.g. ``"n01440764/ILSVRC2012_val_00000293.JPEG"``).
 
-    Raises:
-      SourceError: ``root`` is not a folder or holds no image.
+    Raises
+    ------
+    SourceError
+        ``root`` is not a folder or holds no image.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -119,8 +121,10 @@ def tfds_items(spec: str, data_dir: str | None = None) -> Iterator[Item]:
     when the data set has one, else ``"SPLIT/INDEX"``; its class the label's name (``""`` if the
     data set has no ``label``). tfds downloads and prepares the data set on first use.
 
-    Raises:
-      SourceError: tensorflow-datasets is not installed (the message says how to install it), or
+    Raises
+    ------
+    SourceError
+        tensorflow-datasets is not installed (the message says how to install it), or
         the data set / split does not exist.
     """
     name, split = _parse_tfds(spec)
