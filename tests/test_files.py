@@ -1,4 +1,4 @@
-"""arb_jax.files: outputs are written all or nothing."""
+"""arb_jax.io.files: outputs are written all or nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``arb finetune`` (arb_jax.finetune): a linear head on a frozen ViT, checkpoints, resume, loading.
+"""``arb finetune`` (arb_jax.study.finetune): a linear head on a frozen ViT, checkpoints, resume, loading.
 
 Backbone: ``random:test_tiny8`` at 32 x 32 px — a RANDOM-INIT fixture, not a trained model. Its
 CLS features of different photos still differ, so a linear head separates a few classes. Data:

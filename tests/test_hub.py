@@ -1,4 +1,4 @@
-"""``arb_jax.hub``: names → URLs, and download / resume / verify against a local HTTP server.
+"""``arb_jax.checkpoints.hub``: names → URLs, and download / resume / verify against a local HTTP server.
 
 The server runs on 127.0.0.1 (port 0) in a thread. It serves a checkpoint the test made (a
 ``torch.save`` of a tiny random state dict: a fixture, not a pretrained model), honours

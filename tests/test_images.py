@@ -1,4 +1,4 @@
-"""``arb_jax.images``: reading, resizing, cropping and normalising real photos (``skimage.data``).
+"""``arb_jax.io.images``: reading, resizing, cropping and normalising real photos (``skimage.data``).
 
 References are plain numpy (normalisation, crops, palette look-up, alpha compositing) on the
 uint8 pixels scikit-image ships; the JPEG decode is compared with the source at a stated PSNR.

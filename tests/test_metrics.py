@@ -1,4 +1,5 @@
-"""Simulation-study metrics (arb_jax.metrics) on the patch grid against numpy PIXEL-level docs/method.md §5.
+"""Simulation-study metrics (arb_jax.study.metrics) on the patch grid against numpy PIXEL-level
+code (docs/method.md §5).
 
 The reference below nearest-upsamples each patch map with np.repeat and uses a pixel ROI mask, so
 it is the paper's pixel definition, independent of the weighted patch-grid computation.

@@ -1,4 +1,4 @@
-"""The ARB pipeline (arb_jax.pipeline.regularize_attention) end to end.
+"""The ARB pipeline (arb_jax.core.pipeline.regularize_attention) end to end.
 
 Models: ``test_tiny8`` with RANDOM-INIT weights (test fixtures, not trained models) at 64 x 64 px
 (an 8 x 8 patch grid, 64 px² per patch) and 32 x 32 px. Statistics are checked against a plain

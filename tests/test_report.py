@@ -1,4 +1,4 @@
-"""The sweep report (arb_jax.report) on a small results file built by hand.
+"""The sweep report (arb_jax.study.report) on a small results file built by hand.
 
 D and its error are recomputed here from the formula of docs/method.md §5 (eq. 8 and the reference code's
 error propagation) in plain numpy, and looked up in summary.md and suppression.csv.

@@ -1,4 +1,4 @@
-"""Noise injection of the simulation study (arb_jax.simulate) against numpy / scipy references."""
+"""Noise injection of the simulation study (arb_jax.study.simulate) against numpy / scipy references."""
 
 import jax
 import jax.numpy as jnp

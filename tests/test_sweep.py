@@ -1,8 +1,8 @@
-"""The simulation-study sweep (arb_jax.sweep): rows, resuming after a kill, devices, hosts, data.
+"""The simulation-study sweep (arb_jax.study.sweep): rows, resuming after a kill, devices, hosts, data.
 
 Model: ``random:test_tiny8`` (a RANDOM-INIT fixture, not a trained model) at 32 x 32 px, on
 scikit-image photos written as 48 x 40 PNGs into a class-layout folder. The sweeps that need a
-fresh process (kill/resume, 4 CPU devices, hosts) run ``python -m arb_jax.sweep`` in
+fresh process (kill/resume, 4 CPU devices, hosts) run ``python -m arb_jax sweep`` in
 subprocesses that share a persistent JAX compilation cache, so only the first one compiles.
 Row values are checked against a plain numpy pixel-level implementation of docs/method.md §5.
 """

@@ -1,7 +1,7 @@
 """Procedural labelled images for the embedded demo ViT, from photographs scikit-image ships.
 
 No pretrained DINO weights can be downloaded offline, so the project trains its own small ViT
-(`arb_jax.train_demo`) on synthetic composites: an object cut from one of the photographs that
+(`arb_jax.demo.train`) on synthetic composites: an object cut from one of the photographs that
 ship inside the scikit-image wheel (no download needed) is pasted at a random position, scale,
 rotation and flip, with colour jitter, onto a background crop of another image (textures and
 photos that contain none of the objects). Only the object tells the class, so a classifier must

@@ -3,7 +3,7 @@
 No pretrained DINO weights can be downloaded offline, so the project ships a small ViT it trained
 itself (``arb_jax/assets/demo_vit.msgpack``, recorded in ``demo_vit.json``): patch 8, a linear
 head on the CLS feature, trained with cross-entropy to tell the object classes of
-`arb_jax.demo_data` apart. Only the pasted object tells the class, so the last block's CLS
+`arb_jax.demo.data` apart. Only the pasted object tells the class, so the last block's CLS
 attention learns to concentrate on it, which is what the ARB demo needs. These are NOT DINO
 weights.
 

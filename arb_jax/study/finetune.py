@@ -167,7 +167,7 @@ def extract_features(
     """CLS features of ``items`` at ``vit.image_size`` (exact resize, as ``arb sweep`` does).
 
     Batches have a fixed size ``batch`` (the last one is padded), so the jitted forward compiles
-    once. Images are decoded in threads ahead of the model (`arb_jax.images.prefetch`).
+    once. Images are decoded in threads ahead of the model (`arb_jax.io.images.prefetch`).
 
     Returns
     -------

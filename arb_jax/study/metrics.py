@@ -4,7 +4,7 @@ The paper defines every metric on the pixels of the attention map nearest-upsamp
 (each patch value repeated p x p times) and a pixel ROI that need not align with the patches. Here
 they are computed exactly on the (h, w) patch grid: a patch holds ``weights * p**2`` ROI pixels
 and ``(1 - weights) * p**2`` pixels outside, with ``weights`` from
-`arb_jax.simulate.roi_patch_weights`, so every pixel sum is a weighted patch sum. The results
+`arb_jax.study.simulate.roi_patch_weights`, so every pixel sum is a weighted patch sum. The results
 equal the pixel-level definitions (tests compare with a plain numpy pixel implementation).
 
 Maps "after" may carry leading axes (several regularisers, thresholds, ...): (..., h, w) gives
@@ -113,7 +113,7 @@ def mean_percentile_in_roi(
     after : ArrayLike
         (..., h, w) map(s) after regularisation.
     roi_weights : ArrayLike
-        (h, w) ROI fraction of each patch (`arb_jax.simulate.roi_patch_weights`).
+        (h, w) ROI fraction of each patch (`arb_jax.study.simulate.roi_patch_weights`).
     patch : int | None, default None
         optional patch size p; if given, the weights are rounded to pixel counts
         ``weights * p**2`` and counted in integers (exact cumulative sums for any image size);

@@ -4,7 +4,7 @@
 file per host), drops rows that failed the mean-z filter (Appendix B; rows of a sweep run with
 ``--z-filter none`` all pass), and writes:
 
-- ``summary.md``: the suppression factor D ± error (eq. 8, `arb_jax.metrics.suppression_factor`)
+- ``summary.md``: the suppression factor D ± error (eq. 8, `arb_jax.study.metrics.suppression_factor`)
   per class and method, one table per grid point, and D over the grid;
 - ``suppression.csv``: the same numbers at full precision;
 - ``fig3_before_after.png``: mean percentile and non-zero % in the ROI, after against before;

@@ -10,7 +10,7 @@ the ROI. Two ROI shapes:
   several small clusters of the same total area.
 
 The attention maps live on the patch grid; `roi_patch_weights` turns a pixel ROI into the fraction
-of each patch it covers, which is what `mean_z_in_roi` (the Appendix B filter) and `arb_jax.metrics`
+of each patch it covers, which is what `mean_z_in_roi` (the Appendix B filter) and `arb_jax.study.metrics`
 use to compute pixel-level quantities exactly on the patch grid.
 
 All functions are pure and key-driven; ``size``, ``patch`` and ``at`` must be Python integers when

@@ -56,7 +56,7 @@ def folder_items(root: str | Path) -> list[Item]:
 
     Layout: images in ``root/CLASS/`` get class ``CLASS`` (ImageNet / Imagenette layout); images
     directly in ``root`` get class ``""``. Not recursive below the class folders; hidden files and
-    folders are ignored; image files are recognised by extension (`arb_jax.images`). Within a
+    folders are ignored; image files are recognised by extension (`arb_jax.io.images`). Within a
     class, files are sorted by name; classes are sorted and interleaved so that ``--limit`` and an
     interrupted sweep cover every class evenly. The id of an image is its path relative to
     ``root``, with ``/`` separators (e.g. ``"n01440764/ILSVRC2012_val_00000293.JPEG"``).
