@@ -59,21 +59,40 @@ def _check_threshold(value: Any, name: str, lo: float, hi: float) -> float | Per
 class ARBOptions:
     """Options of one ARB run (frozen and hashable; numbers are normalised to ``float``).
 
-    n_boot: bootstrap images per input (B >= 1). boot_chunk: null forwards run this many per
-    image at a time (None: all B at once, or B split over a "boot" mesh axis); memory grows
-    with it, the null images do not change (module notes). image_chunk: images per step on each
-    device (None: all of a device's images at once); fixing it makes results independent of the
-    batch size and the device count, and bounds memory for large batches.
-    sampler / width: docs/method.md §2 ("normal" | "pixel" | "patch" | "uniform"; width > 0, normal only).
-    pvalue: docs/method.md §3 eq. 4 variant ("upper" | "plus_one" | "two_sided" | "attnreg").
-    alpha / beta: p- and lfdr-thresholds, a number in [0, 1] or ``Percentile(q)`` of each map's
-    p / lfdr. z_th: the z-threshold every rule starts from, a number or ``Percentile(q)``.
-    lfdr_pi0: π₀ in the lfdr, a number in (0, 1] (1.0 as the paper) or "estimate" (Storey's π₀
-    of the attnreg p-values, as the reference code). lfdr_null: "theoretical" N(0, 1) or
-    "empirical" (fitted to z_null). pi0_method: Storey's estimator for the π₀ threshold
-    ("smoother" | "bootstrap"). heads: also return per-head maps. return_null: also return the
-    bootstrap z (N, B, h, w).
+    Attributes
+    ----------
+    n_boot : int, default 1
+        Bootstrap images per input (B >= 1).
+    boot_chunk : int or None, default None
+        Null forwards run this many per image at a time (None: all B at once, or B split over a
+        "boot" mesh axis); memory grows with it, the null images do not change.
+    image_chunk : int or None, default None
+        Images per step on each device (None: all of a device's images at once); fixing it makes
+        results independent of the batch size and the device count, and bounds memory.
+    sampler : {"normal", "pixel", "patch", "uniform"}, default "normal"
+        The bootstrap (docs/method.md §2).
+    width : float, default 1.0
+        Width of the normal bootstrap (> 0; "normal" only).
+    pvalue : {"upper", "plus_one", "two_sided", "attnreg"}, default "upper"
+        The p-value (docs/method.md §3, eq. 4 and its variants).
+    alpha, beta : float in [0, 1] or Percentile, default 0.3
+        The p- and lfdr-thresholds, or ``Percentile(q)`` of each map's p / lfdr.
+    z_th : float or Percentile, default 0.0
+        The z-threshold every rule starts from.
+    lfdr_pi0 : float in (0, 1] or "estimate", default 1.0
+        π₀ in the lfdr (1.0 as the paper; "estimate": Storey's π₀ of the attnreg p-values, as
+        the reference code).
+    lfdr_null : {"theoretical", "empirical"}, default "theoretical"
+        The lfdr's null density: N(0, 1), or fitted to z_null.
+    pi0_method : {"smoother", "bootstrap"}, default "smoother"
+        Storey's estimator for the π₀ threshold.
+    heads : bool, default False
+        Also return the per-head maps.
+    return_null : bool, default False
+        Also return the bootstrap z, (N, B, h, w).
 
+    Notes
+    -----
     Only the structure (counts, method names, flags, number vs Percentile) selects a compiled
     function; width, alpha, beta, z_th and a numeric lfdr_pi0 are passed as traced values, so
     changing them does not recompile.

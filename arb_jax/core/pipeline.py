@@ -72,17 +72,30 @@ __all__ = [
 class ARBResult:
     """Per-image ARB output; every array has a leading image axis N and an (h, w) patch grid.
 
-    attn: (N, h, w) float32 head-mean CLS attention (probabilities over patch keys).
-    attn_heads: (N, heads, h, w) with ``heads=True``, else None.
-    z, p, lfdr: (N, h, w). z_null: (N, B, h, w) with ``return_null=True``, else None.
-    pi0: (N,) Storey's π₀ of the p-values, clamped to [0, 1] (R ``qvalue`` clamps at 1 and stops
-    with an error for π₀ <= 0; one image cannot stop a batch, so a non-positive estimate — the
-    cubic smoother can dip below 0 on small, strongly non-null maps — becomes 0: "no nulls",
-    the π₀ threshold then keeps every z-passing patch).
-    mu0, sigma0: (N,) mean and std (ddof 0) of the log null scores.
-    maps: shrunk maps by method: "z", "p", "lfdr", "pi0", "soft" → (N, h, w).
-    options: the ARBOptions that produced it (static).
+    Attributes
+    ----------
+    attn : jax.Array, shape (N, h, w), float32
+        Head-mean CLS attention (probabilities over the patch keys).
+    attn_heads : jax.Array, shape (N, heads, h, w), or None
+        Per-head maps with ``heads=True``.
+    z, p, lfdr : jax.Array, shape (N, h, w)
+        z-scores, p-values in [0, 1], local false discovery rates in [0, 1] (docs/method.md §3).
+    z_null : jax.Array, shape (N, B, h, w), or None
+        The bootstrap z with ``return_null=True``.
+    pi0 : jax.Array, shape (N,)
+        Storey's π₀ of the p-values, clamped to [0, 1] (R ``qvalue`` clamps at 1 and stops
+        with an error for π₀ <= 0; one image cannot stop a batch, so a non-positive estimate —
+        the cubic smoother can dip below 0 on small, strongly non-null maps — becomes 0: "no
+        nulls", the π₀ threshold then keeps every z-passing patch).
+    mu0, sigma0 : jax.Array, shape (N,)
+        Mean and standard deviation (ddof 0) of the log null scores.
+    maps : dict of str to jax.Array, each (N, h, w)
+        Shrunk maps by method: "z", "p", "lfdr", "pi0", "soft" (docs/method.md §4).
+    options : ARBOptions
+        The options that produced it (static).
 
+    Notes
+    -----
     Zero scores (a softmax underflowing, e.g. in bfloat16, whose exponent range is float32's):
     every score below the smallest normal float32, ``finfo(float32).tiny`` = 1.18e-38 (exact
     zeros and subnormals), is raised to it before the log (``stats.zstat``): a zero stands for
@@ -256,17 +269,35 @@ def regularize_attention(
 ) -> ARBResult:
     """Attention Regularization by the Bootstrap for a batch of images.
 
-    vit: a loaded ``ViT`` bundle (``arb_jax.load_vit``). images: (N, H, W, 3) float32,
-    ImageNet-normalised, at ``vit.image_size``. key: one PRNG key (image i uses fold_in(key, i))
-    or one key per image. n_boot: bootstrap images per input (B). sampler: "normal" | "pixel" |
-    "patch" | "uniform". mesh: a ``Mesh`` with an "images" axis (and optionally "boot") to
-    shard the work over (``image_mesh``); default: all local devices when there are several and
-    N > 1. Images are padded with copies of the last one to fill every device (and every
-    ``image_chunk``) and the padding is dropped. Other options: see ``ARBOptions`` (boot_chunk,
-    image_chunk, width, pvalue, alpha, beta, lfdr_pi0, lfdr_null, pi0_method, z_th, heads,
-    return_null).
+    Parameters
+    ----------
+    vit : arb_jax.models.ViT
+        A loaded bundle (``arb_jax.load_vit``).
+    images : array_like, shape (N, H, W, 3), float32
+        ImageNet-normalised images at ``vit.image_size``.
+    key : jax.Array
+        One PRNG key (image i uses ``fold_in(key, i)``) or one key per image, shape (N,).
+    n_boot : int, default 1
+        Bootstrap images per input (B).
+    sampler : {"normal", "pixel", "patch", "uniform"}, default "normal"
+        The bootstrap (docs/method.md §2).
+    mesh : jax.sharding.Mesh or None, default None
+        A mesh with an "images" axis (and optionally "boot") to shard the work over
+        (`image_mesh`); default: all local devices when there are several and N > 1. Images are
+        padded with copies of the last one to fill every device (and every ``image_chunk``) and
+        the padding is dropped.
+    **options
+        Any other field of `ARBOptions` (boot_chunk, image_chunk, width, pvalue, alpha, beta,
+        lfdr_pi0, lfdr_null, pi0_method, z_th, heads, return_null).
 
-    Returns an ``ARBResult``. The same key gives a bit-identical result for the same per-device
+    Returns
+    -------
+    ARBResult
+        Statistics and shrunk maps of every image, on its (h, w) patch grid.
+
+    Notes
+    -----
+    The same key gives a bit-identical result for the same per-device
     forward shapes; with ``image_chunk`` set, for any N and number of devices. Otherwise the
     number of images per device (and ``boot_chunk``, where XLA picks batch-dependent kernels)
     can change the attention maps by float32 rounding (bench/README.md gives the measured bound).

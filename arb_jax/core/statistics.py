@@ -87,12 +87,26 @@ def arb_statistics(
 ) -> dict[str, Any]:
     """Statistics and shrunk maps of one image from its observed and null attention maps.
 
-    attn: (h, w) observed head-mean map; attn_null: (B, h, w) bootstrap maps (scores >= 0).
-    opts: ``ARBOptions`` (default ``ARBOptions()``); only the statistics options are used.
-    patch: side of a patch in pixels: the maps stand for their nearest upsampling by ``patch``,
-    whose percentiles (π₀ and ``Percentile`` thresholds) differ from the grid's (docs/method.md §1).
-    Returns a dict of z, p, lfdr (h, w), z_null (B, h, w), pi0, mu0, sigma0 (scalars) and maps
-    (dict of (h, w)) — the computation ``regularize_attention`` runs for each image.
+    The computation `arb_jax.core.pipeline.regularize_attention` runs for each image.
+
+    Parameters
+    ----------
+    attn : array_like, shape (h, w)
+        Observed head-mean map (scores >= 0).
+    attn_null : array_like, shape (B, h, w)
+        Bootstrap maps (scores >= 0).
+    opts : ARBOptions or None, default None
+        Only the statistics options are used (None: ``ARBOptions()``).
+    patch : int, default 1
+        Side of a patch in pixels: the maps stand for their nearest upsampling by ``patch``,
+        whose percentiles (π₀ and ``Percentile`` thresholds) differ from the grid's
+        (docs/method.md §1).
+
+    Returns
+    -------
+    dict
+        ``z``, ``p``, ``lfdr`` (h, w); ``z_null`` (B, h, w); ``pi0``, ``mu0``, ``sigma0``
+        (scalars); ``maps`` (dict of (h, w) by method).
     """
     opts = ARBOptions() if opts is None else opts
     if not isinstance(opts, ARBOptions):
