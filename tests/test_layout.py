@@ -237,3 +237,23 @@ def test_the_private_name_check_finds_private_names(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("from arb_jax.core import stats\nfrom arb_jax.core.stats import _x\nstats._y\n")
     assert [u.split(": ", 1)[1] for u in _private_uses(probe)] == ["import _x", "stats._y"]
+
+
+def test_old_module_paths_reach_the_moved_modules():
+    import importlib
+
+    import arb_jax
+    from arb_jax import _moved
+
+    for old, new in _moved.MOVED.items():
+        module = importlib.import_module(old)
+        assert module is importlib.import_module(new), old
+        assert module.__spec__.name == new and module.__name__ == new
+        assert getattr(arb_jax, old.rpartition(".")[2]) is module
+    import weights_convert.readers
+
+    import weights_convert
+
+    assert weights_convert.readers is importlib.import_module("arb_jax.convert.readers")
+    assert weights_convert.load_tree is weights_convert.readers.load_tree
+    assert set(weights_convert.__all__) == set(importlib.import_module("arb_jax.convert").__all__)
