@@ -257,3 +257,39 @@ def test_old_module_paths_reach_the_moved_modules():
     assert weights_convert.readers is importlib.import_module("arb_jax.convert.readers")
     assert weights_convert.load_tree is weights_convert.readers.load_tree
     assert set(weights_convert.__all__) == set(importlib.import_module("arb_jax.convert").__all__)
+
+
+def test_the_old_modules_public_names_are_still_there():
+    from arb_jax import sweep, train_demo
+
+    for name in (
+        "COLUMNS",
+        "METHODS",
+        "Grid",
+        "Item",
+        "RowWriter",
+        "SourceError",
+        "SweepConfig",
+        "evaluate",
+        "folder_items",
+        "image_key",
+        "open_source",
+        "parse_grid",
+        "read_rows",
+        "row_key",
+        "run_sweep",
+        "tfds_items",
+    ):
+        assert hasattr(sweep, name), name
+    for name in (
+        "ASSETS",
+        "WEIGHTS_FILE",
+        "RECORD_FILE",
+        "NOT_DINO",
+        "DemoWeightsError",
+        "load_demo_params",
+        "TrainSettings",
+        "train",
+        "save_demo",
+    ):
+        assert hasattr(train_demo, name), name

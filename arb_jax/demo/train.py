@@ -43,13 +43,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from arb_jax.checkpoints.demo import NOT_DINO, RECORD_FILE, WEIGHTS_FILE
+from arb_jax.checkpoints.demo import (  # the loader's names, also reachable here as before
+    ASSETS,
+    NOT_DINO,
+    RECORD_FILE,
+    WEIGHTS_FILE,
+    DemoWeightsError,
+    load_demo_params,
+)
 from arb_jax.demo import data as demo_data
 from arb_jax.io.files import sha256_file
 from arb_jax.io.images import normalize
 from arb_jax.models import VisionTransformer, ViTConfig
 
 __all__ = [
+    "ASSETS",
+    "WEIGHTS_FILE",
+    "RECORD_FILE",
+    "NOT_DINO",
+    "DemoWeightsError",
+    "load_demo_params",
     "TrainSettings",
     "SMOKE",
     "demo_config",

@@ -44,11 +44,34 @@ from arb_jax.io import images
 from arb_jax.io.files import write_text_atomic
 from arb_jax.study import simulate
 from arb_jax.study.evaluate import METHODS, METRICS, evaluate
-from arb_jax.study.grid import Grid, image_key
-from arb_jax.study.rows import RowWriter
-from arb_jax.study.sources import Item, open_source
+from arb_jax.study.grid import Grid, image_key, parse_grid
+from arb_jax.study.rows import COLUMNS, RowWriter, read_rows, row_key
+from arb_jax.study.sources import Item, SourceError, folder_items, open_source, tfds_items
 
-__all__ = ["NOISES", "PVALUES", "SAMPLERS", "SweepConfig", "SweepSummary", "run_sweep", "sweep_batch"]
+__all__ = [
+    "NOISES",
+    "PVALUES",
+    "SAMPLERS",
+    "SweepConfig",
+    "SweepSummary",
+    "run_sweep",
+    "sweep_batch",
+    # the names this module had before the study was split into modules: still reachable here
+    "COLUMNS",
+    "METHODS",
+    "Grid",
+    "Item",
+    "RowWriter",
+    "SourceError",
+    "evaluate",
+    "folder_items",
+    "image_key",
+    "open_source",
+    "parse_grid",
+    "read_rows",
+    "row_key",
+    "tfds_items",
+]
 
 NOISES = ("square", "diffuse")
 SAMPLERS = ("normal", "pixel", "patch", "uniform")
