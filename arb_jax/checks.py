@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, Literal, overload
+
+
+@overload
+def as_int(value: Any, name: str, minimum: int = 1, *, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def as_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool) -> int | None: ...
 
 
 def as_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool = False) -> int | None:
@@ -20,10 +28,14 @@ def as_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool = False)
         out = operator.index(value)
     except TypeError:
         if hasattr(value, "aval"):  # a JAX tracer: the count is not known while tracing
-            raise TypeError(f"{name} must be a static Python int (it sets an array shape; mark "
-                            "it static under jit), got a traced value") from None
-        raise TypeError(f"{name} must be an integer{' or None' if allow_none else ''}, got "
-                        f"{type(value).__name__} {value!r}") from None
+            raise TypeError(
+                f"{name} must be a static Python int (it sets an array shape; mark "
+                "it static under jit), got a traced value"
+            ) from None
+        raise TypeError(
+            f"{name} must be an integer{' or None' if allow_none else ''}, got "
+            f"{type(value).__name__} {value!r}"
+        ) from None
     if out < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {out}")
     return out
@@ -36,16 +48,20 @@ def one_key(key: Any) -> Any:
     import jax.numpy as jnp
 
     if not hasattr(key, "dtype") or not hasattr(key, "shape"):
-        raise TypeError(f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), got "
-                        f"{type(key).__name__}")
+        raise TypeError(
+            f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), got {type(key).__name__}"
+        )
     key = jnp.asarray(key)
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.ndim != 0:
-            raise ValueError(f"key must be a single PRNG key (shape ()), got a key array of shape "
-                             f"{key.shape}")
+            raise ValueError(
+                f"key must be a single PRNG key (shape ()), got a key array of shape {key.shape}"
+            )
     elif key.dtype != jnp.uint32 or key.ndim != 1:
-        raise TypeError("key must be a JAX PRNG key (jax.random.key, or a raw uint32 "
-                        f"jax.random.PRNGKey), got dtype {key.dtype} shape {key.shape}")
+        raise TypeError(
+            "key must be a JAX PRNG key (jax.random.key, or a raw uint32 "
+            f"jax.random.PRNGKey), got dtype {key.dtype} shape {key.shape}"
+        )
     return key
 
 
@@ -60,12 +76,12 @@ def one_image(image: Any, min_pixels: int = 1) -> Any:
         raise TypeError(f"image must be an array (H, W, C), got {type(image).__name__}")
     image = jnp.asarray(image)
     if image.ndim != 3:
-        raise ValueError(f"image must have shape (H, W, C) (one image, channels last), got shape "
-                         f"{image.shape}")
+        raise ValueError(
+            f"image must have shape (H, W, C) (one image, channels last), got shape {image.shape}"
+        )
     if not jnp.issubdtype(image.dtype, jnp.floating):
         raise TypeError(f"image must be a float array (normalised pixels), got dtype {image.dtype}")
     need = max(1, min_pixels)
     if image.shape[2] < 1 or image.shape[0] * image.shape[1] < need:
-        raise ValueError(f"image must have at least {need} pixel(s) and a channel, got shape "
-                         f"{image.shape}")
+        raise ValueError(f"image must have at least {need} pixel(s) and a channel, got shape {image.shape}")
     return image

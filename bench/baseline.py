@@ -6,10 +6,10 @@ weights as our Flax ViT runs on the image and on each bootstrap image (one at a 
 batched on a GPU); the last layer's CLS-row attention over the patches is averaged over heads,
 upsampled by nearest neighbour to pixels (``torch.nn.functional.interpolate``, as DINO's
 ``visualize_attention.py``), and the statistics are computed in numpy / statsmodels / scipy over
-the pixel vector: z of log scores (SPEC §3 eqs. 1–3), empirical p-values (eq. 4, "upper"),
+the pixel vector: z of log scores (docs/method.md §3 eqs. 1–3), empirical p-values (eq. 4, "upper"),
 ``statsmodels.stats.multitest.local_fdr`` (eq. 5, π₀ = 1), Storey's π₀ ("smoother", as R
-``qvalue::pi0est``) and the shrunk maps (SPEC §4). Bootstrap images are drawn with torch on the
-model's device (``normal`` sampler, SPEC §2).
+``qvalue::pi0est``) and the shrunk maps (docs/method.md §4). Bootstrap images are drawn with torch on the
+model's device (``normal`` sampler, docs/method.md §2).
 """
 
 from __future__ import annotations
@@ -69,8 +69,10 @@ def _find(keys: list[str], patterns: tuple[str, ...], suffix: str) -> str:
         hits = [k for k in keys if rx.match(k)]
         if len(hits) == 1:
             return hits[0]
-    raise KeyError(f"no unique HF parameter matching {patterns} + {suffix!r} among "
-                   f"{len(keys)} names (this transformers version names them differently)")
+    raise KeyError(
+        f"no unique HF parameter matching {patterns} + {suffix!r} among "
+        f"{len(keys)} names (this transformers version names them differently)"
+    )
 
 
 def hf_state_dict(config: ViTConfig, params: Mapping[str, Any], keys: list[str]) -> dict[str, np.ndarray]:
@@ -97,12 +99,11 @@ def hf_state_dict(config: ViTConfig, params: Mapping[str, Any], keys: list[str])
     put(_HF_TOP["norm"], ".bias", a(params["norm"]["bias"]))
     for i in range(config.depth):
         b = params[f"block_{i}"]
-        pats = {role: tuple(p.replace("{i}", str(i)) for p in pp)
-                for role, pp in block_patterns.items()}
+        pats = {role: tuple(p.replace("{i}", str(i)) for p in pp) for role, pp in block_patterns.items()}
         qkv_w, qkv_b = a(b["attn"]["qkv"]["kernel"]), a(b["attn"]["qkv"]["bias"])
         for j, role in enumerate("qkv"):
-            put(pats[role], ".weight", qkv_w[:, j * D:(j + 1) * D].T)
-            put(pats[role], ".bias", qkv_b[j * D:(j + 1) * D])
+            put(pats[role], ".weight", qkv_w[:, j * D : (j + 1) * D].T)
+            put(pats[role], ".bias", qkv_b[j * D : (j + 1) * D])
         for role, ours in (("o", b["attn"]["proj"]), ("fc1", b["mlp"]["fc1"]), ("fc2", b["mlp"]["fc2"])):
             put(pats[role], ".weight", a(ours["kernel"]).T)
             put(pats[role], ".bias", a(ours["bias"]))
@@ -131,13 +132,24 @@ def hf_vit(config: ViTConfig, params: Mapping[str, Any], image_size: int, device
 
     grid = image_size // config.patch
     if np.shape(params["pos_embed"])[1] != 1 + grid * grid:
-        raise ValueError(f"pos_embed has {np.shape(params['pos_embed'])[1]} tokens, expected "
-                         f"1 + {grid}² for {image_size} px: pass the bundle's params")
-    kw = dict(hidden_size=config.dim, num_hidden_layers=config.depth,
-              num_attention_heads=config.heads, intermediate_size=config.mlp_dim,
-              hidden_act="gelu", layer_norm_eps=config.eps, image_size=image_size,
-              patch_size=config.patch, num_channels=3, qkv_bias=True,
-              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        raise ValueError(
+            f"pos_embed has {np.shape(params['pos_embed'])[1]} tokens, expected "
+            f"1 + {grid}² for {image_size} px: pass the bundle's params"
+        )
+    kw = dict(
+        hidden_size=config.dim,
+        num_hidden_layers=config.depth,
+        num_attention_heads=config.heads,
+        intermediate_size=config.mlp_dim,
+        hidden_act="gelu",
+        layer_norm_eps=config.eps,
+        image_size=image_size,
+        patch_size=config.patch,
+        num_channels=3,
+        qkv_bias=True,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     try:
         hf_config = transformers.ViTConfig(attn_implementation="eager", **kw)
     except TypeError:  # older transformers
@@ -145,11 +157,15 @@ def hf_vit(config: ViTConfig, params: Mapping[str, Any], image_size: int, device
     hf_config._attn_implementation = "eager"
     if config.layerscale:  # DINOv2: LayerScale, MLP ratio from the config
         if config.mlp_dim % config.dim:
-            raise ValueError(f"the HF Dinov2Model baseline needs mlp_dim a multiple of dim, got "
-                             f"{config.mlp_dim} and {config.dim}")
+            raise ValueError(
+                f"the HF Dinov2Model baseline needs mlp_dim a multiple of dim, got "
+                f"{config.mlp_dim} and {config.dim}"
+            )
         hf_config = transformers.Dinov2Config(
-            mlp_ratio=config.mlp_dim // config.dim, attn_implementation="eager",
-            **{k: v for k, v in kw.items() if k != "intermediate_size"})
+            mlp_ratio=config.mlp_dim // config.dim,
+            attn_implementation="eager",
+            **{k: v for k, v in kw.items() if k != "intermediate_size"},
+        )
         hf_config._attn_implementation = "eager"
         model = transformers.Dinov2Model(hf_config)
     else:
@@ -166,7 +182,7 @@ def hf_cls_attention(model, pixel_values) -> Any:
 
     with torch.inference_mode():
         out = model(pixel_values=pixel_values, output_attentions=True)
-    attn = out.attentions[-1][:, :, 0, 1:]                                   # (b, heads, h·w)
+    attn = out.attentions[-1][:, :, 0, 1:]  # (b, heads, h·w)
     p = model.config.patch_size
     h, w = pixel_values.shape[2] // p, pixel_values.shape[3] // p
     return attn.mean(1).reshape(-1, h, w)
@@ -189,7 +205,7 @@ def _spline_lam(lambdas: tuple[float, ...], df: float) -> float:
     eye = np.eye(x.size)
 
     def trace(log_lam: float) -> float:
-        lam = 10.0 ** log_lam
+        lam = 10.0**log_lam
         return sum(float(make_smoothing_spline(x, eye[j], lam=lam)(x[j])) for j in range(x.size))
 
     return 10.0 ** brentq(lambda t: trace(t) - df, -12.0, 6.0, xtol=1e-12)
@@ -214,8 +230,9 @@ def warm_up() -> None:
     _spline_lam(tuple(LAMBDAS), 3.0)
 
 
-def numpy_statistics(attn: np.ndarray, attn_null: np.ndarray, *, alpha: float = 0.3,
-                     beta: float = 0.3, z_th: float = 0.0) -> dict[str, Any]:
+def numpy_statistics(
+    attn: np.ndarray, attn_null: np.ndarray, *, alpha: float = 0.3, beta: float = 0.3, z_th: float = 0.0
+) -> dict[str, Any]:
     """ARB statistics of one map over its pixels, in numpy / statsmodels / scipy.
 
     attn: (H, W) float32 upsampled map; attn_null: (B, H, W). Returns z, p, lfdr (H, W),
@@ -236,12 +253,23 @@ def numpy_statistics(attn: np.ndarray, attn_null: np.ndarray, *, alpha: float = 
     keep = z.ravel() >= z_th
     a = attn.ravel()
     cut = np.percentile(p, 100 * (1 - pi0))
-    maps = {"z": a * keep, "p": a * (keep & (p <= alpha)), "lfdr": a * (keep & (lfdr <= beta)),
-            "pi0": a * (keep & (p <= cut)), "soft": a * (1 - lfdr)}
+    maps = {
+        "z": a * keep,
+        "p": a * (keep & (p <= alpha)),
+        "lfdr": a * (keep & (lfdr <= beta)),
+        "pi0": a * (keep & (p <= cut)),
+        "soft": a * (1 - lfdr),
+    }
     shape = attn.shape
-    return {"z": z, "p": p.reshape(shape), "lfdr": lfdr.reshape(shape), "pi0": pi0,
-            "mu0": float(mu0), "sigma0": float(sigma0),
-            "maps": {k: v.reshape(shape) for k, v in maps.items()}}
+    return {
+        "z": z,
+        "p": p.reshape(shape),
+        "lfdr": lfdr.reshape(shape),
+        "pi0": pi0,
+        "mu0": float(mu0),
+        "sigma0": float(sigma0),
+        "maps": {k: v.reshape(shape) for k, v in maps.items()},
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,9 +289,19 @@ class BaselineRun:
     seconds: dict[str, float]
 
 
-def run_baseline(model, image: np.ndarray, n_boot: int, *, batch: int = 1, seed: int = 0,
-                 null_images: np.ndarray | None = None, progress: Callable | None = None,
-                 alpha: float = 0.3, beta: float = 0.3, z_th: float = 0.0) -> BaselineRun:
+def run_baseline(
+    model,
+    image: np.ndarray,
+    n_boot: int,
+    *,
+    batch: int = 1,
+    seed: int = 0,
+    null_images: np.ndarray | None = None,
+    progress: Callable | None = None,
+    alpha: float = 0.3,
+    beta: float = 0.3,
+    z_th: float = 0.0,
+) -> BaselineRun:
     """ARB of one normalised image (H, W, 3) float32 with the HF model, as a PyTorch user would.
 
     Draws ``n_boot`` normal bootstrap images with torch on the model's device (per channel the
@@ -284,10 +322,13 @@ def run_baseline(model, image: np.ndarray, n_boot: int, *, batch: int = 1, seed:
     given = None
     if null_images is not None:
         if np.shape(null_images) != (n_boot, *np.shape(image)):
-            raise ValueError(f"null_images must be (B, H, W, 3) = {(n_boot, *np.shape(image))}, "
-                             f"got {np.shape(null_images)}")
-        given = torch.from_numpy(np.ascontiguousarray(
-            np.asarray(null_images, np.float32).transpose(0, 3, 1, 2))).to(device)
+            raise ValueError(
+                f"null_images must be (B, H, W, 3) = {(n_boot, *np.shape(image))}, "
+                f"got {np.shape(null_images)}"
+            )
+        given = torch.from_numpy(
+            np.ascontiguousarray(np.asarray(null_images, np.float32).transpose(0, 3, 1, 2))
+        ).to(device)
     sync()
 
     t0 = time.perf_counter()
@@ -303,8 +344,9 @@ def run_baseline(model, image: np.ndarray, n_boot: int, *, batch: int = 1, seed:
 
     maps = []
     # the image joins the first batch of null images (alone when batch = 1)
-    inputs = [torch.cat([x[None], nulls[:batch - 1]])] + [
-        nulls[i:i + batch] for i in range(batch - 1, n_boot, batch)]
+    inputs = [torch.cat([x[None], nulls[: batch - 1]])] + [
+        nulls[i : i + batch] for i in range(batch - 1, n_boot, batch)
+    ]
     for chunk in inputs:
         maps.append(hf_cls_attention(model, chunk))
         if progress is not None:
@@ -313,7 +355,7 @@ def run_baseline(model, image: np.ndarray, n_boot: int, *, batch: int = 1, seed:
     t2 = time.perf_counter()
     seconds["forward"] = t2 - t1
 
-    grid = torch.cat(maps)                                                     # (1+B, h, w)
+    grid = torch.cat(maps)  # (1+B, h, w)
     with torch.inference_mode():
         pixels = functional.interpolate(grid[:, None], scale_factor=p, mode="nearest")[:, 0]
     pixels = pixels.float().cpu().numpy()

@@ -77,23 +77,70 @@ class Preset:
 def _cpu_cases(full: bool) -> tuple[Case, ...]:
     r = 3 if full else 1
     paper = (
-        Case("paper_vits8_488_B1", "dino_vits8", 488, 1, "paper", repeats=3 if full else 1,
-             baseline_repeats=3 if full else 1, budget_s=90),
-        Case("paper_vits8_488_B16", "dino_vits8", 488, 16, "paper", repeats=r,
-             baseline_repeats=r, budget_s=240 if full else 30),
+        Case(
+            "paper_vits8_488_B1",
+            "dino_vits8",
+            488,
+            1,
+            "paper",
+            repeats=3 if full else 1,
+            baseline_repeats=3 if full else 1,
+            budget_s=90,
+        ),
+        Case(
+            "paper_vits8_488_B16",
+            "dino_vits8",
+            488,
+            16,
+            "paper",
+            repeats=r,
+            baseline_repeats=r,
+            budget_s=240 if full else 30,
+        ),
     )
     scale_b = tuple(
-        Case(f"scaleB_vits16_224_B{b}", "dino_vits16", 224, b, "scale-B", repeats=5 if full else 3,
-             baseline_repeats=3 if full else 1, check=False, budget_s=30)
-        for b in ((1, 2, 4, 8, 16, 32) if full else (1, 4, 16, 32)))
+        Case(
+            f"scaleB_vits16_224_B{b}",
+            "dino_vits16",
+            224,
+            b,
+            "scale-B",
+            repeats=5 if full else 3,
+            baseline_repeats=3 if full else 1,
+            check=False,
+            budget_s=30,
+        )
+        for b in ((1, 2, 4, 8, 16, 32) if full else (1, 4, 16, 32))
+    )
     scale_size = tuple(
-        Case(f"scaleN_vits16_{s}_B1", "dino_vits16", s, 1, "scale-size", repeats=3 if full else 1,
-             baseline=full, baseline_repeats=r, check=False, budget_s=60)
-        for s in (224, 448, 672, 896))
+        Case(
+            f"scaleN_vits16_{s}_B1",
+            "dino_vits16",
+            s,
+            1,
+            "scale-size",
+            repeats=3 if full else 1,
+            baseline=full,
+            baseline_repeats=r,
+            check=False,
+            budget_s=60,
+        )
+        for s in (224, 448, 672, 896)
+    )
     real = tuple(
-        Case(f"real_dinov2s14_{s}_B{b}", REAL, s, b, "real", repeats=3 if full else 1,
-             baseline_repeats=3 if full else 1, budget_s=60 if s == 518 else 20)
-        for s in (224, 518) for b in (1, 16))
+        Case(
+            f"real_dinov2s14_{s}_B{b}",
+            REAL,
+            s,
+            b,
+            "real",
+            repeats=3 if full else 1,
+            baseline_repeats=3 if full else 1,
+            budget_s=60 if s == 518 else 20,
+        )
+        for s in (224, 518)
+        for b in (1, 16)
+    )
     return paper + real + scale_b + scale_size
 
 
@@ -112,29 +159,109 @@ def _cpu_ablations(full: bool) -> tuple[Ablation, ...]:
 def _gpu_cases() -> tuple[Case, ...]:
     bf = "bfloat16"
     paper = (
-        Case("paper_vits8_488_B1", "dino_vits8", 488, 1, "paper", n_images=32, dtype=bf,
-             repeats=5, baseline_repeats=2, budget_s=20),
-        Case("paper_vits8_488_B16", "dino_vits8", 488, 16, "paper", n_images=4, dtype=bf,
-             repeats=5, baseline_repeats=2, budget_s=20),
+        Case(
+            "paper_vits8_488_B1",
+            "dino_vits8",
+            488,
+            1,
+            "paper",
+            n_images=32,
+            dtype=bf,
+            repeats=5,
+            baseline_repeats=2,
+            budget_s=20,
+        ),
+        Case(
+            "paper_vits8_488_B16",
+            "dino_vits8",
+            488,
+            16,
+            "paper",
+            n_images=4,
+            dtype=bf,
+            repeats=5,
+            baseline_repeats=2,
+            budget_s=20,
+        ),
     )
     headline = tuple(
-        Case(f"vits16_224_B{b}", "dino_vits16", 224, b, "headline", n_images=n, dtype=bf,
-             repeats=5, baseline_repeats=3, check_boot=min(b, 16), budget_s=20)
-        for b, n in ((1, 512), (16, 64), (256, 8)))
-    f32 = (Case("vits16_224_B256_f32", "dino_vits16", 224, 256, "headline", n_images=8,
-                repeats=3, baseline=False, check=False, budget_s=20),)
+        Case(
+            f"vits16_224_B{b}",
+            "dino_vits16",
+            224,
+            b,
+            "headline",
+            n_images=n,
+            dtype=bf,
+            repeats=5,
+            baseline_repeats=3,
+            check_boot=min(b, 16),
+            budget_s=20,
+        )
+        for b, n in ((1, 512), (16, 64), (256, 8))
+    )
+    f32 = (
+        Case(
+            "vits16_224_B256_f32",
+            "dino_vits16",
+            224,
+            256,
+            "headline",
+            n_images=8,
+            repeats=3,
+            baseline=False,
+            check=False,
+            budget_s=20,
+        ),
+    )
     scale_b = tuple(
-        Case(f"scaleB_vits16_224_B{b}", "dino_vits16", 224, b, "scale-B", n_images=n, dtype=bf,
-             repeats=5, baseline_repeats=2, check=False, budget_s=20)
-        for b, n in ((64, 16), (1024, 2)))
+        Case(
+            f"scaleB_vits16_224_B{b}",
+            "dino_vits16",
+            224,
+            b,
+            "scale-B",
+            n_images=n,
+            dtype=bf,
+            repeats=5,
+            baseline_repeats=2,
+            check=False,
+            budget_s=20,
+        )
+        for b, n in ((64, 16), (1024, 2))
+    )
     scale_size = tuple(
-        Case(f"scaleN_vits16_{s}_B16", "dino_vits16", s, 16, "scale-size", n_images=n, dtype=bf,
-             repeats=5, baseline_repeats=1, check=False, budget_s=20)
-        for s, n in ((448, 16), (672, 8), (896, 4)))
+        Case(
+            f"scaleN_vits16_{s}_B16",
+            "dino_vits16",
+            s,
+            16,
+            "scale-size",
+            n_images=n,
+            dtype=bf,
+            repeats=5,
+            baseline_repeats=1,
+            check=False,
+            budget_s=20,
+        )
+        for s, n in ((448, 16), (672, 8), (896, 4))
+    )
     real = tuple(
-        Case(f"real_dinov2s14_{s}_B{b}", REAL, s, b, "real", n_images=n, dtype=bf, repeats=5,
-             baseline_repeats=2, check_boot=min(b, 16), budget_s=20)
-        for s, b, n in ((224, 16, 64), (518, 16, 8)))
+        Case(
+            f"real_dinov2s14_{s}_B{b}",
+            REAL,
+            s,
+            b,
+            "real",
+            n_images=n,
+            dtype=bf,
+            repeats=5,
+            baseline_repeats=2,
+            check_boot=min(b, 16),
+            budget_s=20,
+        )
+        for s, b, n in ((224, 16, 64), (518, 16, 8))
+    )
     return headline + paper + real + f32 + scale_b + scale_size  # the H100 targets' cases first
 
 
@@ -155,35 +282,89 @@ def _smoke() -> tuple[Case, ...]:
     # lfdr's 29-bin histogram fit; exercises every code path in seconds.
     return (
         Case("smoke_B1", "test_tiny8", 128, 1, "smoke", repeats=2, baseline_repeats=2, budget_s=5),
-        Case("smoke_B3_batched", "test_tiny8", 128, 3, "smoke", n_images=2, repeats=2,
-             baseline_batch=2, budget_s=5),
-        Case("smoke_B3_bf16", "test_tiny8", 128, 3, "smoke", dtype="bfloat16", repeats=1,
-             check_boot=2, budget_s=5),
-        Case("smoke_size_64", "test_tiny8", 64, 2, "scale-size", repeats=1, baseline=False,
-             check=False, budget_s=5),
+        Case(
+            "smoke_B3_batched",
+            "test_tiny8",
+            128,
+            3,
+            "smoke",
+            n_images=2,
+            repeats=2,
+            baseline_batch=2,
+            budget_s=5,
+        ),
+        Case(
+            "smoke_B3_bf16",
+            "test_tiny8",
+            128,
+            3,
+            "smoke",
+            dtype="bfloat16",
+            repeats=1,
+            check_boot=2,
+            budget_s=5,
+        ),
+        Case(
+            "smoke_size_64",
+            "test_tiny8",
+            64,
+            2,
+            "scale-size",
+            repeats=1,
+            baseline=False,
+            check=False,
+            budget_s=5,
+        ),
     )
 
 
 def _smoke_ablations() -> tuple[Ablation, ...]:
-    return tuple(Ablation(c, "test_tiny8", 128, batch=2, n_boot=3, repeats=1, level=lv)
-                 for c, lv in (("profile", "block"), ("attention", "forward"), ("cls_only", "block"),
-                               ("dtype", "block"), ("boot_chunk", "forward"),
-                               ("host_round_trip", "forward")))
+    return tuple(
+        Ablation(c, "test_tiny8", 128, batch=2, n_boot=3, repeats=1, level=lv)
+        for c, lv in (
+            ("profile", "block"),
+            ("attention", "forward"),
+            ("cls_only", "block"),
+            ("dtype", "block"),
+            ("boot_chunk", "forward"),
+            ("host_round_trip", "forward"),
+        )
+    )
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("smoke", "seconds-long check of every code path (tests): test_tiny8, random-init",
-               _smoke(), _smoke_ablations(), peak_n=512),
-        Preset("cpu-quick", "the paper's setting and the scaling on a CPU, one timed run of the "
-               "long cases (≤ 10 min on 2 cores)", _cpu_cases(False), _cpu_ablations(False),
-               budget_s=540),
-        Preset("cpu-full", "cpu-quick with 3 timed runs, B = 1 … 32 and baselines for the "
-               "image-size scaling", _cpu_cases(True), _cpu_ablations(True)),
-        Preset("gpu", "one GPU: bf16, images batched to fill it, B = 1 … 1024, sizes 224 … 896 "
-               "(≤ 8 min on an H100)", _gpu_cases(), _gpu_ablations(), peak_n=8192,
-               peak_dtypes=("float32", "bfloat16"), budget_s=420),
+        Preset(
+            "smoke",
+            "seconds-long check of every code path (tests): test_tiny8, random-init",
+            _smoke(),
+            _smoke_ablations(),
+            peak_n=512,
+        ),
+        Preset(
+            "cpu-quick",
+            "the paper's setting and the scaling on a CPU, one timed run of the "
+            "long cases (≤ 10 min on 2 cores)",
+            _cpu_cases(False),
+            _cpu_ablations(False),
+            budget_s=540,
+        ),
+        Preset(
+            "cpu-full",
+            "cpu-quick with 3 timed runs, B = 1 … 32 and baselines for the image-size scaling",
+            _cpu_cases(True),
+            _cpu_ablations(True),
+        ),
+        Preset(
+            "gpu",
+            "one GPU: bf16, images batched to fill it, B = 1 … 1024, sizes 224 … 896 (≤ 8 min on an H100)",
+            _gpu_cases(),
+            _gpu_ablations(),
+            peak_n=8192,
+            peak_dtypes=("float32", "bfloat16"),
+            budget_s=420,
+        ),
     )
 }
 
@@ -203,8 +384,10 @@ def select(preset: Preset, names: str | None) -> tuple[Case, ...]:
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     out = tuple(c for c in preset.cases if any(c.name.startswith(w) for w in wanted))
     if not out:
-        raise ValueError(f"no case of preset {preset.name!r} matches {names!r}; cases: "
-                         f"{', '.join(c.name for c in preset.cases)}")
+        raise ValueError(
+            f"no case of preset {preset.name!r} matches {names!r}; cases: "
+            f"{', '.join(c.name for c in preset.cases)}"
+        )
     return out
 
 

@@ -15,19 +15,28 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m bench",
         description="ARB throughput, MFU and scaling: ours (JAX) against the PyTorch / numpy / "
-                    "statsmodels baseline, measured in one run on one device.")
-    ap.add_argument("--preset", choices=sorted(PRESETS),
-                    help="default: gpu when JAX sees a GPU, else cpu-quick")
+        "statsmodels baseline, measured in one run on one device.",
+    )
+    ap.add_argument(
+        "--preset", choices=sorted(PRESETS), help="default: gpu when JAX sees a GPU, else cpu-quick"
+    )
     ap.add_argument("--json", metavar="OUT", help="write the records (one per case) as JSON here")
     ap.add_argument("--md", metavar="OUT", help="write the markdown tables here (always printed)")
-    ap.add_argument("--cases", metavar="NAMES",
-                    help="comma-separated case-name prefixes to run (default: all of the preset)")
+    ap.add_argument(
+        "--cases",
+        metavar="NAMES",
+        help="comma-separated case-name prefixes to run (default: all of the preset)",
+    )
     ap.add_argument("--no-ablations", action="store_true", help="skip the what-each-change-bought runs")
     ap.add_argument("--list", action="store_true", help="list the preset's cases and exit")
     ap.add_argument("--quiet", action="store_true", help="no progress output on stderr")
-    ap.add_argument("--budget-s", type=float, metavar="S",
-                    help="start no case or ablation after S seconds (default: the preset's: "
-                         "540 for cpu-quick, 420 for gpu, none for the others)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        metavar="S",
+        help="start no case or ablation after S seconds (default: the preset's: "
+        "540 for cpu-quick, 420 for gpu, none for the others)",
+    )
     return ap
 
 
@@ -55,11 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(str(e)) from None
     if args.list:
         for c in cases:
-            print(f"{c.name}: {c.model} @ {c.image_size}, B={c.n_boot}, {c.n_images} image(s), "
-                  f"{c.dtype}, baseline={c.baseline}, check={c.check}")
+            print(
+                f"{c.name}: {c.model} @ {c.image_size}, B={c.n_boot}, {c.n_images} image(s), "
+                f"{c.dtype}, baseline={c.baseline}, check={c.check}"
+            )
         return 0
 
-    from arb_jax.files import write_text_atomic
+    from arb_jax.io.files import write_text_atomic
     from bench.run import jsonable, run_preset
     from bench.tables import to_markdown
 
@@ -70,17 +81,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if md_out is not None:
             write_text_atomic(md_out, to_markdown(result) + "\n")
 
-    result = run_preset(preset, cases, ablations=not args.no_ablations, quiet=args.quiet,
-                        budget_s=args.budget_s, on_result=write)
+    result = run_preset(
+        preset,
+        cases,
+        ablations=not args.no_ablations,
+        quiet=args.quiet,
+        budget_s=args.budget_s,
+        on_result=write,
+    )
     write(result)
     result = jsonable(result)
     print(to_markdown(result))
     if result["skipped"]:
-        print(f"{len(result['skipped'])} case(s) or ablation(s) not run: the {result['budget_s']:.0f} s "
-              "budget was spent (--budget-s to change it)", file=sys.stderr)
+        print(
+            f"{len(result['skipped'])} case(s) or ablation(s) not run: the {result['budget_s']:.0f} s "
+            "budget was spent (--budget-s to change it)",
+            file=sys.stderr,
+        )
     if result["errors"]:
-        print(f"{len(result['errors'])} case(s) or ablation(s) failed: {result['errors']}",
-              file=sys.stderr)
+        print(f"{len(result['errors'])} case(s) or ablation(s) failed: {result['errors']}", file=sys.stderr)
         return 1
     return 0
-

@@ -1,12 +1,12 @@
-"""FLOP count of an ARB run (SPEC §6) and the device's peak FLOP/s, measured by a large matmul.
+"""FLOP count of an ARB run (docs/method.md §6) and the device's peak FLOP/s, measured by a large matmul.
 
 FLOPs count a multiply-add as 2. One full transformer block on N tokens of width d with an MLP
 of width m: 2·(4·N·d² + 2·N·d·m + 2·N²·d) (q|k|v and the output projection, the MLP, scores
-and their product with the values); with m = 4d this is SPEC §6's 2·(12·N·d² + 2·N²·d). The
-last block runs the CLS query only (SPEC §1): keys and values of all N tokens, one query row,
+and their product with the values); with m = 4d this is docs/method.md §6's 2·(12·N·d² + 2·N²·d). The
+last block runs the CLS query only (docs/method.md §1): keys and values of all N tokens, one query row,
 one token through the projection and the MLP: 2·(2·N·d² + 2·N·d + 2·d² + 2·d·m). The patch
 embedding (2·N·3p²·d, 0.1 % at ViT-S/8, 488 px) and LayerNorm, softmax and GELU are not
-counted, as in SPEC §6.
+counted, as in docs/method.md §6.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def cls_block_flops(config: ViTConfig, n: int) -> int:
 
 
 def forward_flops(config: ViTConfig, image_size: int | tuple[int, int], cls_only_last: bool = True) -> int:
-    """FLOPs of one ViT forward of one image; ``cls_only_last=False`` gives SPEC §6's L full blocks."""
+    """FLOPs of one ViT forward of one image.
+
+    ``cls_only_last=False`` gives the L full blocks of docs/method.md §6.
+    """
     n = n_tokens(config, image_size)
     if not cls_only_last:
         return config.depth * block_flops(config, n)
@@ -86,13 +89,20 @@ def jax_matmul_peak(dtype: str = "float32", n: int = 4096, repeats: int = 5) -> 
     fn = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest", preferred_element_type=out))
     fn(a, b).block_until_ready()
     med, best = _median_time(lambda: fn(a, b).block_until_ready(), repeats)
-    flops = 2.0 * n ** 3
-    return {"library": f"jax {jax.__version__}", "dtype": dtype, "n": n, "flops": flops / med,
-            "flops_best": flops / best, "seconds": med}
+    flops = 2.0 * n**3
+    return {
+        "library": f"jax {jax.__version__}",
+        "dtype": dtype,
+        "n": n,
+        "flops": flops / med,
+        "flops_best": flops / best,
+        "seconds": med,
+    }
 
 
-def torch_matmul_peak(dtype: str = "float32", n: int = 4096, repeats: int = 5,
-                      device: str = "cpu") -> dict[str, Any]:
+def torch_matmul_peak(
+    dtype: str = "float32", n: int = 4096, repeats: int = 5, device: str = "cpu"
+) -> dict[str, Any]:
     """FLOP/s of an n×n×n PyTorch matmul (for reference; torch defaults, no TF32 for float32)."""
     import torch
 
@@ -107,6 +117,12 @@ def torch_matmul_peak(dtype: str = "float32", n: int = 4096, repeats: int = 5,
 
     run()
     med, best = _median_time(run, repeats)
-    flops = 2.0 * n ** 3
-    return {"library": f"torch {torch.__version__}", "dtype": dtype, "n": n, "flops": flops / med,
-            "flops_best": flops / best, "seconds": med}
+    flops = 2.0 * n**3
+    return {
+        "library": f"torch {torch.__version__}",
+        "dtype": dtype,
+        "n": n,
+        "flops": flops / med,
+        "flops_best": flops / best,
+        "seconds": med,
+    }

@@ -33,7 +33,7 @@ WEIGHTS = "random-init fixture (build_vit(name, None), seed 0): real architectur
 def bench_vit(model: str, image_size: int, dtype: str = "float32"):
     """The ViT of a case and what its weights are.
 
-    A name of ``arb_jax.hub.CHECKPOINTS`` that is a real pretrained model available here
+    A name of ``arb_jax.checkpoints.hub.CHECKPOINTS`` that is a real pretrained model here
     (``imgfocus_dinov2_vits14``) runs with its real weights (``load_vit``, fetched once); any
     other configuration name is a random-init fixture of that architecture (seed 0), which costs
     the same FLOPs.
@@ -43,13 +43,14 @@ def bench_vit(model: str, image_size: int, dtype: str = "float32"):
     (ViT, str)
         The bundle at ``image_size`` in ``dtype``, and the ``weights`` line of the record.
     """
-    from arb_jax import hub, loading
+    from arb_jax.checkpoints import hub, loading
     from arb_jax.models import build_vit
 
     if model in hub.CHECKPOINTS and hub.get_checkpoint(model).package:
         vit = loading.load_vit(model, image_size=image_size, dtype=dtype, progress=False)
         return vit, f"pretrained: {model} ({hub.get_checkpoint(model).source})"
     return build_vit(model, None, image_size=image_size, dtype=dtype, seed=0), WEIGHTS
+
 
 # Our statistics vs the baseline's (float32 both; the baseline's lfdr is statsmodels' float64
 # fit of the float32 z). attn: max |Δ| / max attn. maps: fraction of grid entries that differ
@@ -188,9 +189,11 @@ class PeakMemory:
             self.peak = max(0, self._max - self._base)
 
 
-_TRACE, _LOWER, _COMPILE = ("/jax/core/compile/jaxpr_trace_duration",
-                             "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                             "/jax/core/compile/backend_compile_duration")
+_TRACE, _LOWER, _COMPILE = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
 
 
 def compile_seconds(events: list[tuple[str, float]]) -> float:
@@ -241,13 +244,14 @@ def _median(xs: list[float]) -> float:
 def _photos() -> tuple[np.ndarray, ...]:
     """scikit-image's photos, decoded once per run; without scikit-image, smooth seeded images."""
     try:
-        from arb_jax.images import sample_images
+        from arb_jax.io.images import sample_images
 
         return tuple(sample_images().values())
     except ImportError:
         rng = np.random.default_rng(0)
-        return tuple(np.kron(rng.uniform(0, 255, (8, 8, 3)), np.ones((64, 64, 1))).astype(np.uint8)
-                     for _ in range(4))
+        return tuple(
+            np.kron(rng.uniform(0, 255, (8, 8, 3)), np.ones((64, 64, 1))).astype(np.uint8) for _ in range(4)
+        )
 
 
 def bench_images(n: int, size: int, patch: int) -> np.ndarray:
@@ -255,7 +259,7 @@ def bench_images(n: int, size: int, patch: int) -> np.ndarray:
 
     Without scikit-image: smooth random images (seeded), so the benchmark still runs.
     """
-    from arb_jax.images import prepare
+    from arb_jax.io.images import prepare
 
     photos = _photos()
     return np.stack([prepare(photos[i % len(photos)], (size, size), patch) for i in range(n)])
@@ -289,7 +293,9 @@ def _peak_for(ctx: Context, dtype: str) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _baseline_batch(case: Case, config, ctx: Context) -> int:
+def baseline_batch(case: Case, config, ctx: Context) -> int:
+    """Images per baseline forward: the case's setting, else 1 on a CPU, else as many of the
+    1 + B images as keep the layers' float32 attention maps (output_attentions) under 8 GiB."""
     if case.baseline_batch is not None:
         return case.baseline_batch
     if ctx.torch_device == "cpu":
@@ -310,8 +316,9 @@ def compare(ours: dict[str, np.ndarray], base: bl.BaselineRun, patch: int) -> di
         "p": float(np.max(np.abs(ours["p"] - g(s["p"])))),
         "lfdr": float(np.max(np.abs(ours["lfdr"] - g(s["lfdr"])))),
         "pi0": abs(float(ours["pi0"]) - s["pi0"]),
-        "maps_frac": max(float(np.mean(np.abs(ours[f"map_{k}"] - g(v)) > 1e-4 * amax))
-                         for k, v in s["maps"].items()),
+        "maps_frac": max(
+            float(np.mean(np.abs(ours[f"map_{k}"] - g(v)) > 1e-4 * amax)) for k, v in s["maps"].items()
+        ),
     }
     failed = sorted(k for k, v in diff.items() if not v <= TOLERANCES[k])
     return {"passed": not failed, "failed": failed, "max_diff": diff, "tolerance": dict(TOLERANCES)}
@@ -322,145 +329,266 @@ def _image0(result) -> dict[str, np.ndarray]:
     return {k: v[0] for k, v in out.items()}
 
 
-def run_case(case: Case, ctx: Context) -> dict[str, Any]:
-    """Benchmark one case; returns its JSON record. Raises CheckFailedError if the check fails."""
+@dataclasses.dataclass
+class CaseRun:
+    """The state one case's steps share: the model, the images, the runs so far, the record."""
+
+    case: Case
+    ctx: Context
+    config: Any
+    vit: Any
+    images_np: np.ndarray
+    images: Any
+    key: Any
+    opts: dict[str, Any]
+    rec: dict[str, Any]
+    first: Any = None
+    model: Any = None
+    batch: int = 1
+    base_runs: list[bl.BaselineRun] = dataclasses.field(default_factory=list)
+    base_peak: int = 0
+    ours_s: float = math.nan
+
+    def ours_call(self) -> Any:
+        """One timed call of ours: ARB of all the case's images."""
+        from arb_jax.core.pipeline import regularize_attention
+
+        return _block(regularize_attention(self.vit, self.images, self.key, self.case.n_boot, **self.opts))
+
+
+def _start_case(case: Case, ctx: Context) -> CaseRun:
+    """The record's settings, the model (`bench_vit`), the images and the key."""
     import jax
 
-    from arb_jax.pipeline import arb_statistics, null_images, regularize_attention
+    from arb_jax.models.vit import attention_impl
 
     vit, weights = bench_vit(case.model, case.image_size, case.dtype)
     config = vit.config
-    B, N, p = case.n_boot, case.n_images, config.patch
     rec: dict[str, Any] = {
-        "case": case.name, "group": case.group, "model": case.model, "weights": weights,
-        "image_size": case.image_size, "tokens": fl.n_tokens(config, case.image_size),
-        "n_boot": B, "n_images": N, "dtype": case.dtype, "boot_chunk": case.boot_chunk,
+        "case": case.name,
+        "group": case.group,
+        "model": case.model,
+        "weights": weights,
+        "image_size": case.image_size,
+        "tokens": fl.n_tokens(config, case.image_size),
+        "n_boot": case.n_boot,
+        "n_images": case.n_images,
+        "dtype": case.dtype,
+        "boot_chunk": case.boot_chunk,
         "device": machine.describe_device(),
     }
-    from arb_jax.models.vit import attention_impl
-
     rec["attention"] = attention_impl("auto", vit.module.dtype)
-    images_np = bench_images(N, case.image_size, p)
-    images = jax.device_put(images_np)
-    key = jax.random.key(1234)
+    images_np = bench_images(case.n_images, case.image_size, config.patch)
     opts = {} if case.boot_chunk is None else {"boot_chunk": case.boot_chunk}
+    return CaseRun(
+        case, ctx, config, vit, images_np, jax.device_put(images_np), jax.random.key(1234), opts, rec
+    )
 
-    def ours_call():
-        return _block(regularize_attention(vit, images, key, B, **opts))
 
-    # 1. compile + warm-up (excluded from the timings)
-    ctx.log(f"  ours: compile + warm-up ({N} image(s) × (1 + {B}) forwards)")
+def _compile_ours(run: CaseRun) -> None:
+    """Step 1: compile and warm up (excluded from the timings)."""
+    case = run.case
+    run.ctx.log(f"  ours: compile + warm-up ({case.n_images} image(s) × (1 + {case.n_boot}) forwards)")
     with _compile_events() as compile_events:
         t0 = time.perf_counter()
-        first = ours_call()
-        first_s = time.perf_counter() - t0
-    rec["ours_compile_s"] = compile_seconds(compile_events)
+        run.first = run.ours_call()
+        run.rec["ours_first_call_s"] = time.perf_counter() - t0
+    run.rec["ours_compile_s"] = compile_seconds(compile_events)
 
-    # 2. the check, before any timing
-    model = None
-    base_runs: list[bl.BaselineRun] = []
-    base_peak = 0
-    batch = _baseline_batch(case, config, ctx)
-    rec["baseline_batch"] = batch
-    if case.check or case.baseline:
-        model = bl.hf_vit(config, vit.params, case.image_size, ctx.torch_device)
-        bl.warm_up()
-        with contextlib.suppress(Exception):  # warm-up: one forward of the batch size
-            import torch
 
-            bl.hf_cls_attention(model, torch.zeros((min(batch, 1 + B), 3, case.image_size,
-                                                    case.image_size), device=ctx.torch_device))
-    if case.check:
-        b_check = case.check_boot or B
-        if case.dtype == "float32" and b_check == B:
-            ours0 = _image0(first)
-        else:
-            vit32, _ = bench_vit(case.model, case.image_size, "float32")
-            ours0 = _image0(regularize_attention(vit32, images[:1], key, b_check, **opts))
-        nulls = np.asarray(null_images(key, images[:1], b_check)[0])  # image 0's, as ours
-        ctx.log(f"  check: baseline on image 0 with our {b_check} null images")
-        bar = ctx.progress(1 + b_check, "baseline (check)")
-        with PeakMemory("torch" if ctx.torch_device != "cpu" else "rss") as check_mem:
-            run0 = bl.run_baseline(model, images_np[0], b_check, batch=batch, null_images=nulls,
-                                   progress=bar.update)
-        bar.close()
-        check = compare(ours0, run0, p)
-        check.update(n_boot=b_check, dtype="float32")
-        rec["check"] = check
-        if not check["passed"]:
-            raise CheckFailedError(f"{case.name}: ours vs baseline differ in {check['failed']}: "
-                              f"{check['max_diff']} (tolerances {TOLERANCES})")
-        if b_check == B and case.baseline:
-            base_runs.append(run0)  # a complete baseline run of image 0: its first timed run
-            base_peak = check_mem.peak
+def _load_baseline(run: CaseRun) -> None:
+    """The HF model of the baseline, warmed up with one forward of its batch size."""
+    case, ctx = run.case, run.ctx
+    run.batch = baseline_batch(case, run.config, ctx)
+    run.rec["baseline_batch"] = run.batch
+    if not (case.check or case.baseline):
+        return
+    run.model = bl.hf_vit(run.config, run.vit.params, case.image_size, ctx.torch_device)
+    bl.warm_up()
+    with contextlib.suppress(Exception):  # warm-up: one forward of the batch size
+        import torch
+
+        bl.hf_cls_attention(
+            run.model,
+            torch.zeros(
+                (min(run.batch, 1 + case.n_boot), 3, case.image_size, case.image_size),
+                device=ctx.torch_device,
+            ),
+        )
+
+
+def _check_case(run: CaseRun) -> None:
+    """Step 2: ours against the baseline on image 0 with the same null images, before timing."""
+    from arb_jax.core.pipeline import null_images, regularize_attention
+
+    case, ctx, B = run.case, run.ctx, run.case.n_boot
+    if not case.check:
+        run.rec["check"] = None
+        return
+    b_check = case.check_boot or B
+    if case.dtype == "float32" and b_check == B:
+        ours0 = _image0(run.first)
     else:
-        rec["check"] = None
+        vit32, _ = bench_vit(case.model, case.image_size, "float32")
+        ours0 = _image0(regularize_attention(vit32, run.images[:1], run.key, b_check, **run.opts))
+    nulls = np.asarray(null_images(run.key, run.images[:1], b_check)[0])  # image 0's, as ours
+    ctx.log(f"  check: baseline on image 0 with our {b_check} null images")
+    bar = ctx.progress(1 + b_check, "baseline (check)")
+    with PeakMemory("torch" if ctx.torch_device != "cpu" else "rss") as check_mem:
+        run0 = bl.run_baseline(
+            run.model, run.images_np[0], b_check, batch=run.batch, null_images=nulls, progress=bar.update
+        )
+    bar.close()
+    check = compare(ours0, run0, run.config.patch)
+    check.update(n_boot=b_check, dtype="float32")
+    run.rec["check"] = check
+    if not check["passed"]:
+        raise CheckFailedError(
+            f"{case.name}: ours vs baseline differ in {check['failed']}: "
+            f"{check['max_diff']} (tolerances {TOLERANCES})"
+        )
+    if b_check == B and case.baseline:
+        run.base_runs.append(run0)  # a complete baseline run of image 0: its first timed run
+        run.base_peak = check_mem.peak
 
-    # 3. ours, timed
-    ctx.log(f"  ours: timing up to {case.repeats} run(s)")
+
+def _time_ours(run: CaseRun) -> None:
+    """Step 3: ours, timed (seconds per image, per forward; peak memory)."""
+    import jax
+
+    case = run.case
+    run.ctx.log(f"  ours: timing up to {case.repeats} run(s)")
     kind = "jax" if jax.default_backend() != "cpu" else "rss"
     with PeakMemory(kind) as mem:
-        times = time_calls(ours_call, case.repeats, case.budget_s)
-    ours_s = _median(times) / N
-    rec.update(ours_s_per_image=ours_s, ours_times_s=times, ours_repeats=len(times),
-               ours_first_call_s=first_s,
-               ours_images_per_s=1.0 / ours_s, ours_s_per_forward=ours_s / (1 + B),
-               peak_memory_bytes=mem.peak)
+        times = time_calls(run.ours_call, case.repeats, case.budget_s)
+    run.ours_s = ours_s = _median(times) / case.n_images
+    run.rec.update(
+        ours_s_per_image=ours_s,
+        ours_times_s=times,
+        ours_repeats=len(times),
+        ours_first_call_s=run.rec.pop("ours_first_call_s"),
+        ours_images_per_s=1.0 / ours_s,
+        ours_s_per_forward=ours_s / (1 + case.n_boot),
+        peak_memory_bytes=mem.peak,
+    )
 
-    # 4. the baseline, timed
-    rec.update(baseline_s_per_image=None, baseline_repeats=0, baseline_stage_s=None,
-               baseline_peak_memory_bytes=None, speedup=None, baseline_images_per_s=None)
-    if case.baseline:
-        todo = max(1, case.baseline_repeats) - len(base_runs)
-        ctx.log(f"  baseline: {todo} more run(s), {batch} image(s) per forward")
-        kind = "torch" if ctx.torch_device != "cpu" else "rss"
-        spent = sum(r.seconds["total"] for r in base_runs)
-        with PeakMemory(kind) as bmem:
-            for i in range(todo):
-                if base_runs and spent > case.budget_s:
-                    break
-                bar = ctx.progress(1 + B, "baseline")
-                base_runs.append(bl.run_baseline(model, images_np[(len(base_runs)) % N], B,
-                                                 batch=batch, seed=i, progress=bar.update))
-                bar.close()
-                spent += base_runs[-1].seconds["total"]
-        totals = [r.seconds["total"] for r in base_runs]
-        stages = {k: _median([r.seconds[k] for r in base_runs])
-                  for k in ("sample", "forward", "upsample", "stats")}
-        base_s = _median(totals)
-        rec.update(baseline_s_per_image=base_s, baseline_times_s=totals,
-                   baseline_repeats=len(totals), baseline_stage_s=stages,
-                   baseline_peak_memory_bytes=max(bmem.peak, base_peak) or None,
-                   speedup=base_s / ours_s,
-                   baseline_images_per_s=1.0 / base_s)
 
-    # 5. the statistics stage alone, on the same maps (B bootstrap maps)
-    rec.update(ours_stats_s_per_image=None, baseline_stats_s_per_image=None, stats_speedup=None)
-    if base_runs:
-        run = base_runs[-1]
-        grid_a = jax.device_put(run.attn[::p, ::p])
-        grid_n = jax.device_put(run.null[:, ::p, ::p])
-        stats_call = lambda: _block(arb_statistics(grid_a, grid_n, None, patch=p))  # noqa: E731
-        stats_call()
-        st = time_calls(stats_call, 20, min(10.0, case.budget_s))
-        npst = time_calls(lambda: bl.numpy_statistics(run.attn, run.null), 3, min(10.0, case.budget_s))
-        npst += [r.seconds["stats"] for r in base_runs]
-        rec.update(ours_stats_s_per_image=_median(st), baseline_stats_s_per_image=_median(npst),
-                   stats_speedup=_median(npst) / _median(st))
+def _time_baseline(run: CaseRun) -> None:
+    """Step 4: the baseline, timed (its first run may be the check's)."""
+    case, ctx, B, N = run.case, run.ctx, run.case.n_boot, run.case.n_images
+    run.rec.update(
+        baseline_s_per_image=None,
+        baseline_repeats=0,
+        baseline_stage_s=None,
+        baseline_peak_memory_bytes=None,
+        speedup=None,
+        baseline_images_per_s=None,
+    )
+    if not case.baseline:
+        return
+    base_runs = run.base_runs
+    todo = max(1, case.baseline_repeats) - len(base_runs)
+    ctx.log(f"  baseline: {todo} more run(s), {run.batch} image(s) per forward")
+    kind = "torch" if ctx.torch_device != "cpu" else "rss"
+    spent = sum(r.seconds["total"] for r in base_runs)
+    with PeakMemory(kind) as bmem:
+        for i in range(todo):
+            if base_runs and spent > case.budget_s:
+                break
+            bar = ctx.progress(1 + B, "baseline")
+            base_runs.append(
+                bl.run_baseline(
+                    run.model,
+                    run.images_np[(len(base_runs)) % N],
+                    B,
+                    batch=run.batch,
+                    seed=i,
+                    progress=bar.update,
+                )
+            )
+            bar.close()
+            spent += base_runs[-1].seconds["total"]
+    totals = [r.seconds["total"] for r in base_runs]
+    stages = {
+        k: _median([r.seconds[k] for r in base_runs]) for k in ("sample", "forward", "upsample", "stats")
+    }
+    base_s = _median(totals)
+    run.rec.update(
+        baseline_s_per_image=base_s,
+        baseline_times_s=totals,
+        baseline_repeats=len(totals),
+        baseline_stage_s=stages,
+        baseline_peak_memory_bytes=max(bmem.peak, run.base_peak) or None,
+        speedup=base_s / run.ours_s,
+        baseline_images_per_s=1.0 / base_s,
+    )
 
-    # 6. FLOPs and MFU
-    flops = fl.arb_flops_per_image(config, case.image_size, B)
+
+def _time_statistics(run: CaseRun) -> None:
+    """Step 5: the statistics stage alone, on the same maps (B bootstrap maps)."""
+    import jax
+
+    from arb_jax.core.pipeline import arb_statistics
+
+    run.rec.update(ours_stats_s_per_image=None, baseline_stats_s_per_image=None, stats_speedup=None)
+    if not run.base_runs:
+        return
+    p, budget = run.config.patch, run.case.budget_s
+    last = run.base_runs[-1]
+    grid_a = jax.device_put(last.attn[::p, ::p])
+    grid_n = jax.device_put(last.null[:, ::p, ::p])
+    stats_call = lambda: _block(arb_statistics(grid_a, grid_n, None, patch=p))  # noqa: E731
+    stats_call()
+    st = time_calls(stats_call, 20, min(10.0, budget))
+    npst = time_calls(lambda: bl.numpy_statistics(last.attn, last.null), 3, min(10.0, budget))
+    npst += [r.seconds["stats"] for r in run.base_runs]
+    run.rec.update(
+        ours_stats_s_per_image=_median(st),
+        baseline_stats_s_per_image=_median(npst),
+        stats_speedup=_median(npst) / _median(st),
+    )
+
+
+def _flops_and_mfu(run: CaseRun) -> None:
+    """Step 6: FLOPs (docs/method.md §6) and the model FLOP utilisation."""
+    case, ctx, config, rec = run.case, run.ctx, run.config, run.rec
+    flops = fl.arb_flops_per_image(config, case.image_size, case.n_boot)
     peak = _peak_for(ctx, case.dtype)
-    achieved = flops / ours_s
-    rec.update(flops_per_image=flops, flops_per_forward=fl.forward_flops(config, case.image_size),
-               attention_flop_share=fl.attention_share(config, case.image_size),
-               achieved_flops=achieved, peak_flops=peak,
-               peak_flops_source=(f"jax {case.dtype if case.dtype in ctx.peaks.get('jax', {}) else 'float32'}"
-                                  f" matmul, measured in this run"),
-               mfu=None if not peak else achieved / peak)
+    achieved = flops / run.ours_s
+    rec.update(
+        flops_per_image=flops,
+        flops_per_forward=fl.forward_flops(config, case.image_size),
+        attention_flop_share=fl.attention_share(config, case.image_size),
+        achieved_flops=achieved,
+        peak_flops=peak,
+        peak_flops_source=(
+            f"jax {case.dtype if case.dtype in ctx.peaks.get('jax', {}) else 'float32'}"
+            f" matmul, measured in this run"
+        ),
+        mfu=None if not peak else achieved / peak,
+    )
     if rec["speedup"] is not None:
         rec["baseline_achieved_flops"] = flops / rec["baseline_s_per_image"]
-    return rec
+
+
+CASE_STEPS = (
+    _compile_ours,
+    _load_baseline,
+    _check_case,
+    _time_ours,
+    _time_baseline,
+    _time_statistics,
+    _flops_and_mfu,
+)
+"""The steps of one case, in order; each reads and extends the `CaseRun`."""
+
+
+def run_case(case: Case, ctx: Context) -> dict[str, Any]:
+    """Benchmark one case; returns its JSON record. Raises CheckFailedError if the check fails."""
+    run = _start_case(case, ctx)
+    for step in CASE_STEPS:
+        step(run)
+    return run.rec
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,104 +607,204 @@ def _time_compiled(compiled, *args, repeats: int) -> list[float]:
     return time_calls(lambda: _block(compiled(*args)), repeats, 1e9)
 
 
-def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
-    """Time one change against its absence; returns one record (several for "profile")."""
+class AblationBench:
+    """What every ablation measures with: the model, its inputs, and timers.
+
+    Parameters
+    ----------
+    ab : Ablation
+        The measured change (model, image size, batch, repeats, level, n_boot).
+    """
+
+    def __init__(self, ab: Ablation):
+        import jax
+        import jax.numpy as jnp
+
+        from arb_jax.models import build_vit
+
+        self.ab = ab
+        self.vit = build_vit(ab.model, None, image_size=ab.image_size, seed=0)
+        c = self.config = self.vit.config
+        self.base = {"change": ab.change, "model": ab.model, "image_size": ab.image_size, "level": ab.level}
+        gpu = jax.default_backend() != "cpu"
+        self.dtype = jnp.bfloat16 if gpu else jnp.float32  # the compute dtype the presets use here
+        self.dname = str(jnp.dtype(self.dtype))
+        tokens = fl.n_tokens(c, ab.image_size)
+        self.t_in = jax.device_put(
+            np.random.default_rng(0).standard_normal((ab.batch, tokens, c.dim)).astype(np.float32)
+        )
+        self.what = "one forward" if ab.level == "forward" else "one transformer block"
+
+    def forward_time(self, dt: Any, impl: str) -> float:
+        """Median seconds of one compiled forward of the batch (compute dtype ``dt``)."""
+        import jax
+        import jax.numpy as jnp
+
+        from arb_jax.models.vit import VisionTransformer
+
+        ab, c = self.ab, self.config
+        x = jax.device_put(bench_images(ab.batch, ab.image_size, c.patch))
+        module = VisionTransformer(c, dt, "highest" if dt == jnp.float32 else None, attention=impl)
+        compiled = _compiled_forward(module, self.vit.params, x)
+        return _median(_time_compiled(compiled, self.vit.params, x, repeats=ab.repeats))
+
+    def module_time(self, fn: Callable, *args: Any) -> float:
+        """Median seconds of ``jit(fn)(*args)``, compiled once, at "highest" matmul precision."""
+        import jax
+
+        with jax.default_matmul_precision("highest"):
+            compiled = jax.jit(fn).lower(*args).compile()
+            return _median(_time_compiled(compiled, *args, repeats=self.ab.repeats))
+
+    def block_time(self, dt: Any, impl: str, i: int = 0) -> float:
+        """Median seconds of transformer block ``i`` on the token batch."""
+        from arb_jax.models.vit import Block
+
+        prm = {"params": self.vit.params[f"block_{i}"]}
+        c = self.config
+        return self.module_time(lambda q, t: Block(c, dt, impl).apply(q, t), prm, self.t_in)
+
+    def timer(self, dt: Any, impl: str) -> float:
+        """The ablation's level: a forward or a block."""
+        return self.forward_time(dt, impl) if self.ab.level == "forward" else self.block_time(dt, impl)
+
+    def pipeline_images(self) -> tuple[Any, Any]:
+        """One benchmark image on the device and the ARB key."""
+        import jax
+
+        return jax.device_put(bench_images(1, self.ab.image_size, self.config.patch)), jax.random.key(1234)
+
+    def pipeline_time(self, **opts: Any) -> float:
+        """Median seconds of ``regularize_attention`` on one image with ``n_boot`` and ``opts``."""
+        from arb_jax.core.pipeline import regularize_attention
+
+        images, key = self.pipeline_images()
+        call = lambda: _block(regularize_attention(self.vit, images, key, self.ab.n_boot, **opts))  # noqa: E731
+        call()
+        return _median(time_calls(call, self.ab.repeats, 1e9))
+
+    def speedup(self, before_s: float, after_s: float, /, **fields: Any) -> list[dict[str, Any]]:
+        """One record: the base fields, ``fields``, the two times and their ratio."""
+        return [dict(self.base, **fields, before_s=before_s, after_s=after_s, speedup=before_s / after_s)]
+
+
+def _ablate_attention(b: AblationBench) -> list[dict[str, Any]]:
+    from arb_jax.models.vit import attention_impl
+
+    fast = attention_impl("auto", b.dtype)
+    before, after = b.timer(b.dtype, "xla"), b.timer(b.dtype, fast)
+    return b.speedup(
+        before,
+        after,
+        batch=b.ab.batch,
+        dtype=b.dname,
+        before="jax.nn.dot_product_attention (XLA)",
+        after=f"{fast} attention",
+        what=b.what,
+    )
+
+
+def _ablate_dtype(b: AblationBench) -> list[dict[str, Any]]:
+    import jax.numpy as jnp
+
+    before, after = b.timer(jnp.float32, "auto"), b.timer(jnp.bfloat16, "auto")
+    return b.speedup(
+        before,
+        after,
+        batch=b.ab.batch,
+        before="float32 matmuls",
+        after="bfloat16 matmuls, float32 accumulation",
+        what=b.what,
+    )
+
+
+def _ablate_cls_only(b: AblationBench) -> list[dict[str, Any]]:
+    from arb_jax.models.vit import Block, ClsBlock
+
+    c, dtype = b.config, b.dtype
+    last = {"params": b.vit.params[f"block_{c.depth - 1}"]}
+    full = b.module_time(lambda prm, t: Block(c, dtype).apply(prm, t), last, b.t_in)
+    cls = b.module_time(lambda prm, t: ClsBlock(c, dtype).apply(prm, t), last, b.t_in)
+    rec = dict(
+        batch=b.ab.batch,
+        dtype=b.dname,
+        before="last block in full",
+        after="last block for the CLS query only",
+        last_block_full_s=full,
+        last_block_cls_s=cls,
+    )
+    if b.ab.level == "forward":
+        fwd = b.forward_time(dtype, "auto")
+        return b.speedup(
+            fwd - cls + full, fwd, **rec, what="one forward (the full last block's time added back)"
+        )
+    return b.speedup(full, cls, **rec, what="the last block")
+
+
+def _ablate_profile(b: AblationBench) -> list[dict[str, Any]]:
+    return _profile(b.ab, b.vit, b.t_in.astype(b.dtype), b.module_time, b.base)
+
+
+def _ablate_boot_chunk(b: AblationBench) -> list[dict[str, Any]]:
+    B = b.ab.n_boot
+    before, after = b.pipeline_time(boot_chunk=1), b.pipeline_time()
+    return b.speedup(
+        before,
+        after,
+        n_boot=B,
+        before="bootstrap forwards one at a time (boot_chunk=1)",
+        after=f"all {B} bootstrap images in one batch",
+        what="ARB of one image",
+    )
+
+
+def _ablate_host_round_trip(b: AblationBench) -> list[dict[str, Any]]:
     import jax
     import jax.numpy as jnp
 
-    from arb_jax.models import build_vit
-    from arb_jax.models.vit import (
-        Block,
-        ClsBlock,
-        VisionTransformer,
-        attention_impl,
+    from arb_jax.core.pipeline import arb_statistics, null_images
+
+    vit, c, B = b.vit, b.config, b.ab.n_boot
+    images, key = b.pipeline_images()
+    fwd = jax.jit(lambda prm, im: vit.apply(prm, im)["attn"].mean(1))
+
+    def split():
+        nulls = null_images(key, images, B)[0]
+        maps = np.asarray(fwd(vit.params, jnp.concatenate([images, nulls])))  # to the host
+        out = arb_statistics(maps[0], maps[1:], None, patch=c.patch)  # and back
+        return {k: np.asarray(v) for k, v in out.items() if not isinstance(v, dict)}
+
+    split()
+    before = _median(time_calls(split, b.ab.repeats, 1e9))
+    after = b.pipeline_time()
+    return b.speedup(
+        before,
+        after,
+        n_boot=B,
+        before="forwards, maps to the host, statistics (3 calls)",
+        after="one compiled call, maps stay on the device",
+        what="ARB of one image",
     )
 
-    vit = build_vit(ab.model, None, image_size=ab.image_size, seed=0)
-    c = vit.config
-    base = {"change": ab.change, "model": ab.model, "image_size": ab.image_size, "level": ab.level}
-    gpu = jax.default_backend() != "cpu"
-    dtype = jnp.bfloat16 if gpu else jnp.float32  # the compute dtype the presets use here
-    tokens = fl.n_tokens(c, ab.image_size)
-    t_in = jax.device_put(np.random.default_rng(0).standard_normal((ab.batch, tokens, c.dim))
-                          .astype(np.float32))
 
-    def forward_time(dt, impl):
-        x = jax.device_put(bench_images(ab.batch, ab.image_size, c.patch))
-        module = VisionTransformer(c, dt, "highest" if dt == jnp.float32 else None, attention=impl)
-        compiled = _compiled_forward(module, vit.params, x)
-        return _median(_time_compiled(compiled, vit.params, x, repeats=ab.repeats))
+ABLATIONS: dict[str, Callable[[AblationBench], list[dict[str, Any]]]] = {
+    "attention": _ablate_attention,
+    "dtype": _ablate_dtype,
+    "cls_only": _ablate_cls_only,
+    "profile": _ablate_profile,
+    "boot_chunk": _ablate_boot_chunk,
+    "host_round_trip": _ablate_host_round_trip,
+}
+"""Each measured change by name: a function of the `AblationBench` → records. A new ablation is
+one function here and an `Ablation` in `bench/cases.py`."""
 
-    def module_time(fn, *args):
-        with jax.default_matmul_precision("highest"):
-            compiled = jax.jit(fn).lower(*args).compile()
-            return _median(_time_compiled(compiled, *args, repeats=ab.repeats))
 
-    def block_time(dt, impl, i=0):
-        prm = {"params": vit.params[f"block_{i}"]}
-        return module_time(lambda q, t: Block(c, dt, impl).apply(q, t), prm, t_in)
-
-    timer = forward_time if ab.level == "forward" else block_time
-    what = "one forward" if ab.level == "forward" else "one transformer block"
-    dname = str(jnp.dtype(dtype))
-    if ab.change == "attention":
-        fast = attention_impl("auto", dtype)
-        before, after = timer(dtype, "xla"), timer(dtype, fast)
-        return [dict(base, batch=ab.batch, dtype=dname, before="jax.nn.dot_product_attention "
-                     "(XLA)", after=f"{fast} attention", what=what, before_s=before,
-                     after_s=after, speedup=before / after)]
-    if ab.change == "dtype":
-        before, after = timer(jnp.float32, "auto"), timer(jnp.bfloat16, "auto")
-        return [dict(base, batch=ab.batch, before="float32 matmuls", after="bfloat16 matmuls, "
-                     "float32 accumulation", what=what, before_s=before, after_s=after,
-                     speedup=before / after)]
-    if ab.change == "cls_only":
-        last = {"params": vit.params[f"block_{c.depth - 1}"]}
-        full = module_time(lambda prm, t: Block(c, dtype).apply(prm, t), last, t_in)
-        cls = module_time(lambda prm, t: ClsBlock(c, dtype).apply(prm, t), last, t_in)
-        rec = dict(base, batch=ab.batch, dtype=dname, before="last block in full",
-                   after="last block for the CLS query only", last_block_full_s=full,
-                   last_block_cls_s=cls)
-        if ab.level == "forward":
-            fwd = forward_time(dtype, "auto")
-            return [dict(rec, what="one forward (the full last block's time added back)",
-                         before_s=fwd - cls + full, after_s=fwd, speedup=(fwd - cls + full) / fwd)]
-        return [dict(rec, what="the last block", before_s=full, after_s=cls, speedup=full / cls)]
-    if ab.change == "profile":
-        return _profile(ab, vit, t_in.astype(dtype), module_time, base)
-
-    # pipeline-level changes
-    from arb_jax.pipeline import arb_statistics, null_images, regularize_attention
-
-    images = jax.device_put(bench_images(1, ab.image_size, c.patch))
-    key = jax.random.key(1234)
-    B = ab.n_boot
-
-    def pipeline_time(**opts):
-        call = lambda: _block(regularize_attention(vit, images, key, B, **opts))  # noqa: E731
-        call()
-        return _median(time_calls(call, ab.repeats, 1e9))
-
-    if ab.change == "boot_chunk":
-        before, after = pipeline_time(boot_chunk=1), pipeline_time()
-        return [dict(base, n_boot=B, before="bootstrap forwards one at a time (boot_chunk=1)",
-                     after=f"all {B} bootstrap images in one batch", what="ARB of one image",
-                     before_s=before, after_s=after, speedup=before / after)]
-    if ab.change == "host_round_trip":
-        fwd = jax.jit(lambda prm, im: vit.apply(prm, im)["attn"].mean(1))
-        def split():
-            nulls = null_images(key, images, B)[0]
-            maps = np.asarray(fwd(vit.params, jnp.concatenate([images, nulls])))  # to the host
-            out = arb_statistics(maps[0], maps[1:], None, patch=c.patch)        # and back
-            return {k: np.asarray(v) for k, v in out.items() if not isinstance(v, dict)}
-
-        split()
-        before = _median(time_calls(split, ab.repeats, 1e9))
-        after = pipeline_time()
-        return [dict(base, n_boot=B, before="forwards, maps to the host, statistics (3 calls)",
-                     after="one compiled call, maps stay on the device", what="ARB of one image",
-                     before_s=before, after_s=after, speedup=before / after)]
-    raise ValueError(f"unknown ablation {ab.change!r}")
+def run_ablation(ab: Ablation, ctx: Context) -> list[dict[str, Any]]:
+    """Time one change against its absence; returns one record (several for "profile")."""
+    measure = ABLATIONS.get(ab.change)
+    if measure is None:
+        raise ValueError(f"unknown ablation {ab.change!r}")
+    return measure(AblationBench(ab))
 
 
 def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
@@ -598,18 +826,19 @@ def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
     impl = vm.attention_impl("auto", dt)
     qkv = jax.device_put(np.random.default_rng(1).standard_normal((3, n, T, H, d))).astype(dt)
     x = t_in.astype(jnp.float32)
-    norm = vm._layer_norm(c.eps, None)
+    norm = vm.layer_norm(c.eps, None)
 
     def apply(module, prm):
         return lambda p_, t: module.apply({"params": p_}, t), (prm, x)
 
     parts = {
-        "layernorm ×2": (lambda p1, p2, t: (norm.apply({"params": p1}, t),
-                                            norm.apply({"params": p2}, t)),
-                         (b0["norm1"], b0["norm2"], x), None),
+        "layernorm ×2": (
+            lambda p1, p2, t: (norm.apply({"params": p1}, t), norm.apply({"params": p2}, t)),
+            (b0["norm1"], b0["norm2"], x),
+            None,
+        ),
         "qkv matmul": (*apply(vm.QKV(H, dt), b0["attn"]["qkv"]), 2 * n * T * D * 3 * D),
-        f"attention ({impl})": (lambda a: vm.attention(a[0], a[1], a[2], impl), (qkv,),
-                                4 * n * T * T * D),
+        f"attention ({impl})": (lambda a: vm.attention(a[0], a[1], a[2], impl), (qkv,), 4 * n * T * T * D),
         "proj matmul": (*apply(vm.Dense(D, dt), b0["attn"]["proj"]), 2 * n * T * D * D),
         "mlp fc1 + gelu + fc2": (*apply(vm.Mlp(m, dt), b0["mlp"]), 4 * n * T * D * m),
     }
@@ -617,12 +846,31 @@ def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
     out = []
     for name, (fn, args, f) in parts.items():
         s = module_time(fn, *args)
-        out.append(dict(base, batch=n, dtype=str(jnp.dtype(dt)), part=name, seconds=s,
-                        share_of_block=s / block_s, flops=f,
-                        achieved_flops=None if f is None else f / s))
+        out.append(
+            dict(
+                base,
+                batch=n,
+                dtype=str(jnp.dtype(dt)),
+                part=name,
+                seconds=s,
+                share_of_block=s / block_s,
+                flops=f,
+                achieved_flops=None if f is None else f / s,
+            )
+        )
     f = fl.block_flops(c, T) * n
-    out.append(dict(base, batch=n, dtype=str(jnp.dtype(dt)), part="whole block", seconds=block_s,
-                    share_of_block=1.0, flops=f, achieved_flops=f / block_s))
+    out.append(
+        dict(
+            base,
+            batch=n,
+            dtype=str(jnp.dtype(dt)),
+            part="whole block",
+            seconds=block_s,
+            share_of_block=1.0,
+            flops=f,
+            achieved_flops=f / block_s,
+        )
+    )
     return out
 
 
@@ -631,9 +879,15 @@ def _profile(ab, vit, t_in, module_time, base) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablations: bool = True,
-               quiet: bool = False, budget_s: float | None = None,
-               on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_preset(
+    preset: Preset,
+    cases: tuple[Case, ...] | None = None,
+    *,
+    ablations: bool = True,
+    quiet: bool = False,
+    budget_s: float | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run ``cases`` (default: the preset's) and its ablations; returns the result (a dict).
 
     budget_s: no case or ablation starts once this many seconds have passed since the start
@@ -648,8 +902,9 @@ def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablatio
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError("JAX runs on a GPU but PyTorch sees no CUDA device: the baseline "
-                               "must run on the same device")
+            raise RuntimeError(
+                "JAX runs on a GPU but PyTorch sees no CUDA device: the baseline must run on the same device"
+            )
         ctx.torch_device = "cuda"
     t_start = time.perf_counter()
     budget_s = preset.budget_s if budget_s is None else budget_s
@@ -659,12 +914,20 @@ def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablatio
     records, errors, ab_records, skipped = [], [], [], []
 
     def result() -> dict[str, Any]:  # a snapshot: later cases do not change it
-        return {"preset": preset.name, "description": preset.description,
-                "machine": {**info, "load_average_end": machine.load_average()},
-                "peaks": ctx.peaks, "tolerances": TOLERANCES, "cases": [as_dict(c) for c in cases],
-                "records": list(records), "ablations": list(ab_records), "errors": list(errors),
-                "skipped": list(skipped), "budget_s": budget_s,
-                "wall_s": time.perf_counter() - t_start}
+        return {
+            "preset": preset.name,
+            "description": preset.description,
+            "machine": {**info, "load_average_end": machine.load_average()},
+            "peaks": ctx.peaks,
+            "tolerances": TOLERANCES,
+            "cases": [as_dict(c) for c in cases],
+            "records": list(records),
+            "ablations": list(ab_records),
+            "errors": list(errors),
+            "skipped": list(skipped),
+            "budget_s": budget_s,
+            "wall_s": time.perf_counter() - t_start,
+        }
 
     def may_start(name: str) -> bool:
         if budget_s is not None and time.perf_counter() - t_start >= budget_s:
@@ -680,8 +943,10 @@ def run_preset(preset: Preset, cases: tuple[Case, ...] | None = None, *, ablatio
     for i, case in enumerate(cases, 1):
         if not may_start(case.name):
             continue
-        ctx.log(f"[{i}/{len(cases)}] {case.name}: {case.model} @ {case.image_size}, B={case.n_boot}, "
-                f"{case.n_images} image(s), {case.dtype}")
+        ctx.log(
+            f"[{i}/{len(cases)}] {case.name}: {case.model} @ {case.image_size}, B={case.n_boot}, "
+            f"{case.n_images} image(s), {case.dtype}"
+        )
         t0 = time.perf_counter()
         try:
             rec = run_case(case, ctx)

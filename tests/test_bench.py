@@ -16,7 +16,7 @@ import pytest
 
 # bench/ is a folder of the repository, not part of the installed package: pytest's
 # pythonpath = ["."] (pyproject.toml) makes it importable.
-from arb_jax import stats
+from arb_jax.core import stats
 from arb_jax.models import build_vit, get_config
 from arb_jax.models import vit as vit_module
 from bench import baseline as bl
@@ -27,20 +27,36 @@ from bench.run import TOLERANCES, compare, jsonable, time_calls
 from bench.tables import to_markdown
 
 RECORD_FIELDS = (
-    "case", "model", "weights", "image_size", "n_boot", "dtype", "device", "ours_s_per_image",
-    "baseline_s_per_image", "speedup", "stats_speedup", "flops_per_image", "achieved_flops",
-    "peak_flops", "mfu", "peak_memory_bytes", "ours_compile_s", "ours_repeats", "check",
+    "case",
+    "model",
+    "weights",
+    "image_size",
+    "n_boot",
+    "dtype",
+    "device",
+    "ours_s_per_image",
+    "baseline_s_per_image",
+    "speedup",
+    "stats_speedup",
+    "flops_per_image",
+    "achieved_flops",
+    "peak_flops",
+    "mfu",
+    "peak_memory_bytes",
+    "ours_compile_s",
+    "ours_repeats",
+    "check",
 )
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    code = main(["--preset", "smoke", "--json", str(out / "r.json"), "--md", str(out / "r.md"),
-                 "--quiet"])
+    code = main(["--preset", "smoke", "--json", str(out / "r.json"), "--md", str(out / "r.md"), "--quiet"])
     return code, json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
 
 
+@pytest.mark.slow
 def test_smoke_preset_records(smoke):
     code, result, _ = smoke
     assert code == 0 and result["errors"] == []
@@ -60,7 +76,8 @@ def test_smoke_preset_records(smoke):
             assert r["speedup"] == pytest.approx(r["baseline_s_per_image"] / r["ours_s_per_image"])
             assert set(r["baseline_stage_s"]) == {"sample", "forward", "upsample", "stats"}
             assert r["stats_speedup"] == pytest.approx(
-                r["baseline_stats_s_per_image"] / r["ours_stats_s_per_image"])
+                r["baseline_stats_s_per_image"] / r["ours_stats_s_per_image"]
+            )
     by = {r["case"]: r for r in result["records"]}
     assert by["smoke_size_64"]["baseline_s_per_image"] is None  # a scaling case without baseline
     assert by["smoke_B3_batched"]["baseline_batch"] == 2
@@ -68,9 +85,16 @@ def test_smoke_preset_records(smoke):
     assert m["cpu_cores"] >= 1 and m["versions"]["jax"] == jax.__version__
     assert result["peaks"]["jax"]["float32"]["flops"] > 0
     assert {a["change"] for a in result["ablations"]} == {
-        "profile", "attention", "cls_only", "dtype", "boot_chunk", "host_round_trip"}
+        "profile",
+        "attention",
+        "cls_only",
+        "dtype",
+        "boot_chunk",
+        "host_round_trip",
+    }
 
 
+@pytest.mark.slow
 def test_smoke_check_ran_and_passed(smoke):
     _, result, _ = smoke
     checked = [r for r in result["records"] if r["check"] is not None]
@@ -84,6 +108,7 @@ def test_smoke_check_ran_and_passed(smoke):
     assert bf16["check"]["n_boot"] == 2  # checked in float32 with check_boot null images
 
 
+@pytest.mark.slow
 def test_smoke_markdown_table(smoke):
     _, result, md = smoke
     assert md.startswith("## Benchmark `smoke`")
@@ -102,7 +127,7 @@ def test_flop_count_matches_spec():
     cfg = get_config("dino_vits8")
     n, d, L = 3722, 384, 12
     assert fl.n_tokens(cfg, 488) == n
-    spec = 2 * L * (12 * n * d * d + 2 * n * n * d)                   # SPEC §6, all blocks full
+    spec = 2 * L * (12 * n * d * d + 2 * n * n * d)  # docs/method.md §6, all blocks full
     assert fl.forward_flops(cfg, 488, cls_only_last=False) == spec
     assert spec == pytest.approx(4.1e11, rel=0.01)
     last_full = 2 * (12 * n * d * d + 2 * n * n * d)
@@ -132,13 +157,14 @@ def test_hf_baseline_model_has_our_weights():
     # DINOv2 (LayerScale): an HF Dinov2Model with the same weights
     v2 = build_vit("test_tiny14", None, image_size=56, seed=4)
     x2 = np.random.default_rng(1).standard_normal((2, 56, 56, 3)).astype(np.float32)
-    theirs2 = bl.hf_cls_attention(bl.hf_vit(v2.config, v2.params, 56),
-                                  torch.from_numpy(x2.transpose(0, 3, 1, 2))).numpy()
+    theirs2 = bl.hf_cls_attention(
+        bl.hf_vit(v2.config, v2.params, 56), torch.from_numpy(x2.transpose(0, 3, 1, 2))
+    ).numpy()
     np.testing.assert_allclose(theirs2, np.asarray(v2.cls_attention(x2)).mean(1), rtol=0, atol=1e-6)
 
 
 def test_numpy_statistics_equal_ours_on_patches():
-    # Every statistic on nearest-upsampled pixels equals ours on the patch grid (SPEC §1).
+    # Every statistic on nearest-upsampled pixels equals ours on the patch grid (docs/method.md §1).
     rng = np.random.default_rng(1)
     attn = rng.dirichlet(np.ones(64) * 0.5).reshape(8, 8).astype(np.float32)
     null = rng.dirichlet(np.ones(64) * 2.0, size=5).reshape(5, 8, 8).astype(np.float32)
@@ -160,10 +186,18 @@ def test_storey_pi0_matches_ours():
 def test_compare_flags_a_difference():
     g = np.random.default_rng(3).uniform(0.1, 1, (4, 4)).astype(np.float32)
     maps = {k: g for k in ("z", "p", "lfdr", "pi0", "soft")}
-    run = bl.BaselineRun(np.kron(g, np.ones((2, 2))), np.zeros((1, 8, 8)),
-                         {"z": np.kron(g, np.ones((2, 2))), "p": np.kron(g, np.ones((2, 2))),
-                          "lfdr": np.kron(g, np.ones((2, 2))), "pi0": 0.5,
-                          "maps": {k: np.kron(v, np.ones((2, 2))) for k, v in maps.items()}}, {})
+    run = bl.BaselineRun(
+        np.kron(g, np.ones((2, 2))),
+        np.zeros((1, 8, 8)),
+        {
+            "z": np.kron(g, np.ones((2, 2))),
+            "p": np.kron(g, np.ones((2, 2))),
+            "lfdr": np.kron(g, np.ones((2, 2))),
+            "pi0": 0.5,
+            "maps": {k: np.kron(v, np.ones((2, 2))) for k, v in maps.items()},
+        },
+        {},
+    )
     ours = {"attn": g, "z": g, "p": g, "lfdr": g, "pi0": 0.5, **{f"map_{k}": v for k, v in maps.items()}}
     assert compare(ours, run, 2)["passed"]
     bad = compare(dict(ours, z=g + 0.01, pi0=0.6), run, 2)
@@ -188,7 +222,7 @@ def test_blocked_attention_equals_xla():
     q, k, v = (jnp.asarray(rng.standard_normal((2, 37, 3, 8)), jnp.float32) for _ in range(3))
     ref = jax.nn.dot_product_attention(q, k, v, implementation="xla")
     for block in (5, 16, 37, 64):  # padded last block, exact fit, one block
-        out = jax.jit(lambda a, b, c, n=block: vit_module._blocked_attention(a, b, c, n))(q, k, v)
+        out = jax.jit(lambda a, b, c, n=block: vit_module.blocked_attention(a, b, c, n))(q, k, v)
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
     assert vit_module.attention_impl("auto") == ("blocked" if jax.default_backend() == "cpu" else "xla")
     with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
@@ -209,8 +243,10 @@ def test_presets_and_bad_input(capsys):
         preset = bc.get_preset(name)
         assert preset.cases and preset.ablations
     paper = [c for c in bc.PRESETS["cpu-quick"].cases if c.group == "paper"]
-    assert {(c.model, c.image_size, c.n_boot) for c in paper} == {("dino_vits8", 488, 1),
-                                                                  ("dino_vits8", 488, 16)}
+    assert {(c.model, c.image_size, c.n_boot) for c in paper} == {
+        ("dino_vits8", 488, 1),
+        ("dino_vits8", 488, 16),
+    }
     gpu = {(c.model, c.image_size, c.n_boot, c.dtype) for c in bc.PRESETS["gpu"].cases}
     assert {("dino_vits16", 224, b, "bfloat16") for b in (1, 16, 64, 256, 1024)} <= gpu
     assert {("dino_vits8", 488, b, "bfloat16") for b in (1, 16)} <= gpu
@@ -220,7 +256,9 @@ def test_presets_and_bad_input(capsys):
     with pytest.raises(ValueError, match="no case of preset 'smoke' matches 'nope'"):
         bc.select(bc.PRESETS["smoke"], "nope")
     assert [c.name for c in bc.select(bc.PRESETS["smoke"], "smoke_B3")] == [
-        "smoke_B3_batched", "smoke_B3_bf16"]
+        "smoke_B3_batched",
+        "smoke_B3_bf16",
+    ]
     with pytest.raises(SystemExit):
         main(["--preset", "tpu"])
     assert "invalid choice: 'tpu'" in capsys.readouterr().err
@@ -228,6 +266,7 @@ def test_presets_and_bad_input(capsys):
         main(["--preset", "smoke", "--json", "/nonexistent/dir/r.json"])
 
 
+@pytest.mark.slow
 def test_budget_skips_what_would_start_late_and_results_are_written_as_they_grow(tmp_path):
     """No case starts once the budget is spent (listed as not run); the JSON and markdown are
     rewritten after every case, so a killed run keeps what it measured."""
@@ -238,14 +277,27 @@ def test_budget_skips_what_would_start_late_and_results_are_written_as_they_grow
     cases = bc.select(preset, "smoke_size_64,smoke_B1")
     result = run_preset(preset, cases, ablations=False, quiet=True, on_result=snapshots.append)
     assert [[r["case"] for r in s["records"]] for s in snapshots] == [
-        ["smoke_B1"], ["smoke_B1", "smoke_size_64"]]
+        ["smoke_B1"],
+        ["smoke_B1", "smoke_size_64"],
+    ]
     assert result["skipped"] == [] and result["budget_s"] is None
-    code = main(["--preset", "smoke", "--budget-s", "0", "--json", str(tmp_path / "r.json"),
-                 "--md", str(tmp_path / "r.md"), "--quiet"])
+    code = main(
+        [
+            "--preset",
+            "smoke",
+            "--budget-s",
+            "0",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--md",
+            str(tmp_path / "r.md"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     written = json.loads((tmp_path / "r.json").read_text())
     assert written["records"] == [] and written["budget_s"] == 0
-    assert written["skipped"][:len(preset.cases)] == [c.name for c in preset.cases]
+    assert written["skipped"][: len(preset.cases)] == [c.name for c in preset.cases]
     assert len(written["skipped"]) == len(preset.cases) + len(preset.ablations)
     md = (tmp_path / "r.md").read_text()
     assert "Not run (the 0 s time budget was spent)" in md and "- smoke_B1" in md
@@ -257,7 +309,11 @@ def test_list_and_helpers(capsys):
     assert main(["--preset", "smoke", "--list"]) == 0
     assert "smoke_B1: test_tiny8 @ 128" in capsys.readouterr().out
     assert jsonable({"a": np.float32(1.5), "b": np.arange(2), "c": float("nan"), "d": (1,)}) == {
-        "a": 1.5, "b": [0, 1], "c": None, "d": [1]}
+        "a": 1.5,
+        "b": [0, 1],
+        "c": None,
+        "d": [1],
+    }
     calls = []
     assert len(time_calls(lambda: calls.append(1), 3, 1e9)) == 3 == len(calls)
     assert len(time_calls(lambda: calls.append(1), 5, 0.0)) == 1  # budget spent: one run
@@ -268,14 +324,14 @@ def test_list_and_helpers(capsys):
 def test_gpu_baseline_batch_fits_8_gib_of_attention_maps():
     """On a GPU the baseline batches its forwards: as many images as keep the 12 layers'
     float32 attention maps (output_attentions) under 8 GiB, at most 1 + B; one at a time on a CPU."""
-    from bench.run import Context, _baseline_batch
+    from bench.run import Context, baseline_batch
 
     gpu, cpu = Context(quiet=True, torch_device="cuda"), Context(quiet=True)
     case = {c.name: c for c in bc.PRESETS["gpu"].cases}
     vits16, vits8 = get_config("dino_vits16"), get_config("dino_vits8")
-    per16 = 12 * 6 * 197 ** 2 * 4                      # ViT-S/16 at 224 px: 11.2 MB per image
-    assert _baseline_batch(case["vits16_224_B256"], vits16, gpu) == 257
-    assert _baseline_batch(case["scaleB_vits16_224_B1024"], vits16, gpu) == (8 << 30) // per16
-    assert _baseline_batch(case["paper_vits8_488_B16"], vits8, gpu) == 2   # 4.0 GB per image
-    assert _baseline_batch(case["vits16_224_B256"], vits16, cpu) == 1
-    assert _baseline_batch(bc.PRESETS["smoke"].cases[1], get_config("test_tiny8"), cpu) == 2
+    per16 = 12 * 6 * 197**2 * 4  # ViT-S/16 at 224 px: 11.2 MB per image
+    assert baseline_batch(case["vits16_224_B256"], vits16, gpu) == 257
+    assert baseline_batch(case["scaleB_vits16_224_B1024"], vits16, gpu) == (8 << 30) // per16
+    assert baseline_batch(case["paper_vits8_488_B16"], vits8, gpu) == 2  # 4.0 GB per image
+    assert baseline_batch(case["vits16_224_B256"], vits16, cpu) == 1
+    assert baseline_batch(bc.PRESETS["smoke"].cases[1], get_config("test_tiny8"), cpu) == 2

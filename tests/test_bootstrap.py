@@ -1,4 +1,4 @@
-"""Bootstrap samplers (SPEC §2): distributions, supports, chunk invariance, jit/vmap, validation.
+"""Bootstrap samplers (docs/method.md §2): distributions, supports, chunk invariance, jit/vmap, validation.
 
 Statistical checks use fixed keys, so they are deterministic; their tolerances are 5 standard
 errors (or a KS / chi-square p-value above 1e-3) of the stated sample sizes.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from arb_jax import bootstrap
+from arb_jax.core import bootstrap
 
 H, W, C = 16, 24, 3
 NAMES = ("normal", "pixel", "patch", "uniform")
@@ -28,7 +28,7 @@ def _tiles(x, p):
     """(..., H, W, C) → (..., n_tiles, p, p, C), tiles in raster order (numpy reference)."""
     *lead, h, w, c = x.shape
     t = x.reshape(*lead, h // p, p, w // p, p, c)
-    t = np.moveaxis(t, -4, -3)                        # (..., h/p, w/p, p, p, c)
+    t = np.moveaxis(t, -4, -3)  # (..., h/p, w/p, p, p, c)
     return t.reshape(*lead, (h // p) * (w // p), p, p, c)
 
 
@@ -62,8 +62,9 @@ def test_normal_uses_sample_std_ddof1():
     out = np.asarray(bootstrap.normal(jax.random.key(0), img, 4000))
     sd = img.reshape(2, 3).std(axis=0, ddof=1)
     np.testing.assert_allclose(out.reshape(-1, 3).std(axis=0, ddof=1), sd, rtol=0.03)
-    np.testing.assert_allclose(out.reshape(-1, 3).mean(axis=0), img.mean(axis=(0, 1)),
-                               atol=5 * sd.max() / np.sqrt(8000))
+    np.testing.assert_allclose(
+        out.reshape(-1, 3).mean(axis=0), img.mean(axis=(0, 1)), atol=5 * sd.max() / np.sqrt(8000)
+    )
 
 
 def test_uniform_support_and_moments():
@@ -87,7 +88,7 @@ def test_pixel_draws_whole_input_pixels_with_replacement():
     out = np.asarray(bootstrap.pixel(jax.random.key(5), jnp.asarray(img), n))
     assert out.shape == (n, H, W, C)
     src = img.reshape(-1, C)
-    assert len({tuple(r) for r in src}) == H * W        # every input pixel is distinct
+    assert len({tuple(r) for r in src}) == H * W  # every input pixel is distinct
     index = {tuple(r): i for i, r in enumerate(src)}
     drawn = np.array([index.get(tuple(r), -1) for r in out.reshape(-1, C)])
     assert (drawn >= 0).all(), "an output pixel is not an input pixel (channels mixed?)"
@@ -96,7 +97,7 @@ def test_pixel_draws_whole_input_pixels_with_replacement():
     distinct = np.array([len(np.unique(s)) for s in per_sample]) / (H * W)
     assert np.all(distinct < 0.75) and np.all(distinct > 0.5)
     counts = np.bincount(drawn, minlength=H * W)
-    assert sps.chisquare(counts).pvalue > 1e-3          # every pixel equally likely
+    assert sps.chisquare(counts).pvalue > 1e-3  # every pixel equally likely
 
 
 @pytest.mark.parametrize("p", [1, 4, 8])
@@ -123,20 +124,25 @@ def test_patch_positions_are_uniform():
 # ----------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_chunked_draw_equals_full_draw_bit_for_bit(name):
     key = jax.random.key(11)
     img = jnp.asarray(_image(5))
     full = np.asarray(bootstrap.sample(name, key, img, 8, patch=8, width=1.5))
-    parts = [bootstrap.sample_range(name, key, img, a, b - a, patch=8, width=1.5)
-             for a, b in ((0, 3), (3, 8))]
+    parts = [
+        bootstrap.sample_range(name, key, img, a, b - a, patch=8, width=1.5) for a, b in ((0, 3), (3, 8))
+    ]
     np.testing.assert_array_equal(np.concatenate(parts), full)
-    np.testing.assert_array_equal(                        # fewer samples: a prefix of the draw
-        np.asarray(bootstrap.sample(name, key, img, 3, patch=8, width=1.5)), full[:3])
+    np.testing.assert_array_equal(  # fewer samples: a prefix of the draw
+        np.asarray(bootstrap.sample(name, key, img, 3, patch=8, width=1.5)), full[:3]
+    )
     # traced start, as in the pipeline's jitted lax.map over chunks
-    chunks = jax.jit(lambda k, x: jax.lax.map(
-        lambda c: bootstrap.sample_range(name, k, x, c * 2, 2, patch=8, width=1.5),
-        jnp.arange(4)))(key, img)
+    chunks = jax.jit(
+        lambda k, x: jax.lax.map(
+            lambda c: bootstrap.sample_range(name, k, x, c * 2, 2, patch=8, width=1.5), jnp.arange(4)
+        )
+    )(key, img)
     np.testing.assert_array_equal(np.asarray(chunks).reshape(full.shape), full)
 
 
@@ -151,6 +157,7 @@ def test_same_key_same_samples_other_key_other_samples(name):
     assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))  # samples differ
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_and_vmap_over_images_and_keys(name):
     imgs = jnp.stack([jnp.asarray(_image(s)) for s in range(3)])
@@ -180,9 +187,12 @@ def test_raw_uint32_keys_and_other_float_dtypes():
 def test_width_is_traceable():
     img = jnp.asarray(_image(8))
     f = jax.jit(lambda w: bootstrap.normal(jax.random.key(0), img, 2, width=w))
-    np.testing.assert_allclose(np.asarray(f(2.0)),
-                               np.asarray(bootstrap.normal(jax.random.key(0), img, 2, width=2.0)),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(f(2.0)),
+        np.asarray(bootstrap.normal(jax.random.key(0), img, 2, width=2.0)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 # ----------------------------------------------------------------------------- registry, errors
@@ -205,9 +215,9 @@ def test_bad_image_and_counts(name):
     key = jax.random.key(0)
     kw = {"patch": 8}
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
-        bootstrap.sample(name, key, _image()[..., 0], 1, **kw)         # rank 2
+        bootstrap.sample(name, key, _image()[..., 0], 1, **kw)  # rank 2
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
-        bootstrap.sample(name, key, _image()[None], 1, **kw)           # rank 4
+        bootstrap.sample(name, key, _image()[None], 1, **kw)  # rank 4
     with pytest.raises(TypeError, match="float"):
         bootstrap.sample(name, key, np.zeros((H, W, C), np.uint8), 1, **kw)
     with pytest.raises(TypeError, match="array"):
@@ -232,7 +242,7 @@ def test_bad_patch_and_width():
     with pytest.raises(ValueError, match="multiples of patch=5"):
         bootstrap.patch(key, img, 1, 5)
     with pytest.raises(ValueError, match="multiples of patch=16"):
-        bootstrap.patch(key, img, 1, 16)                 # divides H=16, not W=24
+        bootstrap.patch(key, img, 1, 16)  # divides H=16, not W=24
     with pytest.raises(ValueError, match="needs patch="):
         bootstrap.sample("patch", key, img, 1)
     with pytest.raises(ValueError, match="patch must be >= 1"):

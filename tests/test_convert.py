@@ -25,8 +25,8 @@ import torch
 from _hf import attention_linears  # tests/_hf.py
 from safetensors.torch import save_file
 
-import weights_convert as wc
-from weights_convert import (
+import arb_jax.convert as wc
+from arb_jax.convert import (
     CheckpointFormatError,
     CheckpointKeysError,
     UnsafeCheckpointError,
@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Fixtures: random DINO-named state dicts and the canonical arrays they must give
 
 
-def dino_state_dict(dim=64, depth=2, patch=8, grid=3, mlp=128, registers=0, layerscale=False,
-                    n_classes=0, seed=0):
+def dino_state_dict(
+    dim=64, depth=2, patch=8, grid=3, mlp=128, registers=0, layerscale=False, n_classes=0, seed=0
+):
     """A random DINO / timm / DINOv2-hub style state dict (torch float32 tensors)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -81,10 +82,15 @@ def dino_state_dict(dim=64, depth=2, patch=8, grid=3, mlp=128, registers=0, laye
 def expected_canonical(sd, head=None):
     """The canonical tree of a DINO-named state dict, written out by hand (numpy float32)."""
     n = lambda k: sd[k].detach().float().numpy()  # noqa: E731
-    out = {"cls_token": n("cls_token"), "pos_embed": n("pos_embed"),
-           "patch_embed": {"kernel": n("patch_embed.proj.weight").transpose(2, 3, 1, 0),
-                           "bias": n("patch_embed.proj.bias")},
-           "norm": {"scale": n("norm.weight"), "bias": n("norm.bias")}}
+    out = {
+        "cls_token": n("cls_token"),
+        "pos_embed": n("pos_embed"),
+        "patch_embed": {
+            "kernel": n("patch_embed.proj.weight").transpose(2, 3, 1, 0),
+            "bias": n("patch_embed.proj.bias"),
+        },
+        "norm": {"scale": n("norm.weight"), "bias": n("norm.bias")},
+    }
     if "register_tokens" in sd:
         out["reg_tokens"] = n("register_tokens")
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
@@ -92,12 +98,15 @@ def expected_canonical(sd, head=None):
         b = f"blocks.{i}."
         block = {
             "norm1": {"scale": n(b + "norm1.weight"), "bias": n(b + "norm1.bias")},
-            "attn": {"qkv": {"kernel": n(b + "attn.qkv.weight").T, "bias": n(b + "attn.qkv.bias")},
-                     "proj": {"kernel": n(b + "attn.proj.weight").T,
-                              "bias": n(b + "attn.proj.bias")}},
+            "attn": {
+                "qkv": {"kernel": n(b + "attn.qkv.weight").T, "bias": n(b + "attn.qkv.bias")},
+                "proj": {"kernel": n(b + "attn.proj.weight").T, "bias": n(b + "attn.proj.bias")},
+            },
             "norm2": {"scale": n(b + "norm2.weight"), "bias": n(b + "norm2.bias")},
-            "mlp": {"fc1": {"kernel": n(b + "mlp.fc1.weight").T, "bias": n(b + "mlp.fc1.bias")},
-                    "fc2": {"kernel": n(b + "mlp.fc2.weight").T, "bias": n(b + "mlp.fc2.bias")}},
+            "mlp": {
+                "fc1": {"kernel": n(b + "mlp.fc1.weight").T, "bias": n(b + "mlp.fc1.bias")},
+                "fc2": {"kernel": n(b + "mlp.fc2.weight").T, "bias": n(b + "mlp.fc2.bias")},
+            },
         }
         if b + "ls1.gamma" in sd:
             block["ls1"] = {"gamma": n(b + "ls1.gamma")}
@@ -130,9 +139,9 @@ def test_reader_matches_torch_load_for_dtypes_views_and_shared_storage(tmp_path)
     base = torch.randn(6, 7, generator=g)
     obj = {
         "f32": torch.randn(3, 4, generator=g),
-        "transposed": base.t(),                        # stride (1, 7)
-        "slice_offset": base[2:5, 1::2],                # offset 15, stride (7, 2)
-        "shares_storage": base,                         # same storage as the two views
+        "transposed": base.t(),  # stride (1, 7)
+        "slice_offset": base[2:5, 1::2],  # offset 15, stride (7, 2)
+        "shares_storage": base,  # same storage as the two views
         "expanded": torch.randn(1, 3, generator=g).expand(4, 3),  # stride 0
         "f64": torch.randn(5, dtype=torch.float64, generator=g),
         "f16": torch.randn(2, 3, generator=g).half(),
@@ -141,7 +150,7 @@ def test_reader_matches_torch_load_for_dtypes_views_and_shared_storage(tmp_path)
         "i8": torch.tensor([-128, 0, 127], dtype=torch.int8),
         "u8": torch.tensor([0, 255], dtype=torch.uint8),
         "bool": torch.tensor([True, False, True]),
-        "u16": torch.tensor([1, 65535], dtype=torch.uint16),        # _rebuild_tensor_v3 path
+        "u16": torch.tensor([1, 65535], dtype=torch.uint16),  # _rebuild_tensor_v3 path
         "fp8": torch.tensor([0.5, -2.0], dtype=torch.float8_e4m3fn),  # _rebuild_tensor_v3 path
         "scalar": torch.tensor(3.5),
         "empty": torch.zeros(0, 4),
@@ -187,8 +196,15 @@ def test_reader_matches_torch_load_for_dtypes_views_and_shared_storage(tmp_path)
 
 def test_reader_keeps_argparse_namespace_and_numpy_scalars_inert(tmp_path):
     path = tmp_path / "meta.pth"
-    torch.save({"args": argparse.Namespace(arch="vit_small", lr=5e-4),
-                "score": np.float64(0.25), "arr": np.arange(3), "w": torch.ones(2)}, path)
+    torch.save(
+        {
+            "args": argparse.Namespace(arch="vit_small", lr=5e-4),
+            "score": np.float64(0.25),
+            "arr": np.arange(3),
+            "w": torch.ones(2),
+        },
+        path,
+    )
     got = load_torch_zip(path)
     assert isinstance(got["args"], wc.Placeholder)
     assert got["args"].global_name == "argparse.Namespace"
@@ -206,8 +222,7 @@ def test_dino_hub_state_dict(tmp_path):
     sd = dino_state_dict(dim=128, depth=3, patch=16, grid=2, mlp=512)
     torch.save(sd, tmp_path / "dino_hub.pth")
     config, params, meta = read_checkpoint(tmp_path / "dino_hub.pth")
-    assert (config.patch, config.dim, config.depth, config.mlp_dim, config.pos_grid) == (
-        16, 128, 3, 512, 2)
+    assert (config.patch, config.dim, config.depth, config.mlp_dim, config.pos_grid) == (16, 128, 3, 512, 2)
     assert config.heads == 2  # DINO convention dim // 64
     assert (config.n_registers, config.layerscale, config.n_classes) == (0, False, 0)
     assert config.eps == 1e-6
@@ -232,15 +247,21 @@ def test_known_architecture_gets_its_registry_name(tmp_path):
 def test_dino_training_checkpoint_teacher_and_student(tmp_path):
     teacher = dino_state_dict(seed=1)
     student = dino_state_dict(seed=2)
-    projector = {"head.mlp.0.weight": torch.randn(16, 64), "head.mlp.0.bias": torch.randn(16),
-                 "head.last_layer.weight_g": torch.randn(32, 1),
-                 "head.last_layer.weight_v": torch.randn(32, 16)}
+    projector = {
+        "head.mlp.0.weight": torch.randn(16, 64),
+        "head.mlp.0.bias": torch.randn(16),
+        "head.last_layer.weight_g": torch.randn(32, 1),
+        "head.last_layer.weight_v": torch.randn(32, 16),
+    }
     ckpt = {
         "teacher": {**{f"backbone.{k}": v for k, v in teacher.items()}, **projector},
-        "student": {**{f"module.backbone.{k}": v for k, v in student.items()},
-                    **{f"module.{k}": v for k, v in projector.items()}},
+        "student": {
+            **{f"module.backbone.{k}": v for k, v in student.items()},
+            **{f"module.{k}": v for k, v in projector.items()},
+        },
         "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 0.1}]},
-        "epoch": 10, "args": argparse.Namespace(arch="vit_small", patch_size=8),
+        "epoch": 10,
+        "args": argparse.Namespace(arch="vit_small", patch_size=8),
         "dino_loss": {"center": torch.zeros(1, 32)},
     }
     torch.save(ckpt, tmp_path / "checkpoint.pth")
@@ -291,16 +312,24 @@ def test_lightning_checkpoint(tmp_path):
     sd = dino_state_dict()
     w, b = torch.randn(10, 64), torch.randn(10)
     ckpt = {
-        "epoch": 4, "global_step": 120, "pytorch-lightning_version": "2.4.0",
+        "epoch": 4,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
         "state_dict": collections.OrderedDict(
-            [*((f"model.{k}", v) for k, v in sd.items()), ("linear.weight", w),
-             ("linear.bias", b)]),
+            [*((f"model.{k}", v) for k, v in sd.items()), ("linear.weight", w), ("linear.bias", b)]
+        ),
         "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 5}}}},
-        "callbacks": {"ModelCheckpoint{'monitor': 'val_acc'}": {"best_model_score": torch.tensor(
-            0.9), "current_score": np.float64(0.9)}},
-        "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(10, 64)}},
-                              "param_groups": [{"lr": 3e-4}]}],
-        "lr_schedulers": [], "hparams_name": "kwargs",
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val_acc'}": {
+                "best_model_score": torch.tensor(0.9),
+                "current_score": np.float64(0.9),
+            }
+        },
+        "optimizer_states": [
+            {"state": {0: {"exp_avg": torch.zeros(10, 64)}}, "param_groups": [{"lr": 3e-4}]}
+        ],
+        "lr_schedulers": [],
+        "hparams_name": "kwargs",
         "hyper_parameters": {"lr": 3e-4, "backbone": "dino_vits8"},
     }
     torch.save(ckpt, tmp_path / "linear.ckpt")
@@ -317,16 +346,28 @@ def _hf_vit(tmp_path, registers=None, n_classes=0):
 
     torch.manual_seed(0)
     if registers is None:
-        cfg = tf.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=128, image_size=24, patch_size=8,
-                           layer_norm_eps=1e-6, num_labels=max(n_classes, 1))
-        model = (tf.ViTForImageClassification(cfg) if n_classes
-                 else tf.ViTModel(cfg, add_pooling_layer=True))
+        cfg = tf.ViTConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            image_size=24,
+            patch_size=8,
+            layer_norm_eps=1e-6,
+            num_labels=max(n_classes, 1),
+        )
+        model = tf.ViTForImageClassification(cfg) if n_classes else tf.ViTModel(cfg, add_pooling_layer=True)
     else:
-        cfg = tf.Dinov2WithRegistersConfig(hidden_size=64, num_hidden_layers=2,
-                                           num_attention_heads=4, mlp_ratio=2, image_size=28,
-                                           patch_size=14, num_register_tokens=registers,
-                                           layer_norm_eps=1e-6)
+        cfg = tf.Dinov2WithRegistersConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            mlp_ratio=2,
+            image_size=28,
+            patch_size=14,
+            num_register_tokens=registers,
+            layer_norm_eps=1e-6,
+        )
         model = tf.Dinov2WithRegistersModel(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -341,10 +382,15 @@ def _hf_expected(model):
     base = getattr(model, "vit", model)
     emb, n = base.embeddings, lambda t: t.detach().numpy()
     layers = base.layers if hasattr(base, "layers") else base.encoder.layer
-    out = {"cls_token": n(emb.cls_token), "pos_embed": n(emb.position_embeddings),
-           "patch_embed": {"kernel": n(emb.patch_embeddings.projection.weight).transpose(2, 3, 1, 0),
-                           "bias": n(emb.patch_embeddings.projection.bias)},
-           "norm": {"scale": n(base.layernorm.weight), "bias": n(base.layernorm.bias)}}
+    out = {
+        "cls_token": n(emb.cls_token),
+        "pos_embed": n(emb.position_embeddings),
+        "patch_embed": {
+            "kernel": n(emb.patch_embeddings.projection.weight).transpose(2, 3, 1, 0),
+            "bias": n(emb.patch_embeddings.projection.bias),
+        },
+        "norm": {"scale": n(base.layernorm.weight), "bias": n(base.layernorm.bias)},
+    }
     if getattr(emb, "register_tokens", None) is not None:
         out["reg_tokens"] = n(emb.register_tokens)
     for i, layer in enumerate(layers):
@@ -355,12 +401,18 @@ def _hf_expected(model):
         fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2
         block = {
             "norm1": {"scale": n(n1.weight), "bias": n(n1.bias)},
-            "attn": {"qkv": {"kernel": np.concatenate([n(q.weight), n(k.weight), n(v.weight)]).T,
-                             "bias": np.concatenate([n(q.bias), n(k.bias), n(v.bias)])},
-                     "proj": {"kernel": n(o.weight).T, "bias": n(o.bias)}},
+            "attn": {
+                "qkv": {
+                    "kernel": np.concatenate([n(q.weight), n(k.weight), n(v.weight)]).T,
+                    "bias": np.concatenate([n(q.bias), n(k.bias), n(v.bias)]),
+                },
+                "proj": {"kernel": n(o.weight).T, "bias": n(o.bias)},
+            },
             "norm2": {"scale": n(n2.weight), "bias": n(n2.bias)},
-            "mlp": {"fc1": {"kernel": n(fc1.weight).T, "bias": n(fc1.bias)},
-                    "fc2": {"kernel": n(fc2.weight).T, "bias": n(fc2.bias)}},
+            "mlp": {
+                "fc1": {"kernel": n(fc1.weight).T, "bias": n(fc1.bias)},
+                "fc2": {"kernel": n(fc2.weight).T, "bias": n(fc2.bias)},
+            },
         }
         if hasattr(layer, "layer_scale1"):
             block["ls1"] = {"gamma": n(layer.layer_scale1.lambda1)}
@@ -376,8 +428,7 @@ def test_hf_vit_saved_and_in_memory_names(tmp_path):
     want = _hf_expected(model)
     config, params, meta = read_checkpoint(out)  # the directory → model.safetensors
     assert meta["source"] == "model.safetensors" and meta["format"] == "state_dict/hf_vit"
-    assert (config.patch, config.dim, config.heads, config.mlp_dim, config.pos_grid) == (
-        8, 64, 4, 128, 3)
+    assert (config.patch, config.dim, config.heads, config.mlp_dim, config.pos_grid) == (8, 64, 4, 128, 3)
     assert any("config.json num_attention_heads" in n for n in meta["notes"])
     assert any(d.startswith("pooler.*") for d in meta["dropped"])
     assert_trees_equal(params, want)
@@ -463,10 +514,17 @@ def test_main_cli(tmp_path, capsys):
 
 def test_reading_does_not_import_torch(tmp_path):
     torch.save(dino_state_dict(), tmp_path / "src.pth")
-    code = ("import sys, weights_convert as wc; wc.read_checkpoint(sys.argv[1]); "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "src.pth")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, weights_convert as wc; wc.read_checkpoint(sys.argv[1]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "src.pth")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -482,11 +540,14 @@ class _Payload:
         return (self.func, (self.arg,))
 
 
-@pytest.mark.parametrize("func, name", [
-    (os.system, f"{os.system.__module__}.system"),
-    (eval, "builtins.eval"),
-    (subprocess.check_call, "subprocess.check_call"),
-])
+@pytest.mark.parametrize(
+    "func, name",
+    [
+        (os.system, f"{os.system.__module__}.system"),
+        (eval, "builtins.eval"),
+        (subprocess.check_call, "subprocess.check_call"),
+    ],
+)
 def test_malicious_pickle_in_genuine_torch_zip_is_refused_and_never_runs(tmp_path, func, name):
     target = tmp_path / "pwned"
     if func is os.system:
@@ -522,8 +583,7 @@ def _zip_with_pickle(tmp_path, payload: bytes, name="crafted.pth") -> Path:
 def test_pickle_cannot_mutate_allowed_functions(tmp_path):
     # GLOBAL torch._utils._rebuild_parameter; BUILD (None, {"__defaults__": (1,)}) → would set
     # attributes on the function object shared by later loads.
-    payload = (b"\x80\x02ctorch._utils\n_rebuild_parameter\nN}X\x0c\x00\x00\x00__defaults__"
-               b"K\x01\x85s\x86b.")
+    payload = b"\x80\x02ctorch._utils\n_rebuild_parameter\nN}X\x0c\x00\x00\x00__defaults__K\x01\x85s\x86b."
     path = _zip_with_pickle(tmp_path, payload)
     with pytest.raises(CheckpointFormatError, match="tried to set '__defaults__'"):
         load_torch_zip(path)
@@ -581,8 +641,7 @@ def test_zip_that_is_not_a_checkpoint(tmp_path):
 
 def test_zip_with_missing_storage(tmp_path):
     torch.save({"w": torch.ones(3)}, tmp_path / "ok.pth")
-    with zipfile.ZipFile(tmp_path / "ok.pth") as src, \
-            zipfile.ZipFile(tmp_path / "nostorage.pth", "w") as dst:
+    with zipfile.ZipFile(tmp_path / "ok.pth") as src, zipfile.ZipFile(tmp_path / "nostorage.pth", "w") as dst:
         for info in src.infolist():
             if not info.filename.endswith("/data/0"):
                 dst.writestr(info, src.read(info))
@@ -629,7 +688,8 @@ def test_misshaped_and_missing_keys_are_named(tmp_path):
     with pytest.raises(CheckpointKeysError) as info:
         read_checkpoint(tmp_path / "x.pth")
     assert info.value.misshaped == [
-        "teacher.backbone.blocks.1.mlp.fc2.weight: expected (64, 128), got (64, 100)"]
+        "teacher.backbone.blocks.1.mlp.fc2.weight: expected (64, 128), got (64, 100)"
+    ]
     assert info.value.missing == ["blocks.0.norm2.bias"]
 
 

@@ -35,8 +35,8 @@ import transformers as tf
 from _hf import attention_linears  # tests/_hf.py
 from safetensors.torch import load_file, save_file
 
+from arb_jax.convert import convert, load_converted
 from arb_jax.models import build_vit
-from weights_convert import convert, load_converted
 
 TOL = 1e-5
 N_CLASSES = 5
@@ -48,20 +48,32 @@ CASES = {
     "dinov2": ("dinov2", 14, 32, 2, 2, 0, (42, 56)),
     "dinov2_reg": ("dinov2", 14, 48, 4, 3, 2, (56, 28)),
 }
-FORMATS = ("hf_safetensors", "hf_bin", "hf_in_memory", "dino_pth", "timm_safetensors",
-           "dino_training", "lightning")
+FORMATS = (
+    "hf_safetensors",
+    "hf_bin",
+    "hf_in_memory",
+    "dino_pth",
+    "timm_safetensors",
+    "dino_training",
+    "lightning",
+)
 
 
 def _hf_model(kind, patch, dim, heads, size, regs):
-    common = dict(hidden_size=dim, num_hidden_layers=2, num_attention_heads=heads,
-                  image_size=size, patch_size=patch, layer_norm_eps=1e-6,
-                  attn_implementation="eager")
+    common = dict(
+        hidden_size=dim,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        image_size=size,
+        patch_size=patch,
+        layer_norm_eps=1e-6,
+        attn_implementation="eager",
+    )
     if kind == "vit":
         config = tf.ViTConfig(intermediate_size=4 * dim, **common)
         model = tf.ViTModel(config, add_pooling_layer=False)
     elif regs:
-        model = tf.Dinov2WithRegistersModel(
-            tf.Dinov2WithRegistersConfig(num_register_tokens=regs, **common))
+        model = tf.Dinov2WithRegistersModel(tf.Dinov2WithRegistersConfig(num_register_tokens=regs, **common))
     else:
         model = tf.Dinov2Model(tf.Dinov2Config(**common))
     return model.eval()
@@ -101,10 +113,8 @@ def _dino_names(model):
         if hasattr(layer, "layer_scale1"):
             sd[b + "ls1.gamma"] = t(layer.layer_scale1.lambda1)
         sd[b + "norm2.weight"], sd[b + "norm2.bias"] = t(n2.weight), t(n2.bias)
-        sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"] = t(layer.mlp.fc1.weight), t(
-            layer.mlp.fc1.bias)
-        sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"] = t(layer.mlp.fc2.weight), t(
-            layer.mlp.fc2.bias)
+        sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"] = t(layer.mlp.fc1.weight), t(layer.mlp.fc1.bias)
+        sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"] = t(layer.mlp.fc2.weight), t(layer.mlp.fc2.bias)
         if hasattr(layer, "layer_scale2"):
             sd[b + "ls2.gamma"] = t(layer.layer_scale2.lambda1)
     sd["norm.weight"], sd["norm.bias"] = t(model.layernorm.weight), t(model.layernorm.bias)
@@ -128,27 +138,49 @@ def _write_formats(model, root, heads, head_w, head_b):
     torch.save(sd, plain / "backbone.pth")
     save_file({**sd, "head.weight": head_w, "head.bias": head_b}, plain / "timm.safetensors")
     student = {f"module.backbone.{k}": v + 1.0 for k, v in sd.items()}
-    projector = {"head.mlp.0.weight": torch.randn(16, sd["norm.weight"].shape[0]),
-                 "head.mlp.0.bias": torch.randn(16),
-                 "head.last_layer.weight_g": torch.ones(8, 1),
-                 "head.last_layer.weight_v": torch.randn(8, 16)}
-    torch.save({"teacher": {**{f"backbone.{k}": v for k, v in sd.items()}, **projector},
-                "student": {**student, **{f"module.{k}": v for k, v in projector.items()}},
-                "optimizer": {"state": {}, "param_groups": [{"lr": 5e-4}]}, "epoch": 100,
-                "args": argparse.Namespace(arch="vit_small", patch_size=8),
-                "dino_loss": {"center": torch.zeros(1, 8)}}, plain / "checkpoint.pth")
-    torch.save({"epoch": 3, "global_step": 30, "pytorch-lightning_version": "2.4.0",
-                "state_dict": {**{f"model.{k}": v for k, v in sd.items()},
-                               "linear.weight": head_w, "linear.bias": head_b},
-                "optimizer_states": [{"state": {}, "param_groups": [{"lr": 3e-4}]}],
-                "lr_schedulers": [], "hyper_parameters": {"lr": 3e-4}}, plain / "linear.ckpt")
+    projector = {
+        "head.mlp.0.weight": torch.randn(16, sd["norm.weight"].shape[0]),
+        "head.mlp.0.bias": torch.randn(16),
+        "head.last_layer.weight_g": torch.ones(8, 1),
+        "head.last_layer.weight_v": torch.randn(8, 16),
+    }
+    torch.save(
+        {
+            "teacher": {**{f"backbone.{k}": v for k, v in sd.items()}, **projector},
+            "student": {**student, **{f"module.{k}": v for k, v in projector.items()}},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 5e-4}]},
+            "epoch": 100,
+            "args": argparse.Namespace(arch="vit_small", patch_size=8),
+            "dino_loss": {"center": torch.zeros(1, 8)},
+        },
+        plain / "checkpoint.pth",
+    )
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 30,
+            "pytorch-lightning_version": "2.4.0",
+            "state_dict": {
+                **{f"model.{k}": v for k, v in sd.items()},
+                "linear.weight": head_w,
+                "linear.bias": head_b,
+            },
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 3e-4}]}],
+            "lr_schedulers": [],
+            "hyper_parameters": {"lr": 3e-4},
+        },
+        plain / "linear.ckpt",
+    )
     given = {"heads": heads}
-    return {"hf_safetensors": (hf_dir, {}), "hf_bin": (bin_dir, {}),
-            "hf_in_memory": (hf_dir / "in_memory.pth", {}),
-            "dino_pth": (plain / "backbone.pth", given),
-            "timm_safetensors": (plain / "timm.safetensors", given),
-            "dino_training": (plain / "checkpoint.pth", given),
-            "lightning": (plain / "linear.ckpt", given)}
+    return {
+        "hf_safetensors": (hf_dir, {}),
+        "hf_bin": (bin_dir, {}),
+        "hf_in_memory": (hf_dir / "in_memory.pth", {}),
+        "dino_pth": (plain / "backbone.pth", given),
+        "timm_safetensors": (plain / "timm.safetensors", given),
+        "dino_training": (plain / "checkpoint.pth", given),
+        "lightning": (plain / "linear.ckpt", given),
+    }
 
 
 def _dino_interpolate(pos, grid, new_grid):
@@ -158,8 +190,8 @@ def _dino_interpolate(pos, grid, new_grid):
     h, w = new_grid
     patches = patches.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
     patches = torch.nn.functional.interpolate(
-        patches, scale_factor=((h + 0.1) / grid, (w + 0.1) / grid), mode="bicubic",
-        align_corners=False)
+        patches, scale_factor=((h + 0.1) / grid, (w + 0.1) / grid), mode="bicubic", align_corners=False
+    )
     assert patches.shape[-2:] == (h, w)
     return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, h * w, dim)], dim=1)
 
@@ -170,16 +202,16 @@ def _torch_reference(model, kind, patch, dim, heads, M, regs, size, images):
     if (h, w) != (M, M):
         sd = model.state_dict()
         sd["embeddings.position_embeddings"] = _dino_interpolate(
-            sd["embeddings.position_embeddings"], M, (h, w))
+            sd["embeddings.position_embeddings"], M, (h, w)
+        )
         model = _hf_model(kind, patch, dim, heads, size, regs)
         model.load_state_dict(sd, strict=True)
         if kind == "dinov2":  # use the stored (already resampled) embeddings as they are
             emb = model.embeddings
-            emb.interpolate_pos_encoding = lambda embeddings, height, width: (
-                emb.position_embeddings)
+            emb.interpolate_pos_encoding = lambda embeddings, height, width: emb.position_embeddings
     with torch.no_grad():
         out = model(torch.from_numpy(images).permute(0, 3, 1, 2), output_attentions=True)
-    attn = out.attentions[-1][:, :, 0, 1 + regs:].reshape(len(images), heads, h, w)
+    attn = out.attentions[-1][:, :, 0, 1 + regs :].reshape(len(images), heads, h, w)
     return attn.numpy(), out.last_hidden_state[:, 0].numpy()
 
 
@@ -205,22 +237,24 @@ def case_data(tmp_path_factory):
             model = _hf_model(kind, patch, dim, heads, M * patch, regs)
             _perturb(model, seed=len(cache) + 1)
             g = torch.Generator().manual_seed(7)
-            head_w, head_b = torch.randn(N_CLASSES, dim, generator=g), torch.randn(N_CLASSES,
-                                                                                    generator=g)
+            head_w, head_b = torch.randn(N_CLASSES, dim, generator=g), torch.randn(N_CLASSES, generator=g)
             root = tmp_path_factory.mktemp(name)
             files = _write_formats(model, root, heads, head_w, head_b)
             rng = np.random.default_rng(0)
             refs = {}
             for size in ((M * patch, M * patch), new):
                 images = rng.standard_normal((2, *size, 3)).astype(np.float32)
-                refs[size] = (images, *_torch_reference(model, kind, patch, dim, heads, M, regs,
-                                                        size, images))
+                refs[size] = (
+                    images,
+                    *_torch_reference(model, kind, patch, dim, heads, M, regs, size, images),
+                )
             cache[name] = (files, refs, head_w.numpy(), head_b.numpy())
         return cache[name]
 
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_converted_model_matches_pytorch(case_data, tmp_path, case, fmt):
@@ -230,7 +264,12 @@ def test_converted_model_matches_pytorch(case_data, tmp_path, case, fmt):
     config, params = convert(src, tmp_path / "converted", **kwargs)
     config, params, meta = load_converted(tmp_path / "converted")
     assert (config.patch, config.dim, config.heads, config.pos_grid, config.n_registers) == (
-        patch, dim, heads, M, regs)
+        patch,
+        dim,
+        heads,
+        M,
+        regs,
+    )
     assert config.layerscale == (kind == "dinov2")
     assert config.n_classes == (N_CLASSES if fmt in ("timm_safetensors", "lightning") else 0)
     for size, (images, attn_ref, feat_ref) in refs.items():

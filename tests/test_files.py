@@ -1,4 +1,4 @@
-"""arb_jax.files: outputs are written all or nothing."""
+"""arb_jax.io.files: outputs are written all or nothing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arb_jax.files import write_atomic, write_text_atomic
+from arb_jax.io.files import write_atomic, write_text_atomic
 
 
 def test_interrupted_write_leaves_no_output(tmp_path):

@@ -1,4 +1,4 @@
-"""``arb finetune`` (arb_jax.finetune): a linear head on a frozen ViT, checkpoints, resume, loading.
+"""``arb finetune`` (arb_jax.study.finetune): a linear head on a frozen ViT, checkpoints, resume, loading.
 
 Backbone: ``random:test_tiny8`` at 32 x 32 px — a RANDOM-INIT fixture, not a trained model. Its
 CLS features of different photos still differ, so a linear head separates a few classes. Data:
@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arb_jax import finetune as ft
-from arb_jax import images, loading
+from arb_jax import cli
+from arb_jax.checkpoints import loading
+from arb_jax.io import images
 from arb_jax.models import build_vit, get_config, random_params
-from arb_jax.sweep import SourceError
+from arb_jax.study import finetune as ft
+from arb_jax.study.sources import SourceError
 
 MODEL = "random:test_tiny8"  # random-init fixture: patch 8, native 32 x 32
 CLASSES = {"astro": "astronaut", "cat": "chelsea", "cup": "coffee"}
@@ -32,7 +34,7 @@ def _write_class(folder: Path, photo: np.ndarray, n: int, seed: int) -> None:
     side = int(0.7 * min(h, w))
     for i in range(n):
         top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = photo[top:top + side, left:left + side]
+        crop = photo[top : top + side, left : left + side]
         if i % 2:
             crop = crop[:, ::-1]
         Image.fromarray(np.ascontiguousarray(crop)).resize((40, 40)).save(folder / f"img{i}.png")
@@ -62,14 +64,19 @@ def runs(tmp_path_factory, data, vit) -> dict:
     out = tmp_path_factory.mktemp("ft_runs")
     lines: list[str] = []
     a2 = ft.finetune(vit, data, out / "a", epochs=2, model=MODEL, log=lines.append, **KW)
-    steps_a2 = sorted(int(p.name) for p in (out / "a" / ft.CHECKPOINT_DIR).iterdir()
-                      if p.name.isdigit())
+    steps_a2 = sorted(int(p.name) for p in (out / "a" / ft.CHECKPOINT_DIR).iterdir() if p.name.isdigit())
     rows_a2 = _metrics(out / "a")
-    a4 = ft.finetune(vit, data, out / "a", epochs=4, resume=True, model=MODEL,
-                     log=lines.append, **KW)
+    a4 = ft.finetune(vit, data, out / "a", epochs=4, resume=True, model=MODEL, log=lines.append, **KW)
     b4 = ft.finetune(vit, data, out / "b", epochs=4, model=MODEL, log=None, **KW)
-    return {"out": out, "a2": a2, "a4": a4, "b4": b4, "lines": lines, "steps_a2": steps_a2,
-            "rows_a2": rows_a2}
+    return {
+        "out": out,
+        "a2": a2,
+        "a4": a4,
+        "b4": b4,
+        "lines": lines,
+        "steps_a2": steps_a2,
+        "rows_a2": rows_a2,
+    }
 
 
 def _metrics(out: Path) -> list[dict[str, str]]:
@@ -84,6 +91,7 @@ def _steps(out: Path) -> list[int]:
 # ------------------------------------------------------------------------------ the smoke run
 
 
+@pytest.mark.slow
 def test_metrics_and_checkpoints_per_epoch(runs):
     assert runs["steps_a2"] == [1, 2]
     assert [r["epoch"] for r in runs["rows_a2"]] == ["1", "2"]
@@ -97,12 +105,12 @@ def test_metrics_and_checkpoints_per_epoch(runs):
         assert np.isfinite(float(r["train_loss"])) and np.isfinite(float(r["val_loss"]))
     epoch_lines = [ln for ln in runs["lines"] if ln.startswith("epoch ")]
     assert epoch_lines[0].startswith("epoch 1/2: train loss") and "val acc" in epoch_lines[0]
-    assert [ln.split(":")[0] for ln in epoch_lines] == ["epoch 1/2", "epoch 2/2", "epoch 3/4",
-                                                        "epoch 4/4"]
+    assert [ln.split(":")[0] for ln in epoch_lines] == ["epoch 1/2", "epoch 2/2", "epoch 3/4", "epoch 4/4"]
     assert any("cached features" in ln for ln in runs["lines"])  # the resume did not recompute
     assert any("resuming from epoch 2" in ln for ln in runs["lines"])
 
 
+@pytest.mark.slow
 def test_training_learns(runs):
     hist = runs["b4"].history
     assert hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"]
@@ -111,6 +119,7 @@ def test_training_learns(runs):
     assert len(runs["b4"].train_ids) == 18 and len(runs["b4"].val_ids) == 6  # 2 of 8 per class
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(runs, data):
     a4, b4 = runs["a4"], runs["b4"]
     assert runs["a2"].resumed_from == 0 and a4.resumed_from == 2 and b4.resumed_from == 0
@@ -127,6 +136,7 @@ def test_resume_equals_uninterrupted_run(runs, data):
     np.testing.assert_array_equal(np.asarray(again.vit.head["kernel"]), np.asarray(a4.vit.head["kernel"]))
 
 
+@pytest.mark.slow
 def test_load_vit_gives_backbone_and_head(runs, data, vit):
     out = runs["out"] / "a"
     loaded = loading.load_vit(out)
@@ -135,8 +145,10 @@ def test_load_vit_gives_backbone_and_head(runs, data, vit):
     assert loaded.meta["random_init"] is True  # the backbone is a fixture, and says so
     assert loaded.meta["backbone"]["model"] == MODEL
     np.testing.assert_array_equal(loaded.head["kernel"], runs["a4"].vit.head["kernel"])
-    rows = {r["image_id"]: (r["class"], r["split"]) for r in csv.DictReader(
-        (out / ft.SPLIT_FILE).open(newline=""))}
+    rows = {
+        r["image_id"]: (r["class"], r["split"])
+        for r in csv.DictReader((out / ft.SPLIT_FILE).open(newline=""))
+    }
     val_ids = runs["a4"].val_ids
     assert sorted(i for i, (_, s) in rows.items() if s == "val") == sorted(val_ids)
     x = np.stack([images.prepare(images.read_image(data / i)[0], (32, 32), 8) for i in val_ids])
@@ -153,6 +165,7 @@ def test_load_vit_gives_backbone_and_head(runs, data, vit):
 # ------------------------------------------------------------------------------ refusals
 
 
+@pytest.mark.slow
 def test_mismatched_settings_are_refused(runs, data, vit):
     with pytest.raises(ft.FinetuneError, match=r"different fine-tuning run.*lr 0\.03 there"):
         ft.finetune(vit, data, runs["out"] / "a", epochs=5, log=None, **{**KW, "lr": 1e-3})
@@ -188,8 +201,7 @@ def test_corrupt_images_are_skipped_with_a_note(tmp_path, photos, vit):
     _write_class(root / "b", photos["chelsea"], 3, 1)
     (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     lines: list[str] = []
-    res = ft.finetune(vit, root, tmp_path / "o", epochs=1, batch=8, val_fraction=0.0,
-                      log=lines.append)
+    res = ft.finetune(vit, root, tmp_path / "o", epochs=1, batch=8, val_fraction=0.0, log=lines.append)
     assert [i for i, _ in res.skipped] == ["b/broken.jpg"]
     assert any("skipped 1 unreadable" in ln and "b/broken.jpg" in ln for ln in lines)
     assert len(res.train_ids) == 6 and res.val_ids == ()
@@ -212,8 +224,24 @@ def test_imagenette_layout_through_the_cli(tmp_path, photos, capsys):
         _write_class(root / "train" / cls, photos[name], 4, k)
         _write_class(root / "val" / cls, photos[name][::-1], 2, 10 + k)
     out = tmp_path / "out"
-    rc = ft.main([str(root), "--model", MODEL, "--size", "32", "--out", str(out), "--epochs", "2",
-                  "--batch", "8", "--seed", "3"])
+    rc = cli.main(
+        [
+            "finetune",
+            str(root),
+            "--model",
+            MODEL,
+            "--size",
+            "32",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch",
+            "8",
+            "--seed",
+            "3",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "RANDOM-INIT" in text and "epoch 2/2" in text and "val acc" in text
@@ -224,11 +252,28 @@ def test_imagenette_layout_through_the_cli(tmp_path, photos, capsys):
     assert {r["image_id"].split("/")[0] for r in split if r["split"] == "val"} == set(CLASSES)
     assert sum(r["split"] == "val" for r in split) == 6
     assert loading.load_vit(out).meta["finetune"]["layout"] == "train/val folders"
-    rc = ft.main([str(root), "--model", MODEL, "--size", "32", "--out", str(out), "--epochs", "2",
-                  "--batch", "8", "--seed", "4", "--quiet"])
+    rc = cli.main(
+        [
+            "finetune",
+            str(root),
+            "--model",
+            MODEL,
+            "--size",
+            "32",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch",
+            "8",
+            "--seed",
+            "4",
+            "--quiet",
+        ]
+    )
     assert rc == 1 and "seed 3 there, 4 now" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        ft.main(["--help"])
+        cli.main(["finetune", "--help"])
     assert e.value.code == 0 and "arb finetune imagenette2-320/" in capsys.readouterr().out
 
 
@@ -263,8 +308,7 @@ def test_bundle_head_and_stored_params():
     tuned = vit.with_head(k, b, meta={"classes": list("wxyz")})
     assert tuned.config.n_classes == 4 and tuned.meta["classes"] == list("wxyz")
     x = rng.standard_normal((2, 48, 48, 3)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(tuned.logits(x)), np.asarray(vit.features(x)) @ k + b,
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(tuned.logits(x)), np.asarray(vit.features(x)) @ k + b, atol=1e-5)
     assert set(tuned.stored_params()) == set(vit.params) | {"head"}
 
 
@@ -277,10 +321,10 @@ def test_tfds_source_uses_train_and_validation_splits(tmp_path, photos, vit, mon
         n = 4 if spec.endswith(":train") else 2
         for cls, name in CLASSES.items():
             for i in range(n):
-                crop = np.ascontiguousarray(photos[name][i * 20:i * 20 + 200, :200])
+                crop = np.ascontiguousarray(photos[name][i * 20 : i * 20 + 200, :200])
                 yield ft.Item(f"{spec}/{cls}/{i}", cls, lambda c=crop: c)
 
-    monkeypatch.setattr(ft.sweep, "tfds_items", fake_tfds_items)
+    monkeypatch.setattr(ft.sources, "tfds_items", fake_tfds_items)
     res = ft.finetune(vit, "tfds:fake", tmp_path / "o", epochs=1, batch=8, log=None)
     assert asked == ["tfds:fake:train", "tfds:fake:validation"]
     assert len(res.train_ids) == 12 and len(res.val_ids) == 6

@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 import torch
 
-import weights_convert as wc
-from weights_convert import read_checkpoint
-from weights_convert.errors import (
+import arb_jax.convert as wc
+from arb_jax.convert import read_checkpoint
+from arb_jax.convert.errors import (
     CheckpointArchitectureError,
     CheckpointError,
     CheckpointFormatError,
@@ -81,8 +81,9 @@ def tensor_pickle(obj) -> bytes:
     return buf.getvalue()
 
 
-def torch_zip(path: Path, pkl: bytes, storages: dict[str, bytes] | None = None,
-              compression: int = zipfile.ZIP_STORED) -> Path:
+def torch_zip(
+    path: Path, pkl: bytes, storages: dict[str, bytes] | None = None, compression: int = zipfile.ZIP_STORED
+) -> Path:
     """A zip laid out as ``torch.save`` lays it out: ``archive/data.pkl``, ``archive/data/K``."""
     with zipfile.ZipFile(path, "w", compression) as z:
         z.writestr("archive/data.pkl", pkl)
@@ -92,8 +93,9 @@ def torch_zip(path: Path, pkl: bytes, storages: dict[str, bytes] | None = None,
     return path
 
 
-def patch_member_header(path: Path, name: str, *, flags: int | None = None,
-                        method: int | None = None) -> None:
+def patch_member_header(
+    path: Path, name: str, *, flags: int | None = None, method: int | None = None
+) -> None:
     """Rewrite the general-purpose flags or the compression method of member ``name`` in both
     its local header and its central-directory entry."""
     data = bytearray(path.read_bytes())
@@ -102,17 +104,18 @@ def patch_member_header(path: Path, name: str, *, flags: int | None = None,
         start = 0
         while (i := data.find(sig, start)) >= 0:
             start = i + 4
-            if data[i + name_at:i + name_at + len(encoded)] != encoded:
+            if data[i + name_at : i + name_at + len(encoded)] != encoded:
                 continue
             if flags is not None:
-                data[i + flag_at:i + flag_at + 2] = struct.pack("<H", flags)
+                data[i + flag_at : i + flag_at + 2] = struct.pack("<H", flags)
             if method is not None:
-                data[i + method_at:i + method_at + 2] = struct.pack("<H", method)
+                data[i + method_at : i + method_at + 2] = struct.pack("<H", method)
     path.write_bytes(bytes(data))
 
 
-def deflated_zeros(z: zipfile.ZipFile, name: str, nbytes: int, head: bytes = b"",
-                   tail: bytes = b"", fill: bytes = b"\x00") -> None:
+def deflated_zeros(
+    z: zipfile.ZipFile, name: str, nbytes: int, head: bytes = b"", tail: bytes = b"", fill: bytes = b"\x00"
+) -> None:
     """Stream a deflated member of ``head + nbytes × fill + tail`` (never held in memory)."""
     chunk = fill * (1 << 22)
     info = zipfile.ZipInfo(name)
@@ -190,8 +193,7 @@ def case_inflated_pickle(d: Path) -> Path:
     path = d / "inflated_pkl.pth"
     n = 200_000_000
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        deflated_zeros(z, "archive/data.pkl", n, head=b"\x80\x04\x8e" + struct.pack("<Q", n),
-                       tail=b".")
+        deflated_zeros(z, "archive/data.pkl", n, head=b"\x80\x04\x8e" + struct.pack("<Q", n), tail=b".")
     return path
 
 
@@ -199,8 +201,7 @@ def case_object_flood(d: Path) -> Path:
     """60 MB of EMPTY_SET opcodes, deflated (within the inflation budget): 14 GB of sets."""
     path = d / "sets.pth"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        deflated_zeros(z, "archive/data.pkl", 60_000_000, head=b"\x80\x04", tail=b".",
-                       fill=b"\x8f")
+        deflated_zeros(z, "archive/data.pkl", 60_000_000, head=b"\x80\x04", tail=b".", fill=b"\x8f")
     return path
 
 
@@ -216,38 +217,64 @@ def case_huge_numel(d: Path) -> Path:
 
 MEMORY_CASES = {
     # name: (builder, error class, what the message must say)
-    "stride0_expand": (case_stride0_expand, CheckpointLimitError,
-                       r"size \(40000, 40000\) \(stride \(0, 0\)\).* would take 6400000000 bytes"),
+    "stride0_expand": (
+        case_stride0_expand,
+        CheckpointLimitError,
+        r"size \(40000, 40000\) \(stride \(0, 0\)\).* would take 6400000000 bytes",
+    ),
     "crafted_stride0": (case_crafted_stride0, CheckpointLimitError, r"would take \d+ bytes"),
-    "many_views": (case_many_views, CheckpointLimitError,
-                   r"would take 1048576 bytes; the tensors of this file may take"),
+    "many_views": (
+        case_many_views,
+        CheckpointLimitError,
+        r"would take 1048576 bytes; the tensors of this file may take",
+    ),
     "memo_dag": (case_memo_dag, CheckpointLimitError, r"shared containers"),
     "deep_nesting": (case_deep_nesting, CheckpointLimitError, r"nested more than 100 deep"),
-    "self_reference": (case_self_reference, CheckpointLimitError,
-                       r"the container at 'x' contains itself \(again at 'x\.0'\)"),
+    "self_reference": (
+        case_self_reference,
+        CheckpointLimitError,
+        r"the container at 'x' contains itself \(again at 'x\.0'\)",
+    ),
     "memo_index": (case_memo_index, CheckpointLimitError, r"memo index 2147483648"),
-    "inflated_storage": (case_inflated_storage, CheckpointLimitError,
-                         r"'archive/data/0' inflates to 300000000 bytes, beyond the budget"),
-    "inflated_pickle": (case_inflated_pickle, CheckpointLimitError,
-                        r"'archive/data.pkl' inflates to 200000012 bytes, beyond the budget"),
-    "object_flood": (case_object_flood, CheckpointLimitError,
-                     r"would build more than 536870912 bytes of objects \(over 5368709 opcodes\)"),
-    "set_flood": (case_set_flood, CheckpointLimitError,
-                  r"would build about 1\d{9} bytes of objects \(5000002 opcodes, 5000000 sets\)"),
-    "huge_numel": (case_huge_numel, CheckpointFormatError,
-                   r"'archive/data/0' has 8 bytes, needs 18446744073709551616"),
+    "inflated_storage": (
+        case_inflated_storage,
+        CheckpointLimitError,
+        r"'archive/data/0' inflates to 300000000 bytes, beyond the budget",
+    ),
+    "inflated_pickle": (
+        case_inflated_pickle,
+        CheckpointLimitError,
+        r"'archive/data.pkl' inflates to 200000012 bytes, beyond the budget",
+    ),
+    "object_flood": (
+        case_object_flood,
+        CheckpointLimitError,
+        r"would build more than 536870912 bytes of objects \(over 5368709 opcodes\)",
+    ),
+    "set_flood": (
+        case_set_flood,
+        CheckpointLimitError,
+        r"would build about 1\d{9} bytes of objects \(5000002 opcodes, 5000000 sets\)",
+    ),
+    "huge_numel": (
+        case_huge_numel,
+        CheckpointFormatError,
+        r"'archive/data/0' has 8 bytes, needs 18446744073709551616",
+    ),
 }
 
 _CAPPED_READER = r"""
 import json, resource, sys, types
 cap, root, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-# The package __init__ imports the converter, which imports JAX: load the reader modules alone.
-package = types.ModuleType("weights_convert")
-package.__path__ = [root + "/weights_convert"]
-sys.modules["weights_convert"] = package
-from weights_convert.errors import CheckpointError
-from weights_convert.readers import flatten_tree, load_tree
+# The packages' __init__ import the converter and the model, which import JAX: load the reader
+# modules alone.
+for name, folder in (("arb_jax.convert", "/arb_jax/convert"), ("arb_jax.io", "/arb_jax/io")):
+    package = types.ModuleType(name)
+    package.__path__ = [root + folder]
+    sys.modules[name] = package
+from arb_jax.convert.errors import CheckpointError
+from arb_jax.convert.readers import flatten_tree, load_tree
 out = {}
 try:
     tree, kind = load_tree(path)
@@ -266,8 +293,13 @@ print(json.dumps(out))
 def read_capped(path: Path, cap: int = CAP) -> dict:
     """``load_tree`` + ``flatten_tree`` of ``path`` in a subprocess under ``RLIMIT_AS = cap``."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", _CAPPED_READER, str(cap), str(ROOT), str(path)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CAPPED_READER, str(cap), str(ROOT), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -291,8 +323,14 @@ def test_the_capped_reader_still_reads_a_genuine_checkpoint(tmp_path):
     # The cap and the checks leave honest files alone, views of one storage and expands
     # included while they stay within the budget.
     base = torch.arange(12.0)
-    sd = {"a": base.view(3, 4), "b": base[2:6], "t": base.view(3, 4).t(),
-          "e": torch.ones(1).expand(16, 16), "empty": torch.zeros(0, 5), "w": torch.randn(256, 256)}
+    sd = {
+        "a": base.view(3, 4),
+        "b": base[2:6],
+        "t": base.view(3, 4).t(),
+        "e": torch.ones(1).expand(16, 16),
+        "empty": torch.zeros(0, 5),
+        "w": torch.randn(256, 256),
+    }
     torch.save(sd, tmp_path / "ok.pth")
     out = read_capped(tmp_path / "ok.pth")
     assert out.get("result") == "6 arrays, 0 other leaves", out
@@ -370,19 +408,23 @@ def _one_line_naming(exc: BaseException, path: Path, *words: str) -> str:
 
 def test_stride_beyond_2_to_the_64_is_a_format_error(tmp_path):
     storage = _Storage("0", 2)
-    path = torch_zip(tmp_path / "stride.pth",
-                     tensor_pickle({"w": _Tensor(storage, 0, (2,), (1 << 64,))}), {"0": bytes(8)})
+    path = torch_zip(
+        tmp_path / "stride.pth", tensor_pickle({"w": _Tensor(storage, 0, (2,), (1 << 64,))}), {"0": bytes(8)}
+    )
     with pytest.raises(CheckpointFormatError) as info:
         read_checkpoint(path)
     _one_line_naming(info.value, path, "reads element 18446744073709551616")
-    path = torch_zip(tmp_path / "offset.pth",
-                     tensor_pickle({"w": _Tensor(storage, 1 << 64, (2,), (1,))}), {"0": bytes(8)})
+    path = torch_zip(
+        tmp_path / "offset.pth", tensor_pickle({"w": _Tensor(storage, 1 << 64, (2,), (1,))}), {"0": bytes(8)}
+    )
     with pytest.raises(CheckpointFormatError, match="reads element 18446744073709551617"):
         read_checkpoint(path)
     # a huge stride along a dimension of size 1 is never used: read, not an OverflowError
-    path = torch_zip(tmp_path / "unused.pth",
-                     tensor_pickle({"w": _Tensor(storage, 0, (1, 2), (1 << 64, 1))}),
-                     {"0": struct.pack("<2f", 1.5, 2.5)})
+    path = torch_zip(
+        tmp_path / "unused.pth",
+        tensor_pickle({"w": _Tensor(storage, 0, (1, 2), (1 << 64, 1))}),
+        {"0": struct.pack("<2f", 1.5, 2.5)},
+    )
     np.testing.assert_array_equal(wc.load_torch_zip(path)["w"], [[1.5, 2.5]])
 
 
@@ -412,8 +454,12 @@ def test_encrypted_and_unknown_compression_members(tmp_path):
 
 def test_deflated_members_within_the_budget_are_read(tmp_path):
     sd = {"w": _Tensor(_Storage("0", 4), 0, (2, 2), (2, 1))}
-    path = torch_zip(tmp_path / "deflated.pth", tensor_pickle(sd),
-                     {"0": struct.pack("<4f", 1, 2, 3, 4)}, compression=zipfile.ZIP_DEFLATED)
+    path = torch_zip(
+        tmp_path / "deflated.pth",
+        tensor_pickle(sd),
+        {"0": struct.pack("<4f", 1, 2, 3, 4)},
+        compression=zipfile.ZIP_DEFLATED,
+    )
     np.testing.assert_array_equal(wc.load_torch_zip(path)["w"], [[1, 2], [3, 4]])
 
 
@@ -438,15 +484,22 @@ def _safetensors(path: Path, header: bytes, data: bytes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("header, problem", [
-    (b'{"w": {"dtype": "F32", "shape": [40000, 40000], "data_offsets": [0, 4]}}',
-     "offset for tensor"),
-    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
-     b'"b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', "offset for tensor"),
-    (b'{"w": {"dtype": "F32", "shape": [18446744073709551617], "data_offsets": [0, 4]}}',
-     "Error while deserializing header"),
-    (b'{"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "Error while deserializing header"),
-])
+@pytest.mark.parametrize(
+    "header, problem",
+    [
+        (b'{"w": {"dtype": "F32", "shape": [40000, 40000], "data_offsets": [0, 4]}}', "offset for tensor"),
+        (
+            b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+            b'"b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+            "offset for tensor",
+        ),
+        (
+            b'{"w": {"dtype": "F32", "shape": [18446744073709551617], "data_offsets": [0, 4]}}',
+            "Error while deserializing header",
+        ),
+        (b'{"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "Error while deserializing header"),
+    ],
+)
 def test_hostile_safetensors_headers_are_one_line_format_errors(tmp_path, header, problem):
     path = _safetensors(tmp_path / "hostile.safetensors", header, bytes(4))
     with pytest.raises(CheckpointFormatError) as info:
@@ -470,16 +523,28 @@ def small_vit(dim=64, depth=1, patch=8, grid=2, seed=0) -> dict:
     def r(*shape):
         return torch.randn(*shape, generator=g)
 
-    sd = {"cls_token": r(1, 1, dim), "pos_embed": r(1, 1 + grid * grid, dim),
-          "patch_embed.proj.weight": r(dim, 3, patch, patch), "patch_embed.proj.bias": r(dim)}
+    sd = {
+        "cls_token": r(1, 1, dim),
+        "pos_embed": r(1, 1 + grid * grid, dim),
+        "patch_embed.proj.weight": r(dim, 3, patch, patch),
+        "patch_embed.proj.bias": r(dim),
+    }
     for i in range(depth):
         b = f"blocks.{i}."
-        for name, shape in (("norm1.weight", (dim,)), ("norm1.bias", (dim,)),
-                            ("attn.qkv.weight", (3 * dim, dim)), ("attn.qkv.bias", (3 * dim,)),
-                            ("attn.proj.weight", (dim, dim)), ("attn.proj.bias", (dim,)),
-                            ("norm2.weight", (dim,)), ("norm2.bias", (dim,)),
-                            ("mlp.fc1.weight", (4 * dim, dim)), ("mlp.fc1.bias", (4 * dim,)),
-                            ("mlp.fc2.weight", (dim, 4 * dim)), ("mlp.fc2.bias", (dim,))):
+        for name, shape in (
+            ("norm1.weight", (dim,)),
+            ("norm1.bias", (dim,)),
+            ("attn.qkv.weight", (3 * dim, dim)),
+            ("attn.qkv.bias", (3 * dim,)),
+            ("attn.proj.weight", (dim, dim)),
+            ("attn.proj.bias", (dim,)),
+            ("norm2.weight", (dim,)),
+            ("norm2.bias", (dim,)),
+            ("mlp.fc1.weight", (4 * dim, dim)),
+            ("mlp.fc1.bias", (4 * dim,)),
+            ("mlp.fc2.weight", (dim, 4 * dim)),
+            ("mlp.fc2.bias", (dim,)),
+        ):
             sd[b + name] = r(*shape)
     sd["norm.weight"], sd["norm.bias"] = r(dim), r(dim)
     return sd
@@ -498,8 +563,13 @@ def test_a_parameter_with_two_sources_is_an_error_naming_both(tmp_path):
     torch.save(sd, tmp_path / "shadow.pth")
     with pytest.raises(CheckpointIntegrityError) as info:
         read_checkpoint(tmp_path / "shadow.pth")
-    text = _one_line_naming(info.value, tmp_path / "shadow.pth", "'blocks.0.norm1.weight'",
-                            "['blocks.0.norm1.weight']", "['blocks']['0']['norm1']['weight']")
+    text = _one_line_naming(
+        info.value,
+        tmp_path / "shadow.pth",
+        "'blocks.0.norm1.weight'",
+        "['blocks.0.norm1.weight']",
+        "['blocks']['0']['norm1']['weight']",
+    )
     assert "shadow" in text
     assert info.value.tensors == ["['blocks.0.norm1.weight']", "['blocks']['0']['norm1']['weight']"]
     assert isinstance(info.value, CheckpointKeysError)
@@ -521,13 +591,17 @@ def test_non_finite_weights_are_an_error_naming_the_tensors(tmp_path, bad):
     sd = small_vit()
     sd["blocks.0.attn.qkv.weight"][3, :2] = bad
     sd["norm.bias"][0] = bad
-    torch.save({k: v.half() if k == "norm.bias" else v for k, v in sd.items()},
-               tmp_path / "nan.pth")
+    torch.save({k: v.half() if k == "norm.bias" else v for k, v in sd.items()}, tmp_path / "nan.pth")
     with pytest.raises(CheckpointIntegrityError) as info:
         read_checkpoint(tmp_path / "nan.pth")
     what = {"nan": "NaN", "inf": "+inf", "-inf": "-inf"}[str(bad)]
-    text = _one_line_naming(info.value, tmp_path / "nan.pth", "non-finite weights",
-                            f"blocks.0.attn.qkv.weight (2 {what})", f"norm.bias (1 {what})")
+    text = _one_line_naming(
+        info.value,
+        tmp_path / "nan.pth",
+        "non-finite weights",
+        f"blocks.0.attn.qkv.weight (2 {what})",
+        f"norm.bias (1 {what})",
+    )
     assert "in 2 tensor(s)" in text
     assert sorted(info.value.tensors) == ["blocks.0.attn.qkv.weight", "norm.bias"]
 
@@ -554,8 +628,12 @@ def test_key_names_from_the_file_are_escaped_in_errors(tmp_path):
 
 
 def test_key_names_are_escaped_in_notes_and_dropped_lines(tmp_path):
-    sd = {"teacher": small_vit(), "student": small_vit(seed=1), HOSTILE: "a note",
-          "optimizer": {HOSTILE: torch.zeros(3)}}
+    sd = {
+        "teacher": small_vit(),
+        "student": small_vit(seed=1),
+        HOSTILE: "a note",
+        "optimizer": {HOSTILE: torch.zeros(3)},
+    }
     torch.save(sd, tmp_path / "dino.pth")
     _, _, meta = read_checkpoint(tmp_path / "dino.pth")
     notes = [n for n in meta["notes"] if "non-tensor entries ignored" in n]
@@ -583,8 +661,14 @@ def test_file_names_with_control_characters_stay_one_line(tmp_path):
 def _convert_cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "weights_convert", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "weights_convert", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_python_m_weights_convert_prints_one_escaped_line(tmp_path):
@@ -615,9 +699,16 @@ def test_inflation_and_tensor_budgets_documented_match_the_defaults():
 
 def test_the_whole_hierarchy_is_documented():
     doc = wc.errors.__doc__
-    for cls in (CheckpointError, CheckpointFormatError, CheckpointLimitError, CheckpointKeysError,
-                CheckpointIntegrityError, CheckpointArchitectureError, CheckpointNotFoundError,
-                wc.UnsafeCheckpointError):
+    for cls in (
+        CheckpointError,
+        CheckpointFormatError,
+        CheckpointLimitError,
+        CheckpointKeysError,
+        CheckpointIntegrityError,
+        CheckpointArchitectureError,
+        CheckpointNotFoundError,
+        wc.UnsafeCheckpointError,
+    ):
         assert cls.__name__ in doc
         assert issubclass(cls, CheckpointError)
     assert issubclass(CheckpointArchitectureError, ValueError)

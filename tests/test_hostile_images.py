@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arb_jax import cli, images
-from arb_jax.images import MAX_ASPECT, MAX_PIXELS, ImageError, ImageLimitError
-from arb_jax.text import brief, escape
+from arb_jax import cli
+from arb_jax.io import images
+from arb_jax.io.images import MAX_ASPECT, MAX_PIXELS, ImageError, ImageLimitError
+from arb_jax.io.text import brief, escape
 
 ROOT = Path(__file__).resolve().parents[1]
 CAP = 3 << 30
@@ -31,15 +32,18 @@ HOSTILE = "evil\x1b]0;pwned\x07\x1b[31m\nforged line\u202e"
 ESCAPED = "evil\\x1b]0;pwned\\x07\\x1b[31m\\nforged line\\u202e"
 
 
-def png_of_zeros(path: Path, width: int, height: int, bit_depth: int = 8,
-                 color_type: int = 0) -> Path:
+def png_of_zeros(path: Path, width: int, height: int, bit_depth: int = 8, color_type: int = 0) -> Path:
     """A valid all-black PNG written row by row (never held in memory)."""
     channels = {0: 1, 2: 3}[color_type]
     row = b"\x00" + bytes(width * channels * bit_depth // 8)  # filter type 0, then the pixels
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     packer = zlib.compressobj(9)
     idat = bytearray()
@@ -47,8 +51,9 @@ def png_of_zeros(path: Path, width: int, height: int, bit_depth: int = 8,
         idat += packer.compress(row)
     idat += packer.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", bytes(idat))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", bytes(idat)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -72,8 +77,14 @@ print(json.dumps(out))
 
 def read_capped(path: Path) -> dict:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", _CAPPED_READ, str(CAP), str(path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CAPPED_READ, str(CAP), str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -105,7 +116,7 @@ def test_16_bit_image_within_the_budget_is_read_in_bounded_memory(tmp_path):
 def test_16_bit_values_round_as_before():
     a = np.arange(65536, dtype=np.uint16).reshape(256, 256)
     want = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
-    got = images._gray16_to_rgb8(a, rows=7)  # blocks that do not divide the height
+    got = images.gray16_to_rgb8(a, rows=7)  # blocks that do not divide the height
     assert got.shape == (256, 256, 3)
     np.testing.assert_array_equal(got, np.repeat(want[..., None], 3, axis=-1))
 
@@ -132,8 +143,11 @@ def test_aspect_ratio_at_the_limit_is_prepared():
 
 def test_resize_beyond_the_pixel_budget_is_refused():
     img = np.zeros((32, 32, 3), np.uint8)
-    with pytest.raises(ImageLimitError, match=r"resized to 100000x100000 would have 10000000000 "
-                                              r"pixels, more than the 67108864"):
+    with pytest.raises(
+        ImageLimitError,
+        match=r"resized to 100000x100000 would have 10000000000 "
+        r"pixels, more than the 67108864",
+    ):
         images.prepare(img, 100_000, 8)
 
 
@@ -141,9 +155,21 @@ def test_a_2000_by_1_image_is_one_line_and_the_next_image_still_runs(capsys, tmp
     Image.fromarray(np.zeros((1, 2000, 3), np.uint8)).save(tmp_path / "strip.png")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
-    rc = cli.main(["regularize", str(tmp_path / "strip.png"), str(tmp_path / "ok.png"), "--size",
-                   "48", "--n-boot", "2", "--out", str(tmp_path / "out"), "--quiet",
-                   "--no-figures"])
+    rc = cli.main(
+        [
+            "regularize",
+            str(tmp_path / "strip.png"),
+            str(tmp_path / "ok.png"),
+            "--size",
+            "48",
+            "--n-boot",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--no-figures",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     lines = [line for line in err.splitlines() if line.startswith("arb: error:")]
@@ -181,7 +207,9 @@ def test_cli_error_printer_names_an_exception_without_a_message(capsys, monkeypa
     def boom(args):
         raise MemoryError()
 
-    monkeypatch.setattr(cli, "cmd_models", boom)
+    from arb_jax.cli import models
+
+    monkeypatch.setattr(models, "run", boom)
     assert cli.main(["models"]) == 1
     assert capsys.readouterr().err == "arb: error: MemoryError\n"
 

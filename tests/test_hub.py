@@ -1,4 +1,4 @@
-"""``arb_jax.hub``: names → URLs, and download / resume / verify against a local HTTP server.
+"""``arb_jax.checkpoints.hub``: names → URLs, and download / resume / verify against a local HTTP server.
 
 The server runs on 127.0.0.1 (port 0) in a thread. It serves a checkpoint the test made (a
 ``torch.save`` of a tiny random state dict: a fixture, not a pretrained model), honours
@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from arb_jax import hub
+from arb_jax.checkpoints import hub
 
 NAME = "dino_vits16"  # a checkpoint whose size is not pinned, so any served bytes are accepted
-REL = hub.CHECKPOINTS[NAME].url[len(hub.BASE_URL):]
+REL = hub.CHECKPOINTS[NAME].url[len(hub.BASE_URL) :]
 
 
 class _State:
@@ -68,7 +68,7 @@ def _make_handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(total - start))
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
-            payload = body[start:] if cut is None else body[start:start + cut]
+            payload = body[start:] if cut is None else body[start : start + cut]
             self.wfile.write(payload)
             self.wfile.flush()
 
@@ -80,8 +80,7 @@ def server(monkeypatch, tmp_path):
     state = _State()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}/"
     monkeypatch.setenv("ARB_HUB_URL", base)
@@ -100,11 +99,13 @@ def server(monkeypatch, tmp_path):
 def ckpt_bytes() -> bytes:
     """A tiny random state dict saved by ``torch.save`` (~200 kB): a fixture, not real weights."""
     g = torch.Generator().manual_seed(0)
-    sd = {"cls_token": torch.randn(1, 1, 16, generator=g),
-          "blocks.0.attn.qkv.weight": torch.randn(48, 16, generator=g),
-          "blocks.0.attn.qkv.bias": torch.randn(48, generator=g),
-          "pos_embed": torch.randn(1, 50, 16, generator=g),
-          "filler": torch.randn(50_000, generator=g)}
+    sd = {
+        "cls_token": torch.randn(1, 1, 16, generator=g),
+        "blocks.0.attn.qkv.weight": torch.randn(48, 16, generator=g),
+        "blocks.0.attn.qkv.bias": torch.randn(48, generator=g),
+        "pos_embed": torch.randn(1, 50, 16, generator=g),
+        "filler": torch.randn(50_000, generator=g),
+    }
     buf = io.BytesIO()
     torch.save(sd, buf)
     return buf.getvalue()
@@ -117,8 +118,16 @@ def _sha(b: bytes) -> str:
 # ----------------------------------------------------------------------------- registry / paths
 
 
-OFFICIAL = {"dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "dinov2_vits14",
-            "dinov2_vitb14", "dinov2_vits14_reg", "dinov2_vitb14_reg"}
+OFFICIAL = {
+    "dino_vits8",
+    "dino_vits16",
+    "dino_vitb8",
+    "dino_vitb16",
+    "dinov2_vits14",
+    "dinov2_vitb14",
+    "dinov2_vits14_reg",
+    "dinov2_vitb14_reg",
+}
 
 
 def test_registry_urls_and_names():
@@ -130,8 +139,9 @@ def test_registry_urls_and_names():
         assert c.url.endswith("/" + c.filename) and c.filename.endswith(".pth")
         assert c.sha256 is None  # none is published
     s8 = hub.CHECKPOINTS["dino_vits8"]
-    assert s8.url == ("https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/"
-                      "dino_deitsmall8_pretrain.pth")
+    assert s8.url == (
+        "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"
+    )
     assert s8.size == 86_728_949
     assert hub.CHECKPOINTS["dinov2_vits14_reg"].filename == "dinov2_vits14_reg4_pretrain.pth"
     assert [hub.CHECKPOINTS[n].size for n in OFFICIAL].count(None) == 7
@@ -166,7 +176,8 @@ def test_hub_url_override(monkeypatch):
     assert hub.checkpoint_url("dino_vitb16") == hub.CHECKPOINTS["dino_vitb16"].url
     monkeypatch.setenv("ARB_HUB_URL", "http://127.0.0.1:9/mirror")
     assert hub.checkpoint_url("dino_vitb16") == (
-        "http://127.0.0.1:9/mirror/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth")
+        "http://127.0.0.1:9/mirror/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
+    )
 
 
 # ----------------------------------------------------------------------------- downloads
@@ -245,8 +256,9 @@ def test_wrong_checksum_deletes_file(server, ckpt_bytes, tmp_path):
         hub.download(server.base + "f.bin", dest, size=100, progress=False)
     assert not dest.exists() and not dest.with_suffix(".bin.part").exists()
 
-    ok = hub.download(server.base + "f.bin", dest, sha256=_sha(ckpt_bytes).upper(),
-                      size=len(ckpt_bytes), progress=False)
+    ok = hub.download(
+        server.base + "f.bin", dest, sha256=_sha(ckpt_bytes).upper(), size=len(ckpt_bytes), progress=False
+    )
     assert ok.read_bytes() == ckpt_bytes
 
 

@@ -1,4 +1,4 @@
-"""``arb_jax.images``: reading, resizing, cropping and normalising real photos (``skimage.data``).
+"""``arb_jax.io.images``: reading, resizing, cropping and normalising real photos (``skimage.data``).
 
 References are plain numpy (normalisation, crops, palette look-up, alpha compositing) on the
 uint8 pixels scikit-image ships; the JPEG decode is compared with the source at a stated PSNR.
@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from arb_jax import images
-from arb_jax.images import ImageError
+from arb_jax.io import images
+from arb_jax.io.images import ImageError
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -36,16 +36,13 @@ def photos(tmp_path_factory):
     Image.fromarray(chelsea).save(d / "chelsea.jpg", quality=95)
     Image.fromarray(coffee).save(d / "coffee.png")
     Image.fromarray(camera).save(d / "camera_gray.png")
-    alpha = np.tile(np.linspace(0, 255, coffee.shape[1]).round().astype(np.uint8),
-                    (coffee.shape[0], 1))
+    alpha = np.tile(np.linspace(0, 255, coffee.shape[1]).round().astype(np.uint8), (coffee.shape[0], 1))
     Image.fromarray(np.dstack([coffee, alpha])).save(d / "coffee_rgba.png")
-    Image.fromarray(np.dstack([coffee, np.full(alpha.shape, 255, np.uint8)])).save(
-        d / "coffee_opaque.png")
+    Image.fromarray(np.dstack([coffee, np.full(alpha.shape, 255, np.uint8)])).save(d / "coffee_opaque.png")
     pal = Image.fromarray(chelsea).convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
     pal.save(d / "chelsea_pal.png")
     (d / "notes.txt").write_text("not an image")
-    return SimpleNamespace(dir=d, chelsea=chelsea, coffee=coffee, camera=camera, alpha=alpha,
-                           pal=pal)
+    return SimpleNamespace(dir=d, chelsea=chelsea, coffee=coffee, camera=camera, alpha=alpha, pal=pal)
 
 
 # ----------------------------------------------------------------------------- read_image
@@ -104,8 +101,7 @@ def test_read_16bit_and_exif_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     Image.fromarray(rocket).save(tmp_path / "rot.png", exif=exif)
-    np.testing.assert_array_equal(images.read_image(tmp_path / "rot.png")[0],
-                                  np.rot90(rocket, -1))
+    np.testing.assert_array_equal(images.read_image(tmp_path / "rot.png")[0], np.rot90(rocket, -1))
 
 
 def _write(path, payload: bytes):
@@ -165,8 +161,7 @@ def test_prepare_resize_properties():
     const = np.full((50, 70, 3), (12, 130, 250), np.uint8)
     x = images.prepare(const, 24, 8)
     assert x.shape == (24, 32, 3)
-    np.testing.assert_allclose(x, np.broadcast_to(_ref_normalize(const[0, 0]), x.shape),
-                               atol=2e-6)
+    np.testing.assert_allclose(x, np.broadcast_to(_ref_normalize(const[0, 0]), x.shape), atol=2e-6)
     # Bicubic reproduces a linear ramp: downscaling 2x samples it at output pixel centres.
     ramp = np.tile(np.arange(128) * 2, (16, 1))  # pixel value = 2·x, 0..254
     u8 = np.repeat(ramp[..., None], 3, axis=-1).astype(np.uint8)
@@ -209,8 +204,7 @@ def test_normalize_round_trip(photos):
     np.testing.assert_array_equal(np.rint(back * 255).astype(np.uint8), u8)
     wild = np.array([[-5.0, 0.0, 5.0]])
     assert images.denormalize(wild).min() >= 0 and images.denormalize(wild).max() <= 1
-    np.testing.assert_allclose(images.denormalize(wild, clip=False),
-                               wild * STD + MEAN, atol=1e-6)
+    np.testing.assert_allclose(images.denormalize(wild, clip=False), wild * STD + MEAN, atol=1e-6)
     with pytest.raises(ImageError, match="trailing RGB axis"):
         images.normalize(np.zeros((4, 4)))
     with pytest.raises(TypeError, match="dtype int64"):
@@ -224,16 +218,24 @@ def test_expand_paths(photos, tmp_path):
     d = photos.dir
     listed = images.expand_paths([str(d)])
     assert listed == sorted(listed) and d / "notes.txt" not in listed
-    assert {p.name for p in listed} == {"chelsea.jpg", "coffee.png", "camera_gray.png",
-                                        "coffee_rgba.png", "coffee_opaque.png", "chelsea_pal.png"}
+    assert {p.name for p in listed} == {
+        "chelsea.jpg",
+        "coffee.png",
+        "camera_gray.png",
+        "coffee_rgba.png",
+        "coffee_opaque.png",
+        "chelsea_pal.png",
+    }
     assert images.expand_paths(str(d / "coffee*.png")) == [
-        d / "coffee.png", d / "coffee_opaque.png", d / "coffee_rgba.png"]
+        d / "coffee.png",
+        d / "coffee_opaque.png",
+        d / "coffee_rgba.png",
+    ]
     both = images.expand_paths([d / "coffee.png", str(d / "c*.png"), d / "chelsea.jpg"])
     assert both[0] == d / "coffee.png" and len(both) == len(set(both)) == 6
     (tmp_path / "sub" / "deep").mkdir(parents=True)
     Image.fromarray(photos.coffee[:16, :16]).save(tmp_path / "sub" / "deep" / "a.PNG")
-    assert images.expand_paths(str(tmp_path / "**" / "*.PNG")) == [
-        tmp_path / "sub" / "deep" / "a.PNG"]
+    assert images.expand_paths(str(tmp_path / "**" / "*.PNG")) == [tmp_path / "sub" / "deep" / "a.PNG"]
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -334,7 +336,7 @@ def test_try_prepare_returns_the_reason_instead_of_raising():
         raise ImageError("photo.jpg: not a recognised image")
 
     assert images.try_prepare(corrupt, 48, 8) == (None, "photo.jpg: not a recognised image")
-    x, reason = images.try_prepare(lambda: rgb, 4, 8)             # smaller than one patch
+    x, reason = images.try_prepare(lambda: rgb, 4, 8)  # smaller than one patch
     assert x is None and "too small" in reason
     x, reason = images.try_prepare(lambda: rgb[..., :2], 48, 8)
     assert x is None and "3" in reason

@@ -1,4 +1,5 @@
-"""Simulation-study metrics (arb_jax.metrics) on the patch grid against numpy PIXEL-level SPEC §5.
+"""Simulation-study metrics (arb_jax.study.metrics) on the patch grid against numpy PIXEL-level
+code (docs/method.md §5).
 
 The reference below nearest-upsamples each patch map with np.repeat and uses a pixel ROI mask, so
 it is the paper's pixel definition, independent of the weighted patch-grid computation.
@@ -11,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arb_jax import metrics
-from arb_jax.simulate import roi_patch_weights
+from arb_jax.study import metrics
+from arb_jax.study.simulate import roi_patch_weights
 
 PERC_ATOL = 1e-4
 
@@ -36,24 +37,22 @@ def ref_nonzero(map_px, roi_px):
 
 
 def ref_sensitivity(before_px, after_px, roi_px):
-    return 1.0 - after_px[roi_px].astype(np.float64).sum() / before_px[roi_px].astype(
-        np.float64).sum()
+    return 1.0 - after_px[roi_px].astype(np.float64).sum() / before_px[roi_px].astype(np.float64).sum()
 
 
 def ref_specificity(before_px, after_px, roi_px):
-    return after_px[~roi_px].astype(np.float64).sum() / before_px[~roi_px].astype(
-        np.float64).sum()
+    return after_px[~roi_px].astype(np.float64).sum() / before_px[~roi_px].astype(np.float64).sum()
 
 
 def random_roi(rng, height, width, kind):
     mask = np.zeros((height, width), bool)
     if kind == "rect":  # arbitrary pixel rectangle, generally not aligned with patches
         r0, c0 = rng.integers(0, height - 1), rng.integers(0, width - 1)
-        mask[r0:rng.integers(r0 + 1, height + 1), c0:rng.integers(c0 + 1, width + 1)] = True
+        mask[r0 : rng.integers(r0 + 1, height + 1), c0 : rng.integers(c0 + 1, width + 1)] = True
     elif kind == "scatter":  # random pixel set, as a diffuse ROI
         mask = rng.random((height, width)) < 0.2
     else:  # aligned to patches
-        mask[:height // 2, :width // 2] = True
+        mask[: height // 2, : width // 2] = True
     if mask.all() or not mask.any():
         mask[0, 0] = not mask[0, 0]
     return mask
@@ -66,10 +65,12 @@ def random_map(rng, shape, kind):
     return (np.floor(rng.random(shape) * 4) / 4).astype(np.float32)
 
 
-CASES = [(seed, roi_kind, map_kind, p)
-         for seed, (roi_kind, map_kind, p) in enumerate(
-             (r, m, p) for r in ("rect", "scatter", "aligned")
-             for m in ("continuous", "ties") for p in (1, 4, 5))]
+CASES = [
+    (seed, roi_kind, map_kind, p)
+    for seed, (roi_kind, map_kind, p) in enumerate(
+        (r, m, p) for r in ("rect", "scatter", "aligned") for m in ("continuous", "ties") for p in (1, 4, 5)
+    )
+]
 
 
 def make_case(seed, roi_kind, map_kind, p):
@@ -86,6 +87,7 @@ def make_case(seed, roi_kind, map_kind, p):
 # --------------------------------------------------------------------------- mean percentile
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seed", "roi_kind", "map_kind", "p"), CASES)
 def test_mean_percentile_equals_pixel_definition(seed, roi_kind, map_kind, p):
     before, after, roi_px = make_case(seed, roi_kind, map_kind, p)
@@ -114,8 +116,10 @@ def test_mean_percentile_at_paper_scale():
     roi_px[123:223, 301:401] = True
     before_px, after_px = upsample(before, p), upsample(after, p)
     outside = np.sort(before_px[~roi_px])  # sorted + searchsorted: the reference code's method
-    ref = [100.0 * np.mean(np.searchsorted(outside, m[roi_px], side="left")) / outside.size
-           for m in (before_px, after_px)]
+    ref = [
+        100.0 * np.mean(np.searchsorted(outside, m[roi_px], side="left")) / outside.size
+        for m in (before_px, after_px)
+    ]
     got = metrics.mean_percentile_in_roi(before, after, roi_patch_weights(roi_px, p), p)
     np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=0, atol=PERC_ATOL)
 
@@ -141,8 +145,7 @@ def test_mean_percentile_jit_and_errors():
     before, after, roi_px = make_case(0, "rect", "ties", 4)
     weights = roi_patch_weights(roi_px, 4)
     eager = metrics.mean_percentile_in_roi(before, after, weights, 4)
-    jitted = jax.jit(metrics.mean_percentile_in_roi, static_argnames="patch")(
-        before, after, weights, patch=4)
+    jitted = jax.jit(metrics.mean_percentile_in_roi, static_argnames="patch")(before, after, weights, patch=4)
     np.testing.assert_array_equal(np.asarray(jitted[1]), np.asarray(eager[1]))
     with pytest.raises(ValueError, match="before must have shape"):
         metrics.mean_percentile_in_roi(after, after, weights)
@@ -170,13 +173,22 @@ def test_nonzero_sensitivity_specificity_equal_pixel_definitions(seed, roi_kind,
     before_px, after_px = upsample(before, p), upsample(after, p)
     np.testing.assert_allclose(
         np.asarray(metrics.nonzero_percent_in_roi(after, weights)),
-        [ref_nonzero(a, roi_px) for a in after_px], rtol=0, atol=PERC_ATOL)
+        [ref_nonzero(a, roi_px) for a in after_px],
+        rtol=0,
+        atol=PERC_ATOL,
+    )
     np.testing.assert_allclose(
         np.asarray(metrics.sensitivity(before, after, weights)),
-        [ref_sensitivity(before_px, a, roi_px) for a in after_px], rtol=1e-5, atol=1e-6)
+        [ref_sensitivity(before_px, a, roi_px) for a in after_px],
+        rtol=1e-5,
+        atol=1e-6,
+    )
     np.testing.assert_allclose(
         np.asarray(metrics.specificity(before, after, weights)),
-        [ref_specificity(before_px, a, roi_px) for a in after_px], rtol=1e-5, atol=1e-6)
+        [ref_specificity(before_px, a, roi_px) for a in after_px],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_uniform_shrinkage_is_the_diagonal():
@@ -231,10 +243,12 @@ def test_sens_spec_curve_endpoints_and_defaults():
     np.testing.assert_allclose(np.asarray(sens), [1.0, 0.0], atol=1e-6)  # all removed / kept
     np.testing.assert_allclose(np.asarray(spec), [0.0, 1.0], atol=1e-6)
     jitted = jax.jit(metrics.sens_spec_curve, static_argnames="keep")(
-        before, pvals, weights, jnp.linspace(0, 1, 5))
+        before, pvals, weights, jnp.linspace(0, 1, 5)
+    )
     np.testing.assert_allclose(
         np.asarray(jitted[0]),
-        np.asarray(metrics.sens_spec_curve(before, pvals, weights, jnp.linspace(0, 1, 5))[0]))
+        np.asarray(metrics.sens_spec_curve(before, pvals, weights, jnp.linspace(0, 1, 5))[0]),
+    )
     with pytest.raises(ValueError, match="keep"):
         metrics.sens_spec_curve(before, pvals, weights, [0.5], keep="<=")
     with pytest.raises(ValueError, match="thresholds"):
@@ -265,8 +279,7 @@ def test_suppression_factor_error_matches_monte_carlo_spread():
     before = rng.uniform(20, 80, size=(reps, n))
     after = rng.gamma(2.0, 5.0, size=(reps, n))
     d_values = after.sum(1) / before.sum(1)
-    errs = [metrics.suppression_factor(b, a)[1] for b, a in zip(before[:200], after[:200],
-                                                                strict=True)]
+    errs = [metrics.suppression_factor(b, a)[1] for b, a in zip(before[:200], after[:200], strict=True)]
     assert np.mean(errs) == pytest.approx(d_values.std(ddof=1), rel=0.05)
 
 

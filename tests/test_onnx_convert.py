@@ -22,8 +22,8 @@ import torch
 import transformers as tf
 from _subproc import ROOT, jax_env
 
+from arb_jax.convert import CheckpointFormatError, CheckpointKeysError, read_checkpoint
 from arb_jax.models import build_vit
-from weights_convert import CheckpointFormatError, CheckpointKeysError, read_checkpoint
 
 TOL = 1e-5
 
@@ -42,8 +42,9 @@ class _WithDecoder(torch.nn.Module):
         super().__init__()
         self.backbone, self.grid = backbone, grid
         dim = backbone.config.hidden_size
-        self.decoder = torch.nn.Sequential(torch.nn.ConvTranspose2d(dim, 8, 2, 2),
-                                           torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 1))
+        self.decoder = torch.nn.Sequential(
+            torch.nn.ConvTranspose2d(dim, 8, 2, 2), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 1)
+        )
 
     def forward(self, x):
         tokens = self.backbone(pixel_values=x).last_hidden_state[:, 1:]
@@ -52,8 +53,15 @@ class _WithDecoder(torch.nn.Module):
 
 
 def _hf(kind: str, dim: int, heads: int, patch: int, size: int) -> torch.nn.Module:
-    common = dict(hidden_size=dim, num_hidden_layers=2, num_attention_heads=heads, image_size=size,
-                  patch_size=patch, layer_norm_eps=1e-6, attn_implementation="eager")
+    common = dict(
+        hidden_size=dim,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        image_size=size,
+        patch_size=patch,
+        layer_norm_eps=1e-6,
+        attn_implementation="eager",
+    )
     if kind == "vit":
         model = tf.ViTModel(tf.ViTConfig(intermediate_size=4 * dim, **common), add_pooling_layer=False)
     else:
@@ -70,8 +78,15 @@ def _export(model: torch.nn.Module, size: int, path, exporter: str = "torchscrip
     if exporter == "dynamo":
         torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False)
         return
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=14,
-                      input_names=["pixel_values"], dynamic_axes={"pixel_values": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        dynamo=False,
+        opset_version=14,
+        input_names=["pixel_values"],
+        dynamic_axes={"pixel_values": {0: "batch"}},
+    )
 
 
 def _last_softmax(path) -> str:
@@ -86,11 +101,9 @@ def _ort_attention(path, images: np.ndarray) -> np.ndarray:
     model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name  # one image per run: a torch.export graph has batch 1
-    out = np.concatenate([session.run([name], {feed: img[None].transpose(0, 3, 1, 2)})[0]
-                          for img in images])
+    out = np.concatenate([session.run([name], {feed: img[None].transpose(0, 3, 1, 2)})[0] for img in images])
     return out[:, :, 0, 1:]
 
 
@@ -99,8 +112,11 @@ def _hf_attention(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     backbone = model.backbone if isinstance(model, _WithDecoder) else model
     m = backbone.double()
     with torch.no_grad():
-        out = m(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float64)),
-                output_attentions=True, interpolate_pos_encoding=True)
+        out = m(
+            pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float64)),
+            output_attentions=True,
+            interpolate_pos_encoding=True,
+        )
     m.float()
     return out.attentions[-1][:, :, 0, 1:].numpy()
 
@@ -147,8 +163,9 @@ def test_onnx_export_matches_onnxruntime_and_hf(exports, case):
         big = (native + 2 * patch, native + 4 * patch)
         xb = _images(2, big, seed=1)
         ours_b = np.asarray(build_vit(config, params, image_size=big).cls_attention(xb))
-        np.testing.assert_allclose(ours_b.reshape(2, config.heads, -1), _hf_attention(model, xb),
-                                   rtol=0, atol=TOL)
+        np.testing.assert_allclose(
+            ours_b.reshape(2, config.heads, -1), _hf_attention(model, xb), rtol=0, atol=TOL
+        )
     else:
         assert config.pos_interp == "dino"
 
@@ -171,14 +188,22 @@ def test_decoder_is_left_out_with_a_note(exports):
 def test_untrained_export_with_shared_tensors_converts(tmp_path):
     """An untrained model's equal tensors (zero biases, unit LayerNorm scales) are stored once and
     named through Identity nodes; each module still gets its own."""
-    model = tf.Dinov2Model(tf.Dinov2Config(hidden_size=32, num_hidden_layers=2,
-                                           num_attention_heads=2, image_size=28, patch_size=14,
-                                           attn_implementation="eager")).eval()
+    model = tf.Dinov2Model(
+        tf.Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            attn_implementation="eager",
+        )
+    ).eval()
     _export(model, 28, tmp_path / "fresh.onnx")
     assert any(n.op_type == "Identity" for n in onnx.load(str(tmp_path / "fresh.onnx")).graph.node)
     config, params, meta = read_checkpoint(tmp_path / "fresh.onnx")
-    np.testing.assert_array_equal(params["block_1"]["norm2"]["scale"],
-                                  model.encoder.layer[1].norm2.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        params["block_1"]["norm2"]["scale"], model.encoder.layer[1].norm2.weight.detach().numpy()
+    )
     x = _images(1, (28, 28))
     ours = np.asarray(build_vit(config, params, image_size=28).cls_attention(x)).reshape(1, 2, -1)
     np.testing.assert_allclose(ours, _ort_attention(tmp_path / "fresh.onnx", x), rtol=0, atol=TOL)
@@ -186,12 +211,15 @@ def test_untrained_export_with_shared_tensors_converts(tmp_path):
 
 def test_conversion_never_runs_the_graph(exports):
     """Reading an export imports neither onnxruntime nor torch (nothing can execute the graph)."""
-    script = ("import sys; from weights_convert import read_checkpoint; "
-              f"read_checkpoint({str(exports['dinov2'][1])!r}); "
-              "bad = [m for m in ('onnxruntime', 'torch') if m in sys.modules]; "
-              "assert not bad, bad; print('ok')")
-    proc = subprocess.run([sys.executable, "-c", script], env=jax_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    script = (
+        "import sys; from arb_jax.convert import read_checkpoint; "
+        f"read_checkpoint({str(exports['dinov2'][1])!r}); "
+        "bad = [m for m in ('onnxruntime', 'torch') if m in sys.modules]; "
+        "assert not bad, bad; print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=jax_env(), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -207,12 +235,19 @@ def _one_line(exc: BaseException, path) -> str:
 def test_external_data_beside_the_model_is_read_and_any_other_is_refused(exports, tmp_path):
     config, params, _ = read_checkpoint(exports["dinov2"][1])
     model = onnx.load(str(exports["dinov2"][1]))
-    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     config2, params2, meta = read_checkpoint(tmp_path / "ext.onnx")
     assert config2 == config and any("external data files" in n for n in meta["notes"])
-    np.testing.assert_array_equal(params2["block_1"]["attn"]["qkv"]["kernel"],
-                                  params["block_1"]["attn"]["qkv"]["kernel"])
+    np.testing.assert_array_equal(
+        params2["block_1"]["attn"]["qkv"]["kernel"], params["block_1"]["attn"]["qkv"]["kernel"]
+    )
 
     data = (tmp_path / "ext.data").read_bytes()
     (tmp_path / "ext.data").write_bytes(data[: len(data) // 2])  # cut short
@@ -221,8 +256,7 @@ def test_external_data_beside_the_model_is_read_and_any_other_is_refused(exports
     assert "missing or ends before byte" in _one_line(ei.value, tmp_path / "ext.onnx")
 
     model = onnx.load(str(exports["dinov2"][1]))  # a reference that points outside the folder
-    t = next(t for t in model.graph.initializer if t.HasField("raw_data") and t.name.endswith(
-        ".bias"))
+    t = next(t for t in model.graph.initializer if t.HasField("raw_data") and t.name.endswith(".bias"))
     onnx.external_data_helper.set_external_data(t, location="../../etc/passwd")
     t.data_location = onnx.TensorProto.EXTERNAL
     t.ClearField("raw_data")
@@ -272,7 +306,7 @@ def test_shapes_that_fit_no_vit_are_refused(exports, tmp_path):
 
 def test_arb_convert_reads_onnx_and_reports_bad_files_in_one_line(exports, tmp_path, capsys):
     from arb_jax.cli import main
-    from weights_convert import load_converted
+    from arb_jax.convert import load_converted
 
     assert main(["convert", str(exports["with_decoder"][1]), str(tmp_path / "conv")]) == 0
     out = capsys.readouterr().out

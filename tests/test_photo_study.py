@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from arb_jax import photo_data, photo_study, sweep
+from arb_jax.study import photo_study, sweep
+from arb_jax.study import photos as photo_data
 
 MODEL = "random:test_tiny8"
 
@@ -63,18 +64,25 @@ def test_sweep_with_placements_and_its_resume(tmp_path):
     folder.mkdir(parents=True)
     for name in ("astronaut", "coffee"):
         Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
-    cfg = sweep.SweepConfig(data=str(tmp_path / "data"), model=MODEL, out=str(tmp_path / "r"),
-                            size=32, batch=2, placements=3, z_filter=None)
+    cfg = sweep.SweepConfig(
+        data=str(tmp_path / "data"),
+        model=MODEL,
+        out=str(tmp_path / "r"),
+        size=32,
+        batch=2,
+        placements=3,
+        z_filter=None,
+    )
     summary = sweep.run_sweep(cfg, log=lambda m: None)
     rows = _rows(summary.rows_path)
     assert summary.written == 6 and len(rows) == 6
     assert sorted(r["image_id"] for r in rows) == sorted(
-        f"c/{n}.png{s}" for n in ("astronaut", "coffee") for s in ("", "@1", "@2"))
+        f"c/{n}.png{s}" for n in ("astronaut", "coffee") for s in ("", "@1", "@2")
+    )
     corners = {(r["roi_row"], r["roi_col"]) for r in rows if r["image_id"].startswith("c/coffee.png")}
     assert len(corners) > 1  # each placement puts the square elsewhere
     before = {r["image_id"]: r for r in rows}
-    more = sweep.run_sweep(sweep.SweepConfig(**{**cfg.__dict__, "placements": 4}),
-                           log=lambda m: None)
+    more = sweep.run_sweep(sweep.SweepConfig(**{**cfg.__dict__, "placements": 4}), log=lambda m: None)
     rows = _rows(more.rows_path)
     assert more.written == 2 and len(rows) == 8
     assert {r["image_id"]: r for r in rows if r["image_id"] in before} == before
@@ -84,10 +92,13 @@ def test_sweep_with_placements_and_its_resume(tmp_path):
 
 @pytest.mark.slow
 def test_study_runs_end_to_end_and_resumes(tmp_path):
-    runs = (photo_study.Run("tiny_grid", "square", 32, "n_boot=1,2 width=0.5,1"),
-            photo_study.Run("tiny_diffuse", "diffuse", 32, "n_boot=1"))
-    path = photo_study.run_study(tmp_path / "study", model=MODEL, placements=2, batch=8,
-                                 runs=runs, progress=False, log=lambda m: None)
+    runs = (
+        photo_study.Run("tiny_grid", "square", 32, "n_boot=1,2 width=0.5,1"),
+        photo_study.Run("tiny_diffuse", "diffuse", 32, "n_boot=1"),
+    )
+    path = photo_study.run_study(
+        tmp_path / "study", model=MODEL, placements=2, batch=8, runs=runs, progress=False, log=lambda m: None
+    )
     text = path.read_text()
     assert "20 real photos × 2 noise placements" in text
     for name, n_boot in (("tiny_grid", 1), ("tiny_grid", 2), ("tiny_diffuse", 1)):
@@ -100,9 +111,16 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert (tmp_path / "study" / "tiny_grid" / "report" / "figS11_grid.png").is_file()
     rows = len(_rows(tmp_path / "study" / "tiny_grid" / "rows.csv"))
     assert rows == 40 * 4
-    again = photo_study.run_study(tmp_path / "study", model=MODEL, placements=2, batch=8,
-                                  runs=runs, progress=False, log=lambda m: None,
-                                  figures=tmp_path / "figs")
+    again = photo_study.run_study(
+        tmp_path / "study",
+        model=MODEL,
+        placements=2,
+        batch=8,
+        runs=runs,
+        progress=False,
+        log=lambda m: None,
+        figures=tmp_path / "figs",
+    )
     assert again.read_text() == text == (tmp_path / "figs" / "study.md").read_text()
     assert len(_rows(tmp_path / "study" / "tiny_grid" / "rows.csv")) == rows
 

@@ -10,16 +10,16 @@ from torch.nn.functional import interpolate as torch_interpolate
 from arb_jax.models.posembed import bicubic_matrix, interpolate_pos_embed
 
 # (M, h, w): upsampling (ViT-S/8 at 488: 28 -> 61), downsampling, non-square, one side equal to M.
-CASES = [(28, 61, 61), (14, 61, 61), (37, 16, 40), (14, 3, 9), (4, 7, 5), (5, 5, 8),
-         (3, 40, 2), (37, 37, 20)]
+CASES = [(28, 61, 61), (14, 61, 61), (37, 16, 40), (14, 3, 9), (4, 7, 5), (5, 5, 8), (3, 40, 2), (37, 37, 20)]
 
 
 def _torch_dino(pos: np.ndarray, h: int, w: int) -> np.ndarray:
     """DINO's interpolate_pos_encoding, in torch (dtype of ``pos``)."""
     M, D = int(round((pos.shape[1] - 1) ** 0.5)), pos.shape[2]
     grid = torch.from_numpy(pos[:, 1:]).reshape(1, M, M, D).permute(0, 3, 1, 2)
-    grid = torch_interpolate(grid, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic",
-                         align_corners=False)
+    grid = torch_interpolate(
+        grid, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic", align_corners=False
+    )
     assert grid.shape[-2:] == (h, w)
     grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, D).numpy()
     return np.concatenate([pos[:, :1], grid], axis=1)
@@ -68,8 +68,7 @@ def test_native_grid_returns_input_unchanged():
     pos = _pos(4)
     assert interpolate_pos_embed(pos, (4, 4)) is pos
     # One side at M is still resampled (DINO's +0.1 makes the scale 4.1/4), as torch does.
-    np.testing.assert_allclose(interpolate_pos_embed(pos, (4, 6)), _torch_dino(pos, 4, 6),
-                               atol=1e-12)
+    np.testing.assert_allclose(interpolate_pos_embed(pos, (4, 6)), _torch_dino(pos, 4, 6), atol=1e-12)
 
 
 def test_cls_position_kept_and_constants_preserved():
@@ -120,20 +119,26 @@ def test_size_recipe_equals_torch_size(M, h, w):
     float32 kernel is inexact by up to ~5e-6·max|x|); and it differs from DINO's scale-factor
     recipe wherever that one samples elsewhere."""
     pos = _pos(M)
-    np.testing.assert_allclose(interpolate_pos_embed(pos, (h, w), "size"), _torch_size(pos, h, w),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        interpolate_pos_embed(pos, (h, w), "size"), _torch_size(pos, h, w), rtol=0, atol=1e-12
+    )
     pos32 = pos.astype(np.float32)
     scale = np.abs(pos32).max()
     ref = _torch_size(pos32, h, w)
     host = interpolate_pos_embed(pos32, (h, w), "size")
-    dev = np.asarray(jax.jit(interpolate_pos_embed, static_argnums=(1, 2))(
-        jnp.asarray(pos32), (h, w), "size"))
+    dev = np.asarray(
+        jax.jit(interpolate_pos_embed, static_argnums=(1, 2))(jnp.asarray(pos32), (h, w), "size")
+    )
     np.testing.assert_allclose(host, ref, rtol=0, atol=5e-6 * scale)
     np.testing.assert_allclose(dev, ref, rtol=0, atol=5e-6 * scale)
     np.testing.assert_allclose(dev, host, rtol=0, atol=4e-7 * scale)
     if (h, w) != (M, M):
-        assert np.abs(interpolate_pos_embed(pos, (h, w), "size")
-                      - interpolate_pos_embed(pos, (h, w), "dino")).max() > 1e-3
+        assert (
+            np.abs(
+                interpolate_pos_embed(pos, (h, w), "size") - interpolate_pos_embed(pos, (h, w), "dino")
+            ).max()
+            > 1e-3
+        )
 
 
 def test_unknown_recipe_is_refused():

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from arb_jax import images
+from arb_jax import cli
+from arb_jax.io import images
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -18,29 +21,43 @@ def _blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
 
 
-def test_opens_with_two_setup_commands_and_ci_runs_the_second():
-    first = _blocks("bash")[0].strip().splitlines()
-    assert README.startswith("# arb-jax\n\n```bash\n")
-    assert len(first) == 2
-    main_cmd, test_cmd = first
-    assert "arb regularize" in main_cmd and "pip install -e ." in main_cmd
-    assert test_cmd.endswith("pytest -q")
+def _setup_commands() -> tuple[str, str]:
+    """The README's install-and-run command and its test command (the first bash block)."""
+    lines = [line for line in _blocks("bash")[0].strip().splitlines() if line.strip()]
+    main_cmd = next(line for line in lines if "arb regularize" in line)
+    test_cmd = next(line for line in lines if "pytest" in line)
+    return main_cmd, test_cmd
+
+
+def test_setup_commands_install_and_ci_runs_the_test_command():
+    main_cmd, test_cmd = _setup_commands()
+    assert "pip install -e ." in main_cmd
+    assert "pip install -e '.[test]'" in test_cmd and test_cmd.endswith("pytest -q")
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_cmd in ci
 
 
-def test_figure_shown_exists_and_is_the_main_commands_output():
+def test_readme_names_the_fast_subset_next_to_the_full_command():
+    tests = README[README.index("## Tests") :]
+    assert "pytest -q" in tests and '-m "not slow"' in tests
+
+
+@pytest.mark.slow
+def test_figure_shown_is_what_the_main_command_writes(tmp_path):
     figure = re.search(r"!\[[^]]*\]\(([^)]+)\)", README).group(1)
-    png = ROOT / figure
-    assert png.exists(), figure
-    main_cmd = _blocks("bash")[0].strip().splitlines()[0]
-    out = re.search(r"--out (\S+)", main_cmd).group(1)
-    photo = re.search(r"skimage:(\w+)", main_cmd).group(1)
-    assert figure == f"docs/{photo}_arb.png" and f"`{out}/{photo}.png` (below)" in README
-    with Image.open(png) as im:
-        assert im.format == "PNG" and im.width > im.height
+    shown = ROOT / figure
+    assert shown.exists(), figure
+    main_cmd, _ = _setup_commands()
+    argv = shlex.split(main_cmd[main_cmd.index("arb regularize") :])[1:]
+    out = argv.index("--out")
+    argv[out + 1] = str(tmp_path)
+    assert cli.main([*argv, "--quiet"]) == 0
+    written = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in written] == [shown.name.replace("_arb", "")]
+    assert Image.open(written[0]).size == Image.open(shown).size
 
 
+@pytest.mark.slow
 def test_python_example_runs(tmp_path, monkeypatch):
     """The README's API example, on the demo model instead of the DINO download."""
     code = _blocks("python")[0]

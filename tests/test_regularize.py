@@ -1,4 +1,4 @@
-"""Shrinkage rules (SPEC §4) against plain numpy / statsmodels versions written here."""
+"""Shrinkage rules (docs/method.md §4) against plain numpy / statsmodels versions written here."""
 
 import jax
 import jax.numpy as jnp
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from arb_jax import regularize as rg
-from arb_jax.regularize import Percentile
+from arb_jax.core import regularize as rg
+from arb_jax.core.regularize import Percentile
 
 # ----------------------------------------------------------------------------- references
 
 
 def np_rules(A, z, p, lfdr, pi0, alpha=0.3, beta=0.3, z_th=0.0):
-    """SPEC §4 for one map, in numpy (as the reference code's ``regularize_attention_all``)."""
+    """docs/method.md §4 for one map, in numpy (as the reference code's ``regularize_attention_all``)."""
     Az = A * (z >= z_th)
     t = np.percentile(p, 100 * (1 - pi0))
     return {
@@ -63,7 +63,7 @@ def test_each_rule_equals_numpy(seed):
 
 def test_defaults_are_reference_defaults():
     A, z, p, lfdr = inputs(7)
-    ref = np_rules(A, z, p, lfdr, 0.5)                     # α = β = 0.3, z_th = 0
+    ref = np_rules(A, z, p, lfdr, 0.5)  # α = β = 0.3, z_th = 0
     assert_same(rg.p_threshold(A, z, p), ref["p"])
     assert_same(rg.lfdr_threshold(A, z, lfdr), ref["lfdr"])
     assert_same(rg.z_threshold(A, z), ref["z"])
@@ -76,12 +76,15 @@ def test_properties():
     A, z, p, lfdr = inputs(8, shape=(40,), n_boot=1000)
     Az = np.asarray(rg.z_threshold(A, z))
     assert np.all((Az == 0) | (Az == A))
-    for rule in (rg.p_threshold(A, z, p, 0.5), rg.lfdr_threshold(A, z, lfdr, 0.5),
-                 rg.pi0_threshold(A, z, p, 0.5)):
+    for rule in (
+        rg.p_threshold(A, z, p, 0.5),
+        rg.lfdr_threshold(A, z, lfdr, 0.5),
+        rg.pi0_threshold(A, z, p, 0.5),
+    ):
         r = np.asarray(rule)
-        assert np.all((r == 0) | (r == Az))                # every rule only removes from A_z
+        assert np.all((r == 0) | (r == Az))  # every rule only removes from A_z
     prev = np.zeros_like(A, bool)
-    for a in np.linspace(0, 1, 11):                        # larger α keeps a superset
+    for a in np.linspace(0, 1, 11):  # larger α keeps a superset
         kept = np.asarray(rg.p_threshold(A, z, p, a)) != 0
         assert np.all(kept >= prev)
         prev = kept
@@ -109,8 +112,7 @@ def test_map_percentile_equals_numpy(seed):
     x = rng.standard_normal((7, 13)).astype(np.float32)
     ties = (rng.integers(0, 6, (7, 13)) / 5).astype(np.float32)
     for q in (0.0, 3.0, 10.0, 37.5, 50.0, 91.0, 100.0, float(rng.uniform(0, 100))):
-        np.testing.assert_allclose(float(rg.map_percentile(x, q)), np.percentile(x, q),
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(float(rg.map_percentile(x, q)), np.percentile(x, q), rtol=1e-6, atol=1e-7)
         t = rg.map_percentile(ties, q)
         np.testing.assert_allclose(float(t), np.percentile(ties, q), rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(ties <= np.asarray(t), ties <= np.percentile(ties, q))
@@ -125,7 +127,7 @@ def test_percentile_between_equal_values_is_that_value():
         n = (4, 9, 61)[i % 3]
         x = np.full(n, v, np.float32)
         x[0], x[-1] = 0.0, 1.0
-        q = 100 * float(rng.uniform(1, n - 2)) / (n - 1)   # virtual index between two v
+        q = 100 * float(rng.uniform(1, n - 2)) / (n - 1)  # virtual index between two v
         assert float(f(x, q)) == np.percentile(x, q) == v
 
 
@@ -152,31 +154,44 @@ def test_integer_percentiles_select_order_statistics_exactly():
     A, z = np.ones(61, np.float32), np.ones(61, np.float32)
     for q in range(0, 101):
         p = (rng.integers(0, 8, 61) / 7).astype(np.float32)
-        np.testing.assert_array_equal(np.asarray(f(A, z, p, np.float32(q))) != 0,
-                                      p <= np.percentile(p, q))
+        np.testing.assert_array_equal(np.asarray(f(A, z, p, np.float32(q))) != 0, p <= np.percentile(p, q))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_order_statistics_by_bisection_equal_numpy_sort(dtype):
     """The CPU path of percentiles (bisection on the bit pattern, no sort) and the sort path give
     numpy's sorted values exactly: ties, ±0, ±inf, subnormals and huge values included."""
     rng = np.random.default_rng(4)
     tiny = np.finfo(dtype).tiny
-    cases = [rng.normal(size=1000), np.round(rng.normal(size=777), 1), rng.integers(0, 3, 50),
-             np.r_[np.inf, -np.inf, 0.0, -0.0, rng.normal(size=40) * tiny / 4,
-                   rng.uniform(-1, 1, 40) * np.finfo(dtype).max, [1.5] * 9], np.ones(1)]
+    cases = [
+        rng.normal(size=1000),
+        np.round(rng.normal(size=777), 1),
+        rng.integers(0, 3, 50),
+        np.r_[
+            np.inf,
+            -np.inf,
+            0.0,
+            -0.0,
+            rng.normal(size=40) * tiny / 4,
+            rng.uniform(-1, 1, 40) * np.finfo(dtype).max,
+            [1.5] * 9,
+        ],
+        np.ones(1),
+    ]
     with jax.enable_x64(dtype == np.float64):
         for x in cases:
             x = np.asarray(x, dtype)
             ks = jnp.asarray(rng.permutation(len(x)))
             want = np.sort(x)[np.asarray(ks)]
-            for fn in (rg._kth_smallest_select, rg._kth_smallest):
+            for fn in (rg.kth_smallest_select, rg.kth_smallest):
                 got = np.asarray(jax.jit(fn)(jnp.asarray(x), ks))
                 assert got.dtype == dtype
                 np.testing.assert_array_equal(got, want)
                 # equal as floats is not enough for ±0 and subnormals: the same bits
-                np.testing.assert_array_equal(got.view(f"u{x.itemsize}")[want != 0],
-                                              want.view(f"u{x.itemsize}")[want != 0])
+                np.testing.assert_array_equal(
+                    got.view(f"u{x.itemsize}")[want != 0], want.view(f"u{x.itemsize}")[want != 0]
+                )
 
 
 def test_percentile_thresholds_over_map_and_roi():
@@ -185,20 +200,38 @@ def test_percentile_thresholds_over_map_and_roi():
     roi[2:7, 3:9] = True
     for q in (10.0, 25.0, 60.0):
         # over the whole map
-        ref = np_rules(A, z, p, lfdr, 0.5, alpha=np.percentile(p, q),
-                       beta=np.percentile(lfdr, q), z_th=np.percentile(z, q))
+        ref = np_rules(
+            A,
+            z,
+            p,
+            lfdr,
+            0.5,
+            alpha=np.percentile(p, q),
+            beta=np.percentile(lfdr, q),
+            z_th=np.percentile(z, q),
+        )
         assert_same(rg.p_threshold(A, z, p, Percentile(q), Percentile(q)), ref["p"])
         assert_same(rg.lfdr_threshold(A, z, lfdr, Percentile(q), Percentile(q)), ref["lfdr"])
         assert_same(rg.z_threshold(A, z, Percentile(q)), ref["z"])
         # over the ROI only (the paper's Fig. 2: α = 10th percentile of p in the ROI)
-        ref = np_rules(A, z, p, lfdr, 0.5, alpha=np.percentile(p[roi], q),
-                       beta=np.percentile(lfdr[roi], q), z_th=np.percentile(z[roi], q))
-        out = rg.shrink_all(A, z, p, lfdr, 0.5, alpha=Percentile(q), beta=Percentile(q),
-                            z_th=Percentile(q), roi=roi)
+        ref = np_rules(
+            A,
+            z,
+            p,
+            lfdr,
+            0.5,
+            alpha=np.percentile(p[roi], q),
+            beta=np.percentile(lfdr[roi], q),
+            z_th=np.percentile(z[roi], q),
+        )
+        out = rg.shrink_all(
+            A, z, p, lfdr, 0.5, alpha=Percentile(q), beta=Percentile(q), z_th=Percentile(q), roi=roi
+        )
         for k in ("z", "p", "lfdr", "pi0"):
             assert_same(out[k], ref[k])
-        np.testing.assert_allclose(float(rg.map_percentile(p, q, roi=roi)),
-                                   np.percentile(p[roi], q), rtol=1e-6)
+        np.testing.assert_allclose(
+            float(rg.map_percentile(p, q, roi=roi)), np.percentile(p[roi], q), rtol=1e-6
+        )
 
 
 # ----------------------------------------------------------------------------- BH
@@ -210,7 +243,7 @@ def test_bh_equals_statsmodels(q):
     n = 300
     p = np.concatenate([rng.uniform(0, 1, n - 60), rng.beta(0.3, 8, 60)]).astype(np.float32)
     A = rng.uniform(0.01, 1, n).astype(np.float32)
-    z = np.abs(rng.standard_normal(n)).astype(np.float32)   # z ≥ 0: the BH mask alone
+    z = np.abs(rng.standard_normal(n)).astype(np.float32)  # z ≥ 0: the BH mask alone
     want = multipletests(p.astype(np.float64), alpha=q, method="fdr_bh")[0]
     assert 0 < want.sum() < n
     got = np.asarray(rg.bh_threshold(A, z, p, q)) != 0
@@ -233,26 +266,30 @@ def test_bh_rejects_nothing_when_all_null():
 
 def test_batches_of_maps_with_per_map_pi0_and_percentiles():
     maps = [inputs(20 + i) for i in range(4)]
-    A, z, p, lfdr = (np.stack(x) for x in zip(*maps, strict=True))       # (4, 9, 11)
+    A, z, p, lfdr = (np.stack(x) for x in zip(*maps, strict=True))  # (4, 9, 11)
     pi0 = np.array([0.1, 0.5, 0.8, 1.0], np.float32)
     alpha = np.array([0.2, 0.4, 0.6, 0.8], np.float32)
     out = rg.shrink_all(A, z, p, lfdr, pi0, alpha=alpha, beta=Percentile(30), map_ndim=2, q=0.2)
     for i in range(4):
-        ref = np_rules(A[i], z[i], p[i], lfdr[i], float(pi0[i]), alpha=float(alpha[i]),
-                       beta=np.percentile(lfdr[i], 30))
+        ref = np_rules(
+            A[i], z[i], p[i], lfdr[i], float(pi0[i]), alpha=float(alpha[i]), beta=np.percentile(lfdr[i], 30)
+        )
         for k in ("z", "p", "lfdr", "pi0"):
             assert_same(out[k][i], ref[k])
         bh = multipletests(p[i].ravel().astype(np.float64), alpha=0.2, method="fdr_bh")[0]
-        np.testing.assert_array_equal(np.asarray(out["bh"][i]).ravel() != 0,
-                                      bh & (z[i].ravel() >= 0))
-    np.testing.assert_allclose(np.asarray(rg.map_percentile(p, 40.0, map_ndim=2)),
-                               np.percentile(p.reshape(4, -1), 40, axis=1), rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(out["bh"][i]).ravel() != 0, bh & (z[i].ravel() >= 0))
+    np.testing.assert_allclose(
+        np.asarray(rg.map_percentile(p, 40.0, map_ndim=2)),
+        np.percentile(p.reshape(4, -1), 40, axis=1),
+        rtol=1e-6,
+    )
     # the same with map_ndim=1 on flattened maps, and vmapped one map at a time
-    flat = rg.shrink_all(*(x.reshape(4, -1) for x in (A, z, p, lfdr)), pi0, alpha=alpha,
-                         beta=Percentile(30), map_ndim=1)
-    vm = jax.vmap(lambda a, b, c, d, e, f: rg.shrink_all(a, b, c, d, e, alpha=f,
-                                                         beta=Percentile(30)))(
-        A, z, p, lfdr, pi0, alpha)
+    flat = rg.shrink_all(
+        *(x.reshape(4, -1) for x in (A, z, p, lfdr)), pi0, alpha=alpha, beta=Percentile(30), map_ndim=1
+    )
+    vm = jax.vmap(lambda a, b, c, d, e, f: rg.shrink_all(a, b, c, d, e, alpha=f, beta=Percentile(30)))(
+        A, z, p, lfdr, pi0, alpha
+    )
     for k in ("z", "p", "lfdr", "pi0", "soft"):
         np.testing.assert_array_equal(np.asarray(flat[k]).reshape(A.shape), np.asarray(out[k]))
         np.testing.assert_array_equal(np.asarray(vm[k]), np.asarray(out[k]))
@@ -261,8 +298,11 @@ def test_batches_of_maps_with_per_map_pi0_and_percentiles():
 def test_jit_with_traced_thresholds():
     A, z, p, lfdr = inputs(30)
     eager = rg.shrink_all(A, z, p, lfdr, 0.6, alpha=Percentile(10), beta=0.2, z_th=0.1, q=0.1)
-    fn = jax.jit(lambda A, z, p, lfdr, pi0, alpha, beta, z_th, q: rg.shrink_all(
-        A, z, p, lfdr, pi0, alpha=alpha, beta=beta, z_th=z_th, q=q))
+    fn = jax.jit(
+        lambda A, z, p, lfdr, pi0, alpha, beta, z_th, q: rg.shrink_all(
+            A, z, p, lfdr, pi0, alpha=alpha, beta=beta, z_th=z_th, q=q
+        )
+    )
     jitted = fn(A, z, p, lfdr, 0.6, Percentile(10.0), 0.2, 0.1, 0.1)
     assert set(jitted) == {"z", "p", "lfdr", "pi0", "soft", "bh"}
     for k in eager:
@@ -308,7 +348,7 @@ def test_threshold_errors():
     with pytest.raises(ValueError, match=r"pi0 must be a scalar or have the batch shape \(9,\)"):
         rg.pi0_threshold(A, z, p, np.full(3, 0.5), map_ndim=1)
     with pytest.raises(ValueError, match="alpha must be a scalar or have the batch shape"):
-        rg.p_threshold(A, z, p, np.full(11, 0.3))        # one map: scalar α only
+        rg.p_threshold(A, z, p, np.full(11, 0.3))  # one map: scalar α only
     with pytest.raises(TypeError, match="alpha must be a number, an array or a Percentile"):
         rg.p_threshold(A, z, p, "10%")
     with pytest.raises(TypeError, match="beta must be a number"):
@@ -342,7 +382,7 @@ def test_map_percentile_with_repeat_equals_numpy_on_repeated_pixels(repeat):
     """A patch grid with ``repeat`` pixels per patch: the percentile of the pixels, exactly."""
     rng = np.random.default_rng(repeat)
     for _ in range(40):
-        x = rng.choice(rng.random(5), size=(3, 4)).astype(np.float32)   # many ties, like p-values
+        x = rng.choice(rng.random(5), size=(3, 4)).astype(np.float32)  # many ties, like p-values
         q = float(rng.uniform(0, 100))
         want = np.percentile(np.repeat(x.ravel(), repeat).astype(np.float64), q)
         got = float(rg.map_percentile(jnp.asarray(x), q, repeat=repeat))

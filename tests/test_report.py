@@ -1,6 +1,6 @@
-"""The sweep report (arb_jax.report) on a small results file built by hand.
+"""The sweep report (arb_jax.study.report) on a small results file built by hand.
 
-D and its error are recomputed here from the formula of SPEC §5 (eq. 8 and the reference code's
+D and its error are recomputed here from the formula of docs/method.md §5 (eq. 8 and the reference code's
 error propagation) in plain numpy, and looked up in summary.md and suppression.csv.
 """
 
@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arb_jax import report, sweep
+from arb_jax.cli import report as report_cli
+from arb_jax.study import report
+from arb_jax.study import rows as sweep_rows
 
 # (image, class, perc_before, perc_after by method p/lfdr/pi0/z, passed)
 IMAGES = [
@@ -28,23 +30,43 @@ IMAGES = [
 
 
 def _row(image_id, cls, before, after, passed, n_boot=1, alpha=0.3, beta=0.3):
-    row = {c: "0.5" for c in sweep.COLUMNS}
-    row.update({"image_id": image_id, "class": cls, "seed": "0", "n_boot": str(n_boot),
-                "width": "1.0", "alpha": repr(alpha), "beta": repr(beta), "noise": "square",
-                "noise_size": "7", "roi_row": "3", "roi_col": "4", "mean_z_roi": "0.2",
-                "passed": "1" if passed else "0", "perc_before": repr(before),
-                "nonzero_before": "100.0"})
-    for m, v in zip(sweep.METHODS, after, strict=True):
+    row = {c: "0.5" for c in sweep_rows.COLUMNS}
+    row.update(
+        {
+            "image_id": image_id,
+            "class": cls,
+            "seed": "0",
+            "n_boot": str(n_boot),
+            "width": "1.0",
+            "alpha": repr(alpha),
+            "beta": repr(beta),
+            "noise": "square",
+            "noise_size": "7",
+            "roi_row": "3",
+            "roi_col": "4",
+            "mean_z_roi": "0.2",
+            "passed": "1" if passed else "0",
+            "perc_before": repr(before),
+            "nonzero_before": "100.0",
+        }
+    )
+    for m, v in zip(sweep_rows.METHODS, after, strict=True):
         # B = 2 halves the suppression (after moves half-way back to before)
         v = v if n_boot == 1 else (v + before) / 2
-        row.update({f"perc_after_{m}": repr(v), f"nonzero_after_{m}": repr(v / before * 100),
-                    f"sens_{m}": repr(1 - v / before), f"spec_{m}": repr(0.9 - 0.1 * alpha)})
+        row.update(
+            {
+                f"perc_after_{m}": repr(v),
+                f"nonzero_after_{m}": repr(v / before * 100),
+                f"sens_{m}": repr(1 - v / before),
+                f"spec_{m}": repr(0.9 - 0.1 * alpha),
+            }
+        )
     return row
 
 
 def _write(path: Path, rows) -> Path:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, sweep.COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(f, sweep_rows.COLUMNS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     return path
@@ -98,7 +120,7 @@ def test_report_files_and_the_d_values_by_hand(results, tmp_path):
     checked = 0
     for cls in ("a", "b", "all"):
         sel = [im for im in kept if cls in ("all", im[1])]
-        for k, m in enumerate(sweep.METHODS):
+        for k, m in enumerate(sweep_rows.METHODS):
             for n_boot in (1, 2):
                 after = [im[3][k] if n_boot == 1 else (im[3][k] + im[2]) / 2 for im in sel]
                 d, err = _hand_d([im[2] for im in sel], after)
@@ -132,8 +154,7 @@ def test_read_results_merges_hosts_and_drops_duplicates_and_partial_lines(result
     assert rows[0]["passed"] is True and rows[0]["roi_row"] == 3 and rows[0]["n_boot"] == 1
     text = (results / "rows.host1.csv").read_text()
     extra = text.splitlines()[1]
-    (results / "rows.extra.csv").write_text(text.splitlines()[0] + "\n" + extra + "\n"
-                                            + extra[:20])
+    (results / "rows.extra.csv").write_text(text.splitlines()[0] + "\n" + extra + "\n" + extra[:20])
     rows, dups = report.read_results(results)
     assert len(rows) == 18 and dups == 1
     one, _ = report.read_results(results / "rows.host0.csv")
@@ -142,7 +163,11 @@ def test_read_results_merges_hosts_and_drops_duplicates_and_partial_lines(result
 
 def test_main_point_and_single_image_classes(tmp_path):
     assert report.main_point([(4, 1.0, 0.3, 0.3), (1, 2.0, 0.1, 0.3), (1, 1.0, 0.1, 0.2)]) == (
-        1, 1.0, 0.1, 0.2)
+        1,
+        1.0,
+        0.1,
+        0.2,
+    )
     assert report.main_point([(16, 0.5, 0.3, 0.3), (4, 2.0, 0.3, 0.3)]) == (4, 2.0, 0.3, 0.3)
     path = _write(tmp_path / "rows.csv", [_row(*IMAGES[0]), _row(*IMAGES[3]), _row(*IMAGES[4])])
     files = report.make_report(path, tmp_path / "rep")
@@ -167,7 +192,7 @@ def test_cli(results, tmp_path, capsys):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true")
     common.add_argument("--debug", action="store_true")
-    report.add_parser(parser.add_subparsers(), common)
+    report_cli.add_parser(parser.add_subparsers(), common)
     args = parser.parse_args(["report", str(results), "--out", str(tmp_path / "r")])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Noise injection of the simulation study (arb_jax.simulate) against numpy / scipy references."""
+"""Noise injection of the simulation study (arb_jax.study.simulate) against numpy / scipy references."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from arb_jax import simulate
+from arb_jax.study import simulate
 
 
 def _image(seed: int = 0, shape=(40, 56, 3)) -> np.ndarray:
@@ -67,8 +67,7 @@ def test_square_noise_is_mean_plus_ddof1_std_times_normal():
     eps = np.asarray(jax.random.normal(jax.random.split(key)[1], (20, 20, 3)), np.float64)
     mean = image.astype(np.float64).mean(axis=(0, 1))
     std = image.astype(np.float64).std(axis=(0, 1), ddof=1)
-    np.testing.assert_allclose(np.asarray(noisy)[r0:r1, c0:c1], mean + std * eps,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(noisy)[r0:r1, c0:c1], mean + std * eps, rtol=1e-5, atol=1e-5)
 
 
 def test_square_noise_moments_per_channel():
@@ -121,8 +120,7 @@ def test_square_under_jit_and_vmap():
     # traced fixed position
     at_jit = jax.jit(lambda k, r, c: simulate.square_noise(k, image, 10, at=(r, c))[1])
     assert _bbox(np.asarray(at_jit(key, 3, 4))) == (3, 13, 4, 14)
-    areas = jax.vmap(lambda k: simulate.square_noise(k, image, 10)[1].sum())(
-        jax.random.split(key, 5))
+    areas = jax.vmap(lambda k: simulate.square_noise(k, image, 10)[1].sum())(jax.random.split(key, 5))
     np.testing.assert_array_equal(np.asarray(areas), 100)
 
 
@@ -179,12 +177,14 @@ def test_smooth_field_is_a_periodic_gaussian_blur():
     rng = np.random.default_rng(1)
     white = rng.standard_normal((64, 64)).astype(np.float32)
     c = 20.0
-    ref = ndimage.gaussian_filter(white.astype(np.float64), sigma=c / (np.pi * np.sqrt(2)),
-                                  mode="wrap", truncate=6.0)
+    ref = ndimage.gaussian_filter(
+        white.astype(np.float64), sigma=c / (np.pi * np.sqrt(2)), mode="wrap", truncate=6.0
+    )
     ref = (ref - ref.min()) / (ref - ref.min()).max()
     np.testing.assert_allclose(np.asarray(simulate.smooth_field(white, c)), ref, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [1, 7, 16, 24])
 def test_diffuse_roi_has_exactly_size_squared_pixels(size):
     image = _image(3, shape=(24, 32, 3))
@@ -207,8 +207,9 @@ def test_diffuse_roi_is_the_top_of_the_smoothed_field_and_noise_is_per_channel()
     threshold = np.sort(field.ravel())[-144]
     np.testing.assert_array_equal(np.asarray(roi), field >= threshold)
     eps = np.asarray(jax.random.normal(key_noise, image.shape), np.float64)
-    expected = image.mean(axis=(0, 1), dtype=np.float64) + image.std(
-        axis=(0, 1), ddof=1, dtype=np.float64) * eps
+    expected = (
+        image.mean(axis=(0, 1), dtype=np.float64) + image.std(axis=(0, 1), ddof=1, dtype=np.float64) * eps
+    )
     roi = np.asarray(roi)
     np.testing.assert_allclose(np.asarray(noisy)[roi], expected[roi], rtol=1e-5, atol=1e-5)
 
@@ -236,6 +237,7 @@ def test_diffuse_roi_is_clustered():
         assert ndimage.label(np.asarray(white))[1] > 100
 
 
+@pytest.mark.slow
 def test_diffuse_deterministic_jit_vmap():
     image = jnp.asarray(_image(6, shape=(32, 32, 3)))
     key = jax.random.key(1)
@@ -245,8 +247,7 @@ def test_diffuse_deterministic_jit_vmap():
     np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
     c = simulate.diffuse_noise(jax.random.key(2), image, 8)
     assert not np.array_equal(np.asarray(a[1]), np.asarray(c[1]))
-    areas = jax.vmap(lambda k: simulate.diffuse_noise(k, image, 8)[1].sum())(
-        jax.random.split(key, 3))
+    areas = jax.vmap(lambda k: simulate.diffuse_noise(k, image, 8)[1].sum())(jax.random.split(key, 3))
     np.testing.assert_array_equal(np.asarray(areas), 64)
 
 
@@ -272,7 +273,7 @@ def test_roi_patch_weights_counts_pixels_per_patch():
     assert got.shape == (3, 5) and got.dtype == np.float32
     for i in range(3):
         for j in range(5):
-            assert got[i, j] == mask[8 * i:8 * i + 8, 8 * j:8 * j + 8].sum() / 64
+            assert got[i, j] == mask[8 * i : 8 * i + 8, 8 * j : 8 * j + 8].sum() / 64
     np.testing.assert_array_equal(np.asarray(simulate.roi_patch_weights(mask, 1)), mask)
     with pytest.raises(ValueError, match="multiple of patch"):
         simulate.roi_patch_weights(mask, 7)
@@ -287,12 +288,11 @@ def test_mean_z_in_roi_equals_pixel_mean():
         z = rng.standard_normal((5, 7)).astype(np.float32)
         mask = np.zeros((20, 28), bool)
         r, c = rng.integers(0, 10), rng.integers(0, 15)
-        mask[r:r + 9 + trial, c:c + 11] = True  # not aligned with the 4 px patches
+        mask[r : r + 9 + trial, c : c + 11] = True  # not aligned with the 4 px patches
         pixel_z = np.repeat(np.repeat(z, p, 0), p, 1)
         ref = pixel_z[mask].astype(np.float64).mean()
         weights = simulate.roi_patch_weights(mask, p)
-        np.testing.assert_allclose(float(simulate.mean_z_in_roi(z, weights)), ref,
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(float(simulate.mean_z_in_roi(z, weights)), ref, rtol=1e-5, atol=1e-6)
     batched = simulate.mean_z_in_roi(np.stack([z, 2 * z]), weights)
     np.testing.assert_allclose(np.asarray(batched), [ref, 2 * ref], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="match"):
@@ -301,10 +301,12 @@ def test_mean_z_in_roi_equals_pixel_mean():
 
 def test_passes_z_filter():
     mean_z = jnp.asarray([-1.0, -0.3, 1.0, 1.0001, -2.0, jnp.nan])
-    np.testing.assert_array_equal(np.asarray(simulate.passes_z_filter(mean_z)),
-                                  [True, True, True, False, False, False])
-    np.testing.assert_array_equal(np.asarray(simulate.passes_z_filter(mean_z, bound=2.0)),
-                                  [True, True, True, True, True, False])
+    np.testing.assert_array_equal(
+        np.asarray(simulate.passes_z_filter(mean_z)), [True, True, True, False, False, False]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(simulate.passes_z_filter(mean_z, bound=2.0)), [True, True, True, True, True, False]
+    )
     assert np.all(np.asarray(simulate.passes_z_filter(mean_z, bound=None)))
     assert bool(jax.jit(simulate.passes_z_filter)(0.5))
     with pytest.raises(ValueError, match="bound"):

@@ -20,11 +20,11 @@ from statsmodels.genmod.generalized_linear_model import GLM, families
 from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.multitest import local_fdr as sm_local_fdr
 
-from arb_jax import stats
+from arb_jax.core import stats
 
 SIZES = (100, 1_000, 10_000, 100_000)
 DISTS = ("normal_mixture", "t3", "ties")
-TOL_X64 = 1e-6          # required: max |lfdr − reference|, float64
+TOL_X64 = 1e-6  # required: max |lfdr − reference|, float64
 # float32 vs the float64 reference (measured, see test_local_fdr_float32_error): normal mixtures
 # <= 2.2e-6; heavy tails <= 2.7e-4, reached by t₃ at n = 10⁵ where 99.5% of z fall into 2 of the
 # 29 bins and the fitted log-polynomial spans ~100 nats, so float32 rounding of its terms shows.
@@ -83,10 +83,11 @@ def log_density_trust_region(x: np.ndarray, at: np.ndarray, bins: np.ndarray | N
     """
     bins, ii, sd, start, model = _sm_design(x, bins)
     X, y = model.exog, model.endog
-    np.testing.assert_allclose(model.loglike(start),                 # same likelihood as GLM
-                               np.sum(y * (X @ start) - np.exp(X @ start))
-                               - np.sum(special.gammaln(y + 1)),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        model.loglike(start),  # same likelihood as GLM
+        np.sum(y * (X @ start) - np.exp(X @ start)) - np.sum(special.gammaln(y + 1)),
+        rtol=1e-12,
+    )
 
     def fun(b):
         e = X @ b
@@ -98,9 +99,10 @@ def log_density_trust_region(x: np.ndarray, at: np.ndarray, bins: np.ndarray | N
     def hess(b):
         return X.T @ (np.exp(np.minimum(X @ b, 600))[:, None] * X)
 
-    with np.errstate(under="ignore", over="ignore"):     # rejected trial steps may overflow
-        res = optimize.minimize(fun, start, jac=jac, hess=hess, method="trust-exact",
-                                options={"gtol": 1e-10, "maxiter": 1000})
+    with np.errstate(under="ignore", over="ignore"):  # rejected trial steps may overflow
+        res = optimize.minimize(
+            fun, start, jac=jac, hess=hess, method="trust-exact", options={"gtol": 1e-10, "maxiter": 1000}
+        )
     return _design_at(at, ii, sd) @ res.x - np.log(len(x) * (bins[1] - bins[0]))
 
 
@@ -119,6 +121,7 @@ def reference_lfdr(z: np.ndarray, pi0: float) -> tuple[np.ndarray, str]:
         return lfdr_from_log_f(z, log_density_trust_region(z, z), pi0), "trust-region"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dist", DISTS)
 def test_local_fdr_matches_statsmodels_x64(dist, n):
@@ -137,8 +140,9 @@ def test_local_fdr_matches_statsmodels_x64(dist, n):
         assert source == "statsmodels"
 
 
-@pytest.mark.parametrize("dist,n", [("normal_mixture", 1_000), ("t3", 1_000),
-                                    ("ties", 10_000), ("normal_mixture", 100_000)])
+@pytest.mark.parametrize(
+    "dist,n", [("normal_mixture", 1_000), ("t3", 1_000), ("ties", 10_000), ("normal_mixture", 100_000)]
+)
 def test_trust_region_reference_agrees_with_statsmodels(dist, n):
     """The fallback reference is validated where statsmodels itself works."""
     z = sample(dist, n)
@@ -148,6 +152,7 @@ def test_trust_region_reference_agrees_with_statsmodels(dist, n):
     np.testing.assert_allclose(f_tr, f_sm, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_local_fdr_float32_error():
     """float32 (default) against the float64 reference on the float32-rounded z.
 
@@ -168,16 +173,16 @@ def test_local_fdr_float32_error():
     assert errs["t3", 100_000] <= TOL_F32_HEAVY, errs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_newton_loop_stops_once_converged(dtype):
     """The Newton loop stops after an undamped step of <= √eps: a normal mixture converges within
     9 iterations (capping n_iter at 9 changes nothing, bit for bit), and not within 2."""
     z = sample("normal_mixture", 3721).astype(dtype)
     with jax.enable_x64(dtype == np.float64):
-        full, capped, early = (np.asarray(stats.local_fdr(jnp.asarray(z), n_iter=k))
-                               for k in (50, 9, 2))
+        full, capped, early = (np.asarray(stats.local_fdr(jnp.asarray(z), n_iter=k)) for k in (50, 9, 2))
     np.testing.assert_array_equal(capped, full)
-    assert np.abs(early - full).max() > TOL_F32          # two steps are not enough
+    assert np.abs(early - full).max() > TOL_F32  # two steps are not enough
     ref = sm_local_fdr(z.astype(np.float64))
     assert np.abs(full - ref).max() <= (TOL_F32 if dtype == np.float32 else TOL_X64)
 
@@ -189,21 +194,21 @@ def test_local_fdr_float32_ties_on_bin_edges():
     for n in (1_000, 10_000):
         z32 = sample("ties", n).astype(np.float32)
         edges32 = np.linspace(z32.min(), z32.max(), 30, dtype=np.float32)
-        np.testing.assert_array_equal(np.histogram(z32, edges32)[0],
-                                      np.histogram(z32.astype(np.float64),
-                                                   edges32.astype(np.float64))[0])
+        np.testing.assert_array_equal(
+            np.histogram(z32, edges32)[0], np.histogram(z32.astype(np.float64), edges32.astype(np.float64))[0]
+        )
         z64 = z32.astype(np.float64)
-        ref = lfdr_from_log_f(z64, log_density_trust_region(z64, z64, edges32.astype(np.float64)),
-                              1.0)
+        ref = lfdr_from_log_f(z64, log_density_trust_region(z64, z64, edges32.astype(np.float64)), 1.0)
         err = np.abs(np.asarray(stats.local_fdr(z32)) - ref).max()
         assert err <= TOL_F32, f"n={n}: {err:.2e}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", (1_000, 10_000))
 def test_local_fdr_empirical_null(n):
     """null="empirical": f₀ fitted to z⁰ like f, evaluated at z (extrapolated beyond z⁰'s range)."""
     rng = np.random.default_rng(n)
-    z_null = rng.normal(0.2, 1.1, 3 * n)                      # B = 3 bootstrap maps
+    z_null = rng.normal(0.2, 1.1, 3 * n)  # B = 3 bootstrap maps
     z = np.concatenate([rng.normal(0.2, 1.1, n - n // 10), rng.normal(3.5, 1.0, n // 10)])
     f = density_sm_irls(z, z)
     f0 = density_sm_irls(z_null, z)
@@ -211,13 +216,13 @@ def test_local_fdr_empirical_null(n):
     for pi0 in (1.0, 0.7):
         ref = np.clip(pi0 * f0 / f, 0, 1)
         with jax.enable_x64(True):
-            got = np.asarray(stats.local_fdr(z, pi0=pi0, null="empirical",
-                                             z_null=z_null.reshape(3, n)))
+            got = np.asarray(stats.local_fdr(z, pi0=pi0, null="empirical", z_null=z_null.reshape(3, n)))
             flat = np.asarray(stats.local_fdr(z, pi0=pi0, null="empirical", z_null=z_null))
         assert np.abs(got - ref).max() <= TOL_X64
         np.testing.assert_array_equal(got, flat)
 
 
+@pytest.mark.slow
 def test_local_fdr_properties():
     z = sample("normal_mixture", 2_000)
     lf1 = np.asarray(stats.local_fdr(z, pi0=1.0))
@@ -233,8 +238,9 @@ def test_local_fdr_properties():
     with jax.enable_x64(True):
         batched = np.asarray(stats.local_fdr(z2, pi0=jnp.array([1.0, 0.7])))
         for i, pi0 in enumerate((1.0, 0.7)):
-            np.testing.assert_allclose(batched[i], np.asarray(stats.local_fdr(z2[i], pi0=pi0)),
-                                       rtol=0, atol=1e-12)
+            np.testing.assert_allclose(
+                batched[i], np.asarray(stats.local_fdr(z2[i], pi0=pi0)), rtol=0, atol=1e-12
+            )
     # jit with a traced pi0 gives the eager result
     jitted = jax.jit(lambda v, p: stats.local_fdr(v, pi0=p))(jnp.asarray(z, jnp.float32), 0.7)
     np.testing.assert_allclose(np.asarray(jitted), lf7, atol=1e-6)
@@ -252,16 +258,19 @@ def test_local_fdr_heavy_outliers_finite():
         assert np.abs(got - ref).max() <= (TOL_X64 if x64 else TOL_F32_HEAVY)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"null": "bogus"}, "unknown local FDR null"),
-    ({"null": "empirical"}, "needs z_null"),
-    ({"z_null": np.zeros(10)}, "only used"),
-    ({"deg": 40}, "deg"),
-    ({"nbins": 1}, "deg"),
-    ({"pi0": 0.0}, "pi0"),
-    ({"pi0": 1.5}, "pi0"),
-    ({"pi0": np.ones(3)}, "batch shape"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"null": "bogus"}, "unknown local FDR null"),
+        ({"null": "empirical"}, "needs z_null"),
+        ({"z_null": np.zeros(10)}, "only used"),
+        ({"deg": 40}, "deg"),
+        ({"nbins": 1}, "deg"),
+        ({"pi0": 0.0}, "pi0"),
+        ({"pi0": 1.5}, "pi0"),
+        ({"pi0": np.ones(3)}, "batch shape"),
+    ],
+)
 def test_local_fdr_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         stats.local_fdr(np.linspace(-2, 2, 50), **kwargs)

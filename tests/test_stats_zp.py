@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arb_jax import stats
+from arb_jax.core import stats
 
 METHODS = stats.PVALUE_METHODS
 
@@ -20,7 +20,7 @@ def numpy_zstat(attn, attn_null):
 
 
 def brute_force_pvalues(z, z_null, method):
-    """The definitions as n × m counts (SPEC §3, eq. 4 and variants)."""
+    """The definitions as n × m counts (docs/method.md §3, eq. 4 and variants)."""
     m = z_null.size
     if method == "upper":
         return (z_null[None, :] >= z[:, None]).sum(1) / m
@@ -51,6 +51,7 @@ def attention_like(rng, shape):
 
 # --- z ---------------------------------------------------------------------------------------
 
+
 def test_zstat_matches_numpy():
     rng = np.random.default_rng(0)
     attn, null = attention_like(rng, 500), attention_like(rng, (4, 500))
@@ -73,10 +74,9 @@ def test_zstat_shapes_and_batches():
     with jax.enable_x64(True):
         z, z_null, mu0, sigma0 = stats.zstat(attn, null)
         assert z.shape == (3, 200) and z_null.shape == (3, 2, 200) and mu0.shape == (3,)
-        z_flat, z_null_flat, _, _ = stats.zstat(attn, null.reshape(3, 400))    # (..., m) form
+        z_flat, z_null_flat, _, _ = stats.zstat(attn, null.reshape(3, 400))  # (..., m) form
         np.testing.assert_allclose(np.asarray(z_flat), np.asarray(z), rtol=0, atol=1e-13)
-        np.testing.assert_allclose(np.asarray(z_null_flat).reshape(3, 2, 200), z_null,
-                                   rtol=0, atol=1e-13)
+        np.testing.assert_allclose(np.asarray(z_null_flat).reshape(3, 2, 200), z_null, rtol=0, atol=1e-13)
         for i in range(3):
             zi, _, m_i, s_i = stats.zstat(attn[i], null[i])
             np.testing.assert_allclose(np.asarray(zi), np.asarray(z[i]), rtol=0, atol=1e-13)
@@ -95,13 +95,12 @@ def test_zstat_zero_scores_are_clamped_to_tiny():
     attn, null = attention_like(rng, 300), attention_like(rng, (2, 300))
     attn[:5] = 0.0
     null[0, :3] = 0.0
-    null[1, 3] = 1e-40                                                   # float32 subnormal
+    null[1, 3] = 1e-40  # float32 subnormal
     for x64, dtype in ((False, np.float32), (True, np.float64)):
         with jax.enable_x64(x64):
             z, z_null, mu0, sigma0 = stats.zstat(attn.astype(dtype), null.astype(dtype))
             tiny = np.finfo(dtype).tiny
-            ref = numpy_zstat(np.maximum(attn.astype(dtype), tiny),
-                              np.maximum(null.astype(dtype), tiny))
+            ref = numpy_zstat(np.maximum(attn.astype(dtype), tiny), np.maximum(null.astype(dtype), tiny))
             assert np.all(np.isfinite(np.asarray(z))) and np.all(np.isfinite(np.asarray(z_null)))
             np.testing.assert_allclose(np.asarray(z), ref[0], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(float(mu0), ref[2], rtol=1e-6)
@@ -112,21 +111,24 @@ def test_zstat_zero_scores_are_clamped_to_tiny():
     assert z16.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(z16)))
 
 
-@pytest.mark.parametrize("attn,null,err,match", [
-    (np.array([0.1, -0.2, 0.3]), np.full((2, 3), 0.1) + [0, 0.1, 0.2], ValueError, "negative"),
-    (np.array([0.1, np.nan, 0.3]), np.ones((2, 3)), ValueError, "NaN or inf"),
-    (np.array([0.1, 0.2, 0.3]), np.array([[0.1, np.inf, 0.2]] * 2), ValueError, "NaN or inf"),
-    (np.zeros(0), np.zeros((2, 0)), ValueError, "empty"),
-    (np.array(0.5), np.ones(3), ValueError, "at least 1 dimension"),
-    (np.ones(3), np.ones((2, 4)), ValueError, "does not match"),
-    (np.ones((2, 3)), np.ones((3, 5, 3)), ValueError, "does not match"),
-    (np.ones((2, 3)), np.ones((3, 7)), ValueError, "does not match"),
-    (np.ones(3), np.ones((1, 2, 2, 3)), ValueError, "must have shape"),
-    (np.ones(3) * 0.2, np.full((2, 3), 0.1), ValueError, "constant"),
-    (np.array([True, False]), np.ones((2, 2)), TypeError, "real numbers"),
-    (np.ones(3) * 1j, np.ones((2, 3)), TypeError, "real numbers"),
-    (["a", "b"], np.ones((2, 2)), TypeError, "real numbers"),
-])
+@pytest.mark.parametrize(
+    "attn,null,err,match",
+    [
+        (np.array([0.1, -0.2, 0.3]), np.full((2, 3), 0.1) + [0, 0.1, 0.2], ValueError, "negative"),
+        (np.array([0.1, np.nan, 0.3]), np.ones((2, 3)), ValueError, "NaN or inf"),
+        (np.array([0.1, 0.2, 0.3]), np.array([[0.1, np.inf, 0.2]] * 2), ValueError, "NaN or inf"),
+        (np.zeros(0), np.zeros((2, 0)), ValueError, "empty"),
+        (np.array(0.5), np.ones(3), ValueError, "at least 1 dimension"),
+        (np.ones(3), np.ones((2, 4)), ValueError, "does not match"),
+        (np.ones((2, 3)), np.ones((3, 5, 3)), ValueError, "does not match"),
+        (np.ones((2, 3)), np.ones((3, 7)), ValueError, "does not match"),
+        (np.ones(3), np.ones((1, 2, 2, 3)), ValueError, "must have shape"),
+        (np.ones(3) * 0.2, np.full((2, 3), 0.1), ValueError, "constant"),
+        (np.array([True, False]), np.ones((2, 2)), TypeError, "real numbers"),
+        (np.ones(3) * 1j, np.ones((2, 3)), TypeError, "real numbers"),
+        (["a", "b"], np.ones((2, 2)), TypeError, "real numbers"),
+    ],
+)
 def test_zstat_bad_inputs(attn, null, err, match):
     with pytest.raises(err, match=match):
         stats.zstat(attn, null)
@@ -134,6 +136,8 @@ def test_zstat_bad_inputs(attn, null, err, match):
 
 # --- p-values --------------------------------------------------------------------------------
 
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_pvalues_match_brute_force(method):
     """Exact (bit for bit) in float64 and float32, continuous z and heavily tied z."""
@@ -155,6 +159,7 @@ def test_pvalues_match_brute_force(method):
         assert np.all(got > 0)
 
 
+@pytest.mark.slow
 def test_pvalues_batches_shapes_and_jit():
     rng = np.random.default_rng(4)
     z, z_null = rng.normal(size=(2, 300)), rng.normal(size=(2, 5, 300))
@@ -164,7 +169,8 @@ def test_pvalues_batches_shapes_and_jit():
         np.testing.assert_array_equal(batched, flat)
         for i in range(2):
             np.testing.assert_array_equal(
-                batched[i], np.asarray(stats.empirical_pvalues(z[i], z_null[i], method=method)))
+                batched[i], np.asarray(stats.empirical_pvalues(z[i], z_null[i], method=method))
+            )
         jitted = jax.jit(stats.empirical_pvalues, static_argnames="method")(z, z_null, method)
         np.testing.assert_array_equal(np.asarray(jitted), batched)
     # the largest |z| gets p = 0 under "attnreg"; an observed z above every null z gets 0 ("upper")
@@ -181,19 +187,25 @@ def test_pvalues_realistic_size_is_fast():
     p = np.asarray(stats.empirical_pvalues(z, z_null))
     assert p.shape == (3721,)
     idx = rng.choice(3721, 50, replace=False)
-    np.testing.assert_array_equal(p[idx], brute_force_pvalues(z[idx].astype(np.float32),
-                                                              z_null.astype(np.float32).ravel(),
-                                                              "upper").astype(np.float32))
+    np.testing.assert_array_equal(
+        p[idx],
+        brute_force_pvalues(z[idx].astype(np.float32), z_null.astype(np.float32).ravel(), "upper").astype(
+            np.float32
+        ),
+    )
 
 
-@pytest.mark.parametrize("kwargs,err,match", [
-    ({"method": "lower"}, ValueError, "unknown p-value method"),
-    ({"z_null": np.ones((2, 5))}, ValueError, "does not match"),
-    ({"z": np.array([0.0, np.nan, 1.0])}, ValueError, "NaN or inf"),
-    ({"z_null": np.array([0.0, -np.inf])}, ValueError, "NaN or inf"),
-    ({"z_null": np.zeros(0)}, ValueError, "empty"),
-    ({"z": np.ones((2, 3)), "z_null": np.ones((3, 4))}, ValueError, "does not match"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        ({"method": "lower"}, ValueError, "unknown p-value method"),
+        ({"z_null": np.ones((2, 5))}, ValueError, "does not match"),
+        ({"z": np.array([0.0, np.nan, 1.0])}, ValueError, "NaN or inf"),
+        ({"z_null": np.array([0.0, -np.inf])}, ValueError, "NaN or inf"),
+        ({"z_null": np.zeros(0)}, ValueError, "empty"),
+        ({"z": np.ones((2, 3)), "z_null": np.ones((3, 4))}, ValueError, "does not match"),
+    ],
+)
 def test_pvalues_bad_inputs(kwargs, err, match):
     args = {"z": np.array([0.0, 1.0, 2.0]), "z_null": np.ones((2, 3)), "method": "upper"}
     args.update(kwargs)
@@ -202,6 +214,7 @@ def test_pvalues_bad_inputs(kwargs, err, match):
 
 
 # --- sRMSD and uniformity --------------------------------------------------------------------
+
 
 def test_srmsd_matches_numpy_and_edge_cases():
     rng = np.random.default_rng(6)
@@ -212,10 +225,10 @@ def test_srmsd_matches_numpy_and_edge_cases():
         exact = (np.arange(1, n + 1) - 0.5) / n
         assert float(stats.srmsd(rng.permutation(exact))) == 0.0
         assert float(stats.srmsd(np.zeros(n))) == pytest.approx(np.sqrt(np.mean(exact**2)))
-        assert float(stats.srmsd(np.ones(n))) == pytest.approx(-np.sqrt(np.mean((1 - exact)**2)))
+        assert float(stats.srmsd(np.ones(n))) == pytest.approx(-np.sqrt(np.mean((1 - exact) ** 2)))
         batch = np.stack([rng.beta(0.5, 1, 300), rng.beta(2, 1, 300)])
         got = np.asarray(stats.srmsd(batch))
-        assert got[0] > 0 > got[1]                     # anti-conservative vs conservative
+        assert got[0] > 0 > got[1]  # anti-conservative vs conservative
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         stats.srmsd(np.array([0.2, 1.5]))
 
@@ -256,12 +269,13 @@ def test_pvalues_uniform_under_the_null(method):
     assert abs(s.mean()) <= 5 * s.std() / np.sqrt(R)
 
 
+@pytest.mark.slow
 def test_ranking_nulls_among_observed_equals_sorting_the_nulls():
     """The fast count (sort the n observed, rank the m nulls) equals the direct one, ties included."""
     rng = np.random.default_rng(5)
     for n, m in [(1, 1), (7, 3), (50, 800), (200, 20000)]:
-        x = rng.integers(-5, 6, n).astype(np.float32)            # heavy ties within and across
+        x = rng.integers(-5, 6, n).astype(np.float32)  # heavy ties within and across
         null = rng.integers(-6, 7, m).astype(np.float32)
         want = (null[None, :] >= x[:, None]).sum(1)
-        got = stats._count_null_geq(jnp.asarray(null), jnp.asarray(x))
+        got = stats.count_null_geq(jnp.asarray(null), jnp.asarray(x))
         np.testing.assert_array_equal(np.asarray(got), want)

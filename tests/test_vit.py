@@ -47,15 +47,23 @@ def _torch_single_thread():
 
 def _hf_model(cfg: ViTConfig, image_size, seed: int = 0):
     """An HF model with cfg's architecture at ``image_size`` (its "native" size), random weights."""
-    common = dict(hidden_size=cfg.dim, num_hidden_layers=cfg.depth,
-                  num_attention_heads=cfg.heads, image_size=image_size, patch_size=cfg.patch,
-                  layer_norm_eps=cfg.eps, hidden_act="gelu", attn_implementation="eager")
+    common = dict(
+        hidden_size=cfg.dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.heads,
+        image_size=image_size,
+        patch_size=cfg.patch,
+        layer_norm_eps=cfg.eps,
+        hidden_act="gelu",
+        attn_implementation="eager",
+    )
     if not cfg.layerscale:
         hf = transformers.ViTConfig(intermediate_size=cfg.mlp_dim, qkv_bias=True, **common)
         model = transformers.ViTModel(hf, add_pooling_layer=False)
     elif cfg.n_registers:
         hf = transformers.Dinov2WithRegistersConfig(
-            mlp_ratio=cfg.mlp_dim // cfg.dim, num_register_tokens=cfg.n_registers, **common)
+            mlp_ratio=cfg.mlp_dim // cfg.dim, num_register_tokens=cfg.n_registers, **common
+        )
         model = transformers.Dinov2WithRegistersModel(hf)
     else:
         hf = transformers.Dinov2Config(mlp_ratio=cfg.mlp_dim // cfg.dim, **common)
@@ -95,8 +103,10 @@ def _canonical_from_hf(model, cfg: ViTConfig) -> dict:
     tree = {
         "cls_token": sd[e + "cls_token"],
         "pos_embed": sd[e + "position_embeddings"],
-        "patch_embed": {"kernel": sd[e + "patch_embeddings.projection.weight"].transpose(2, 3, 1, 0),
-                        "bias": sd[e + "patch_embeddings.projection.bias"]},
+        "patch_embed": {
+            "kernel": sd[e + "patch_embeddings.projection.weight"].transpose(2, 3, 1, 0),
+            "bias": sd[e + "patch_embeddings.projection.bias"],
+        },
         "norm": ln("layernorm"),
     }
     if cfg.n_registers:
@@ -108,8 +118,10 @@ def _canonical_from_hf(model, cfg: ViTConfig) -> dict:
             "norm1": ln(b + ("norm1" if v2 else "layernorm_before")),
             "norm2": ln(b + ("norm2" if v2 else "layernorm_after")),
             "attn": {
-                "qkv": {"kernel": np.concatenate([sd[x + ".weight"] for x in qkv]).T,
-                        "bias": np.concatenate([sd[x + ".bias"] for x in qkv])},
+                "qkv": {
+                    "kernel": np.concatenate([sd[x + ".weight"] for x in qkv]).T,
+                    "bias": np.concatenate([sd[x + ".bias"] for x in qkv]),
+                },
                 "proj": linear(o),
             },
             "mlp": {"fc1": linear(b + "mlp.fc1"), "fc2": linear(b + "mlp.fc2")},
@@ -125,19 +137,18 @@ def _hf_outputs(model, cfg: ViTConfig, images: np.ndarray):
     """HF last-layer CLS attention over patches (N, heads, h, w) and CLS feature (N, D)."""
     N, H, W, _ = images.shape
     with torch.no_grad():
-        out = model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)),
-                    output_attentions=True)
-    attn = out.attentions[-1][:, :, 0, 1 + cfg.n_registers:].numpy()
-    return (attn.reshape(N, cfg.heads, H // cfg.patch, W // cfg.patch),
-            out.last_hidden_state[:, 0].numpy())
+        out = model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)), output_attentions=True)
+    attn = out.attentions[-1][:, :, 0, 1 + cfg.n_registers :].numpy()
+    return (attn.reshape(N, cfg.heads, H // cfg.patch, W // cfg.patch), out.last_hidden_state[:, 0].numpy())
 
 
 def _torch_interpolated(pos: np.ndarray, grid_hw) -> np.ndarray:
     """Position embeddings resampled as DINO does, in torch (float32)."""
     (h, w), M, D = grid_hw, int(round((pos.shape[1] - 1) ** 0.5)), pos.shape[2]
     grid = torch.from_numpy(pos[:, 1:]).reshape(1, M, M, D).permute(0, 3, 1, 2)
-    grid = torch_interpolate(grid, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic",
-                         align_corners=False)
+    grid = torch_interpolate(
+        grid, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic", align_corners=False
+    )
     return np.concatenate([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, h * w, D).numpy()], 1)
 
 
@@ -162,6 +173,7 @@ def _assert_parity(ours: dict, attn_ref, feat_ref, n_patches):
 # --------------------------------------------------------------------------- parity
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["test_tiny8", "test_tiny16", "test_tiny14", "test_tiny14_reg"])
 def test_parity_with_hf_at_native_size(name):
     cfg = get_config(name)
@@ -174,8 +186,10 @@ def test_parity_with_hf_at_native_size(name):
     assert set(ours) == {"attn", "features"}  # "logits" only with a head
 
 
-@pytest.mark.parametrize("name,grid", [("test_tiny8", (7, 5)), ("test_tiny14_reg", (6, 6)),
-                                       ("test_tiny14", (3, 3))])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name,grid", [("test_tiny8", (7, 5)), ("test_tiny14_reg", (6, 6)), ("test_tiny14", (3, 3))]
+)
 def test_parity_with_hf_at_interpolated_size(name, grid):
     # HF runs "natively" at the new size with DINO's torch-interpolated position embeddings;
     # ours interpolates the stored M×M grid (in the model at trace time, and in the bundle).
@@ -198,8 +212,7 @@ def test_parity_with_hf_at_interpolated_size(name, grid):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,size", [("dino_vits16", (224, 224)),
-                                       ("dinov2_vits14_reg", (224, 224))])
+@pytest.mark.parametrize("name,size", [("dino_vits16", (224, 224)), ("dinov2_vits14_reg", (224, 224))])
 def test_parity_with_hf_real_architecture(name, size):
     # The registered architectures (12 blocks, D=384), random init; DINOv2 at 224 (16×16 grid,
     # interpolated from its 37×37 grid).
@@ -210,7 +223,8 @@ def test_parity_with_hf_real_architecture(name, size):
     if size != cfg.native_size:
         state = model.state_dict()
         state["embeddings.position_embeddings"] = torch.from_numpy(
-            _torch_interpolated(params["pos_embed"], grid))
+            _torch_interpolated(params["pos_embed"], grid)
+        )
         model = _hf_model(cfg, size[0], seed=3)
         model.load_state_dict(state)
     images = _images(2, size, seed=4)
@@ -227,8 +241,8 @@ def _perturbed(cfg: ViTConfig, seed: int) -> dict:
     """random_params with every leaf perturbed (non-zero biases, non-unit norms)."""
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map(
-        lambda a: (a + 0.2 * rng.standard_normal(a.shape)).astype(np.float32),
-        random_params(cfg, seed))
+        lambda a: (a + 0.2 * rng.standard_normal(a.shape)).astype(np.float32), random_params(cfg, seed)
+    )
 
 
 def _reference_forward(params: dict, cfg: ViTConfig, images: np.ndarray):
@@ -242,8 +256,7 @@ def _reference_forward(params: dict, cfg: ViTConfig, images: np.ndarray):
 
     def ln(x, q):
         mu = x.mean(-1, keepdims=True)
-        return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + cfg.eps) * q[
-            "scale"] + q["bias"]
+        return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + cfg.eps) * q["scale"] + q["bias"]
 
     def lin(x, q):
         return x @ q["kernel"] + q["bias"]
@@ -257,8 +270,7 @@ def _reference_forward(params: dict, cfg: ViTConfig, images: np.ndarray):
     for i in range(cfg.depth):
         b = P[f"block_{i}"]
         q, k, v = np.split(lin(ln(x, b["norm1"]), b["attn"]["qkv"]), 3, -1)
-        q, k, v = (t.reshape(N, -1, cfg.heads, cfg.head_dim).transpose(0, 2, 1, 3)
-                   for t in (q, k, v))
+        q, k, v = (t.reshape(N, -1, cfg.heads, cfg.head_dim).transpose(0, 2, 1, 3) for t in (q, k, v))
         logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(cfg.head_dim)
         attn = np.exp(logits - logits.max(-1, keepdims=True))
         attn /= attn.sum(-1, keepdims=True)
@@ -270,6 +282,7 @@ def _reference_forward(params: dict, cfg: ViTConfig, images: np.ndarray):
     return attn, ln(x, P["norm"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["test_tiny8", "test_tiny14_reg"])
 def test_cls_only_last_block_equals_full_block(name):
     cfg = dataclasses.replace(get_config(name), depth=3)
@@ -279,7 +292,8 @@ def test_cls_only_last_block_equals_full_block(name):
     out = _apply(cfg, params, images)
     h = w = cfg.pos_grid
     np.testing.assert_allclose(
-        out["attn"], attn[:, :, 0, 1 + cfg.n_registers:].reshape(2, cfg.heads, h, w), atol=1e-5)
+        out["attn"], attn[:, :, 0, 1 + cfg.n_registers :].reshape(2, cfg.heads, h, w), atol=1e-5
+    )
     np.testing.assert_allclose(out["features"], tokens[:, 0], atol=1e-5)
     # The same parameters through the full Flax Block and the CLS-only ClsBlock.
     x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 9, cfg.dim)), jnp.float32)
@@ -297,14 +311,14 @@ def test_classifier_head_logits():
     assert params["head"]["kernel"].shape == (32, 5)
     images = _images(3, cfg.native_size)
     out = _apply(cfg, params, images)
-    ref = (np.asarray(out["features"], np.float64) @ params["head"]["kernel"]
-           + params["head"]["bias"])
+    ref = np.asarray(out["features"], np.float64) @ params["head"]["kernel"] + params["head"]["bias"]
     np.testing.assert_allclose(out["logits"], ref, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- bfloat16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["test_tiny14_reg"])
 def test_bfloat16_close_to_float32(name):
     # bf16 keeps 8 significant bits (unit roundoff 2^-9 = 0.2%). q and k are rounded (and the
@@ -330,16 +344,20 @@ def test_bfloat16_close_to_float32(name):
 # --------------------------------------------------------------------------- input checks
 
 
-@pytest.mark.parametrize("shape,dtype,error,match", [
-    ((32, 32, 3), np.float32, ValueError, r"shape \(N, H, W, 3\).*\(32, 32, 3\)"),
-    ((1, 32, 32, 4), np.float32, ValueError, r"3 \(RGB\) channels.*got 4"),
-    ((1, 3, 32, 32), np.float32, ValueError, r"3 \(RGB\) channels.*got 32"),
-    ((1, 32, 32, 3), np.uint8, TypeError, r"float.*uint8"),
-    ((1, 32, 32, 3), np.int32, TypeError, r"float.*int32"),
-    ((0, 32, 32, 3), np.float32, ValueError, "empty batch"),
-    ((1, 20, 32, 3), np.float32, ValueError, r"height 20 and width 32.*patch size 8"),
-    ((1, 32, 36, 3), np.float32, ValueError, r"height 32 and width 36.*patch size 8"),
-])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "shape,dtype,error,match",
+    [
+        ((32, 32, 3), np.float32, ValueError, r"shape \(N, H, W, 3\).*\(32, 32, 3\)"),
+        ((1, 32, 32, 4), np.float32, ValueError, r"3 \(RGB\) channels.*got 4"),
+        ((1, 3, 32, 32), np.float32, ValueError, r"3 \(RGB\) channels.*got 32"),
+        ((1, 32, 32, 3), np.uint8, TypeError, r"float.*uint8"),
+        ((1, 32, 32, 3), np.int32, TypeError, r"float.*int32"),
+        ((0, 32, 32, 3), np.float32, ValueError, "empty batch"),
+        ((1, 20, 32, 3), np.float32, ValueError, r"height 20 and width 32.*patch size 8"),
+        ((1, 32, 36, 3), np.float32, ValueError, r"height 32 and width 36.*patch size 8"),
+    ],
+)
 def test_bad_images_raise_a_clear_error(shape, dtype, error, match):
     cfg = get_config("test_tiny8")
     params = random_params(cfg)
@@ -365,23 +383,36 @@ def test_pos_embed_of_wrong_length_is_a_clear_error():
 def _contract_shapes(c: ViTConfig) -> dict:
     """The canonical tree's shapes, written out from the shared contract."""
     D, H, M, p = c.dim, c.mlp_dim, c.pos_grid, c.patch
-    shapes = {"cls_token": (1, 1, D), "pos_embed": (1, 1 + M * M, D),
-              "patch_embed/kernel": (p, p, 3, D), "patch_embed/bias": (D,),
-              "norm/scale": (D,), "norm/bias": (D,)}
+    shapes = {
+        "cls_token": (1, 1, D),
+        "pos_embed": (1, 1 + M * M, D),
+        "patch_embed/kernel": (p, p, 3, D),
+        "patch_embed/bias": (D,),
+        "norm/scale": (D,),
+        "norm/bias": (D,),
+    }
     if c.n_registers:
         shapes["reg_tokens"] = (1, c.n_registers, D)
     if c.n_classes:
         shapes.update({"head/kernel": (D, c.n_classes), "head/bias": (c.n_classes,)})
     for i in range(c.depth):
         b = f"block_{i}/"
-        shapes.update({
-            b + "norm1/scale": (D,), b + "norm1/bias": (D,),
-            b + "norm2/scale": (D,), b + "norm2/bias": (D,),
-            b + "attn/qkv/kernel": (D, 3 * D), b + "attn/qkv/bias": (3 * D,),
-            b + "attn/proj/kernel": (D, D), b + "attn/proj/bias": (D,),
-            b + "mlp/fc1/kernel": (D, H), b + "mlp/fc1/bias": (H,),
-            b + "mlp/fc2/kernel": (H, D), b + "mlp/fc2/bias": (D,),
-        })
+        shapes.update(
+            {
+                b + "norm1/scale": (D,),
+                b + "norm1/bias": (D,),
+                b + "norm2/scale": (D,),
+                b + "norm2/bias": (D,),
+                b + "attn/qkv/kernel": (D, 3 * D),
+                b + "attn/qkv/bias": (3 * D,),
+                b + "attn/proj/kernel": (D, D),
+                b + "attn/proj/bias": (D,),
+                b + "mlp/fc1/kernel": (D, H),
+                b + "mlp/fc1/bias": (H,),
+                b + "mlp/fc2/kernel": (H, D),
+                b + "mlp/fc2/bias": (D,),
+            }
+        )
         if c.layerscale:
             shapes.update({b + "ls1/gamma": (D,), b + "ls2/gamma": (D,)})
     return shapes
@@ -392,8 +423,11 @@ def test_parameter_tree_matches_the_contract(name):
     cfg = get_config(name)
     if name.startswith("test_"):
         cfg = dataclasses.replace(cfg, n_classes=3)
-    shape_tree = jax.eval_shape(VisionTransformer(cfg).init, jax.random.key(0),
-                                jax.ShapeDtypeStruct((1, *cfg.native_size, 3), jnp.float32))
+    shape_tree = jax.eval_shape(
+        VisionTransformer(cfg).init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, *cfg.native_size, 3), jnp.float32),
+    )
     flat = flax.traverse_util.flatten_dict(shape_tree["params"], sep="/")
     assert {k: v.shape for k, v in flat.items()} == _contract_shapes(cfg)
     assert all(v.dtype == jnp.float32 for v in flat.values())
@@ -401,8 +435,7 @@ def test_parameter_tree_matches_the_contract(name):
 
 def test_registered_configs():
     s8, b16 = get_config("dino_vits8"), get_config("dino_vitb16")
-    assert (s8.patch, s8.dim, s8.depth, s8.heads, s8.mlp_dim, s8.pos_grid) == (8, 384, 12, 6, 1536,
-                                                                               28)
+    assert (s8.patch, s8.dim, s8.depth, s8.heads, s8.mlp_dim, s8.pos_grid) == (8, 384, 12, 6, 1536, 28)
     assert (b16.patch, b16.dim, b16.heads, b16.mlp_dim, b16.pos_grid) == (16, 768, 12, 3072, 14)
     assert not s8.layerscale and s8.n_registers == 0 and s8.eps == 1e-6
     v2 = get_config("dinov2_vitb14_reg")
@@ -428,13 +461,15 @@ def test_config_round_trip_and_errors():
 # --------------------------------------------------------------------------- the bundle
 
 
+@pytest.mark.slow
 def test_bundle_random_init_and_pos_embed_resampled_once():
     vit = build_vit("test_tiny8", image_size=(56, 40), seed=3)
     assert vit.meta["random_init"] is True and vit.meta["seed"] == 3
     assert vit.grid == (7, 5) and vit.patch == 8 and vit.n_heads == 2
     native = random_params(get_config("test_tiny8"), seed=3)
-    np.testing.assert_allclose(vit.params["pos_embed"],
-                               interpolate_pos_embed(native["pos_embed"], (7, 5)), atol=0)
+    np.testing.assert_allclose(
+        vit.params["pos_embed"], interpolate_pos_embed(native["pos_embed"], (7, 5)), atol=0
+    )
     # The bundle (host float64 resampling) and the model (float32, at trace time) agree.
     images = _images(2, (56, 40))
     in_model = _apply(vit.config, native, images)
@@ -444,6 +479,7 @@ def test_bundle_random_init_and_pos_embed_resampled_once():
     assert build_vit("test_tiny8", params=native).meta["random_init"] is False
 
 
+@pytest.mark.slow
 def test_bundle_apply_is_pure_under_jit_and_vmap():
     vit = build_vit("test_tiny14_reg")
     images = _images(3, vit.image_size, seed=11)
@@ -452,8 +488,7 @@ def test_bundle_apply_is_pure_under_jit_and_vmap():
     def per_image(params, x):
         return jax.vmap(lambda im: vit.apply(params, im[None])["attn"][0])(x)
 
-    np.testing.assert_allclose(per_image(vit.params, images), vit.cls_attention(images),
-                               atol=1e-6)
+    np.testing.assert_allclose(per_image(vit.params, images), vit.cls_attention(images), atol=1e-6)
 
 
 def test_bundle_errors():
@@ -477,6 +512,7 @@ def test_bundle_errors():
         build_vit("test_tiny8", params={**params, "pos_embed": np.zeros((1, 10, 32), np.float32)})
 
 
+@pytest.mark.slow
 def test_at_size_equals_building_at_that_size():
     """at_size resamples only pos_embed from the stored grid: the same parameters, bit for bit,
     as build_vit at that size, and back to the first size gives the first bundle's values."""
@@ -487,8 +523,7 @@ def test_at_size_equals_building_at_that_size():
     for vit in (base, head):
         assert vit.at_size(vit.image_size) is vit
         other = vit.at_size((40, 24))
-        ref = build_vit(vit.config, vit.stored_params(), image_size=(40, 24), dtype="bfloat16",
-                        meta=vit.meta)
+        ref = build_vit(vit.config, vit.stored_params(), image_size=(40, 24), dtype="bfloat16", meta=vit.meta)
         assert other.image_size == (40, 24) and other.grid == (5, 3) and other.dtype == "bfloat16"
         assert other.meta == vit.meta and other.config == vit.config
         flat = flax.traverse_util.flatten_dict(other.params)
@@ -500,7 +535,6 @@ def test_at_size_equals_building_at_that_size():
         np.testing.assert_array_equal(other.cls_attention(x), ref.cls_attention(x))
         back = other.at_size(vit.image_size)
         np.testing.assert_array_equal(back.params["pos_embed"], vit.params["pos_embed"])
-        np.testing.assert_array_equal(back.stored_params()["pos_embed"],
-                                      vit.stored_params()["pos_embed"])
+        np.testing.assert_array_equal(back.stored_params()["pos_embed"], vit.stored_params()["pos_embed"])
     with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
         base.at_size((40, 20))

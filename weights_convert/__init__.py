@@ -1,54 +1,16 @@
-"""Safe conversion of PyTorch / safetensors ViT checkpoints to canonical Flax params (Orbax).
+"""Moved to :mod:`arb_jax.convert`; this name stays so ``import weights_convert`` keeps working.
 
-    config, params = convert("dino_deitsmall8_pretrain.pth", "ckpt/dino_vits8")
-    config, params, meta = load_converted("ckpt/dino_vits8")
-    config, params, meta = read_checkpoint("facebook-dinov2-small/")   # in memory
-
-PyTorch pickles are read by a restricted unpickler: no code from the file runs, torch is not
-imported; a pickle that names anything but tensor rebuilding, plain containers and inert data
-holders raises :class:`UnsafeCheckpointError`. Every problem with a file raises a
-:class:`CheckpointError` (the hierarchy is in :mod:`weights_convert.errors`), within a memory
-budget stated by :class:`ReadLimits`.
+``weights_convert.X`` (``readers``, ``formats``, ``safe_pickle``…) is the module
+``arb_jax.convert.X``, and ``python -m weights_convert SRC DST`` is ``arb convert SRC DST``.
 """
 
-from weights_convert.convert import convert, main, read_checkpoint
-from weights_convert.errors import (
-    CheckpointArchitectureError,
-    CheckpointError,
-    CheckpointFormatError,
-    CheckpointIntegrityError,
-    CheckpointKeysError,
-    CheckpointLimitError,
-    CheckpointNotFoundError,
-    UnsafeCheckpointError,
-)
-from weights_convert.formats import canonical_shapes, to_canonical
-from weights_convert.orbax_io import load_converted, restore_params, save_params
-from weights_convert.readers import flatten_tree, load_tree, sha256_file
-from weights_convert.safe_pickle import DEFAULT_LIMITS, Placeholder, ReadLimits, load_torch_zip
+from arb_jax._moved import install
+from arb_jax.convert import *  # noqa: F403
+from arb_jax.convert import __all__  # noqa: F401
 
-__all__ = [
-    "DEFAULT_LIMITS",
-    "CheckpointArchitectureError",
-    "CheckpointError",
-    "CheckpointFormatError",
-    "CheckpointIntegrityError",
-    "CheckpointKeysError",
-    "CheckpointLimitError",
-    "CheckpointNotFoundError",
-    "Placeholder",
-    "ReadLimits",
-    "UnsafeCheckpointError",
-    "canonical_shapes",
-    "convert",
-    "flatten_tree",
-    "load_converted",
-    "load_torch_zip",
-    "load_tree",
-    "main",
-    "read_checkpoint",
-    "restore_params",
-    "save_params",
-    "sha256_file",
-    "to_canonical",
-]
+install(
+    {
+        f"weights_convert.{name}": f"arb_jax.convert.{name}"
+        for name in ("convert", "errors", "formats", "onnx_reader", "orbax_io", "readers", "safe_pickle")
+    }
+)

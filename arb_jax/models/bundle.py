@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import flax
 import jax
@@ -32,15 +32,22 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class ViT:
     """A ViT with parameters for one input size.
 
-    Attributes:
-      config: the architecture.
-      params: canonical parameter tree (float32), ``pos_embed`` already resampled to
+    Attributes
+    ----------
+    config
+        the architecture.
+    params
+        canonical parameter tree (float32), ``pos_embed`` already resampled to
         ``image_size``: (1, 1 + h·w, D).
-      image_size: (H, W) in pixels, multiples of the patch.
-      dtype: compute dtype, "float32" (matmuls at HIGHEST precision) or "bfloat16".
-      meta: provenance (source, sha256, ...); ``meta["random_init"]`` is True for fixtures;
+    image_size
+        (H, W) in pixels, multiples of the patch.
+    dtype
+        compute dtype, "float32" (matmuls at HIGHEST precision) or "bfloat16".
+    meta
+        provenance (source, sha256, ...); ``meta["random_init"]`` is True for fixtures;
         a fine-tuned model also has ``meta["classes"]`` (the K class names, in logit order).
-      pos_embed_stored: ``pos_embed`` as given to ``build_vit``, before resampling (numpy
+    pos_embed_stored
+        ``pos_embed`` as given to ``build_vit``, before resampling (numpy
         float32); ``stored_params`` puts it back.
     """
 
@@ -73,11 +80,14 @@ class ViT:
     def apply(self, params: Mapping[str, Any], images: jax.Array) -> dict[str, jax.Array]:
         """The model as a pure function; see ``VisionTransformer`` for the output dict.
 
-        Args:
-          params: a canonical parameter tree (e.g. ``self.params``).
-          images: (N, H, W, 3) float, ImageNet-normalised, NHWC.
+        Parameters
+        ----------
+        params : Mapping[str, Any]
+            a canonical parameter tree (e.g. ``self.params``).
+        images : jax.Array
+            (N, H, W, 3) float, ImageNet-normalised, NHWC.
         """
-        return self.module.apply({"params": params}, images)
+        return cast(dict[str, jax.Array], self.module.apply({"params": params}, images))
 
     @functools.cached_property
     def _attn_fn(self):
@@ -109,12 +119,16 @@ class ViT:
     def logits(self, images: jax.Array) -> jax.Array:
         """Class scores ``features(images) @ kernel + bias``, (N, H, W, 3) → (N, K) float32 (jitted).
 
-        Raises:
-          ValueError: the model has no linear head (``config.n_classes == 0``).
+        Raises
+        ------
+        ValueError
+            the model has no linear head (``config.n_classes == 0``).
         """
         if not self.config.n_classes:
-            raise ValueError("this ViT has no classification head (config.n_classes == 0); "
-                             "attach one with with_head() or load a fine-tuned model")
+            raise ValueError(
+                "this ViT has no classification head (config.n_classes == 0); "
+                "attach one with with_head() or load a fine-tuned model"
+            )
         self._check(images)
         return self._logits_fn(self.params, images)
 
@@ -132,15 +146,16 @@ class ViT:
             raise ValueError(f"head bias must have shape ({kernel.shape[1]},), got {bias.shape}")
         config = dataclasses.replace(self.config, n_classes=int(kernel.shape[1]))
         params = {**self.params, "head": {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}}
-        return dataclasses.replace(self, config=config, params=params,
-                                   meta={**self.meta, **(meta or {})})
+        return dataclasses.replace(self, config=config, params=params, meta={**self.meta, **(meta or {})})
 
     def stored_params(self) -> dict:
         """The parameter tree as numpy float32 with ``pos_embed`` on the stored M×M grid
         (M = ``config.pos_grid``), i.e. the canonical tree to save (``weights_convert``).
 
-        Raises:
-          ValueError: the bundle was built from a ``pos_embed`` already on another grid.
+        Raises
+        ------
+        ValueError
+            the bundle was built from a ``pos_embed`` already on another grid.
         """
         out = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), self.params)
         out["pos_embed"] = self._stored_pos_embed()
@@ -155,7 +170,8 @@ class ViT:
         if pos is None or np.shape(pos)[1] != 1 + M * M:
             raise ValueError(
                 f"the stored pos_embed is not on the config's {M}x{M} grid: this bundle was built "
-                "from position embeddings already resampled to another grid")
+                "from position embeddings already resampled to another grid"
+            )
         return np.asarray(pos, dtype=np.float32)
 
     def at_size(self, image_size: int | tuple[int, int]) -> ViT:
@@ -165,11 +181,12 @@ class ViT:
         if size == tuple(self.image_size):
             return self
         pos = _pos_embed_for(self._stored_pos_embed(), self.config, size)
-        return dataclasses.replace(self, params={**self.params, "pos_embed": jnp.asarray(pos)},
-                                   image_size=size)
+        return dataclasses.replace(
+            self, params={**self.params, "pos_embed": jnp.asarray(pos)}, image_size=size
+        )
 
     def _check(self, images) -> None:
-        check_images(images, self.config.patch, tuple(self.image_size))
+        check_images(images, self.config.patch, (self.image_size[0], self.image_size[1]))
 
 
 def _image_size(image_size, config: ViTConfig) -> tuple[int, int]:
@@ -179,9 +196,7 @@ def _image_size(image_size, config: ViTConfig) -> tuple[int, int]:
         image_size = (image_size, image_size)
     size = tuple(image_size)
     if len(size) != 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in size):
-        raise ValueError(
-            f"image_size must be an int or (H, W) of positive ints, got {image_size!r}"
-        )
+        raise ValueError(f"image_size must be an int or (H, W) of positive ints, got {image_size!r}")
     if size[0] % config.patch or size[1] % config.patch:
         raise ValueError(f"image_size {size} is not a multiple of the patch size {config.patch}")
     return int(size[0]), int(size[1])
@@ -191,8 +206,8 @@ def _checked_params(params: Mapping, expected: Mapping, grid: tuple[int, int]) -
     """Canonical tree → dict of float32 numpy arrays, checking keys and shapes."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping (canonical tree), got {type(params).__name__}")
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected), sep="/")
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(cast(Any, params)), sep="/")
+    want = flax.traverse_util.flatten_dict(flax.core.unfreeze(cast(Any, expected)), sep="/")
     missing, extra = sorted(set(want) - set(flat)), sorted(set(flat) - set(want))
     if missing or extra:
         raise ValueError(f"params do not match the config: missing {missing}, unexpected {extra}")
@@ -253,18 +268,27 @@ def build_vit(
 ) -> ViT:
     """Bundle a configuration and parameters into a ``ViT`` for one image size.
 
-    Args:
-      config: a ``ViTConfig`` or a registered name (``arb_jax.models.CONFIGS``).
-      params: canonical parameter tree; None makes a random-init FIXTURE from ``seed``
+    Parameters
+    ----------
+    config : ViTConfig | str
+        a ``ViTConfig`` or a registered name (``arb_jax.models.CONFIGS``).
+    params : Mapping[str, Any] | None, default None
+        canonical parameter tree; None makes a random-init FIXTURE from ``seed``
         (``random_params``; not a pretrained model, ``meta["random_init"]`` is then True).
-      image_size: (H, W) or a side, multiples of the patch; default the native
+    image_size : int | tuple[int, int] | None, default None
+        (H, W) or a side, multiples of the patch; default the native
         ``pos_grid·patch`` square.
-      dtype: "float32" or "bfloat16" compute.
-      seed: PRNG seed for the random init.
-      meta: provenance to record (source, sha256, ...).
+    dtype : str, default 'float32'
+        "float32" or "bfloat16" compute.
+    seed : int, default 0
+        PRNG seed for the random init.
+    meta : Mapping[str, Any] | None, default None
+        provenance to record (source, sha256, ...).
 
-    Returns:
-      A ``ViT`` whose ``pos_embed`` is resampled (DINO's bicubic, once) to ``image_size``.
+    Returns
+    -------
+    ViT
+        A ``ViT`` whose ``pos_embed`` is resampled (DINO's bicubic, once) to ``image_size``.
     """
     if isinstance(config, str):
         config = get_config(config)
@@ -283,13 +307,13 @@ def build_vit(
     stored = params["pos_embed"]
     params = {**params, "pos_embed": _pos_embed_for(stored, config, size)}
     params = jax.tree_util.tree_map(jnp.asarray, params)
-    return ViT(config, params, size, dtype, dict(meta), pos_embed_stored=stored)
+    return ViT(config, cast(dict, params), size, dtype, dict(meta), pos_embed_stored=stored)
 
 
-def _pos_embed_for(pos: np.ndarray, config: ViTConfig, size: tuple[int, int]) -> np.ndarray:
+def _pos_embed_for(pos: np.ndarray, config: ViTConfig, size: tuple[int, int]) -> Any:
     """``pos`` (1, 1 + tokens, D) for an input of ``size`` pixels: as it is when it already has
     that grid, else resampled (``config.pos_interp``'s bicubic; numpy in: float64 on the host)."""
     grid = (size[0] // config.patch, size[1] // config.patch)
     if pos.shape[1] == 1 + grid[0] * grid[1]:
         return pos
-    return interpolate_pos_embed(pos, grid, config.pos_interp)
+    return interpolate_pos_embed(cast(Any, pos), grid, config.pos_interp)

@@ -14,22 +14,35 @@ from typing import Any
 class ViTConfig:
     """Hyper-parameters of a DINO-style vision transformer.
 
-    Attributes:
-      patch: patch side p in pixels (8, 14, 16).
-      dim: token width D.
-      depth: number of transformer blocks L.
-      heads: number of attention heads (``dim % heads == 0``).
-      mlp_dim: hidden width of the MLP (4·D for DINO).
-      pos_grid: side M of the stored position-embedding grid (224/16 = 14, 224/8 = 28,
+    Attributes
+    ----------
+    patch
+        patch side p in pixels (8, 14, 16).
+    dim
+        token width D.
+    depth
+        number of transformer blocks L.
+    heads
+        number of attention heads (``dim % heads == 0``).
+    mlp_dim
+        hidden width of the MLP (4·D for DINO).
+    pos_grid
+        side M of the stored position-embedding grid (224/16 = 14, 224/8 = 28,
         518/14 = 37); the native input is ``M·p`` pixels square.
-      n_registers: DINOv2 register tokens (4 for the ``*_reg`` checkpoints).
-      layerscale: whether blocks scale their residual branches (DINOv2 ``ls1``/``ls2``).
-      eps: LayerNorm epsilon.
-      n_classes: width K of a linear head on the CLS feature; 0 for none.
-      pos_interp: how position embeddings are resampled to another grid: ``"dino"`` (the
-        official DINO/DINOv2 code, ``scale_factor=(h + 0.1)/M``) or ``"size"`` (HF
-        ``Dinov2Model``, ``size=(h, w)``); see ``arb_jax.models.posembed``.
-      name: the registry name, informational.
+    n_registers
+        DINOv2 register tokens (4 for the ``*_reg`` checkpoints).
+    layerscale
+        whether blocks scale their residual branches (DINOv2 ``ls1``/``ls2``).
+    eps
+        LayerNorm epsilon.
+    n_classes
+        width K of a linear head on the CLS feature; 0 for none.
+    pos_interp
+        how position embeddings are resampled to another grid: ``"dino"`` (the official
+        DINO/DINOv2 code, ``scale_factor=(h + 0.1)/M``) or ``"size"`` (HF ``Dinov2Model``,
+        ``size=(h, w)``); see ``arb_jax.models.posembed``.
+    name
+        the registry name, informational.
     """
 
     patch: int
@@ -89,19 +102,28 @@ class ViTConfig:
 
 
 def _dino(name: str, patch: int, dim: int, heads: int) -> ViTConfig:
-    return ViTConfig(patch=patch, dim=dim, depth=12, heads=heads, mlp_dim=4 * dim,
-                     pos_grid=224 // patch, name=name)
+    return ViTConfig(
+        patch=patch, dim=dim, depth=12, heads=heads, mlp_dim=4 * dim, pos_grid=224 // patch, name=name
+    )
 
 
-def _dinov2(name: str, dim: int, heads: int, n_registers: int = 0,
-            pos_interp: str = "dino") -> ViTConfig:
-    return ViTConfig(patch=14, dim=dim, depth=12, heads=heads, mlp_dim=4 * dim, pos_grid=37,
-                     n_registers=n_registers, layerscale=True, pos_interp=pos_interp, name=name)
+def _dinov2(name: str, dim: int, heads: int, n_registers: int = 0, pos_interp: str = "dino") -> ViTConfig:
+    return ViTConfig(
+        patch=14,
+        dim=dim,
+        depth=12,
+        heads=heads,
+        mlp_dim=4 * dim,
+        pos_grid=37,
+        n_registers=n_registers,
+        layerscale=True,
+        pos_interp=pos_interp,
+        name=name,
+    )
 
 
 def _tiny(name: str, patch: int, pos_grid: int, **kw) -> ViTConfig:
-    return ViTConfig(patch=patch, dim=32, depth=2, heads=2, mlp_dim=64, pos_grid=pos_grid,
-                     name=name, **kw)
+    return ViTConfig(patch=patch, dim=32, depth=2, heads=2, mlp_dim=64, pos_grid=pos_grid, name=name, **kw)
 
 
 CONFIGS: dict[str, ViTConfig] = {
@@ -134,6 +156,4 @@ def get_config(name: str) -> ViTConfig:
     try:
         return CONFIGS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown ViT config {name!r}; known: {', '.join(sorted(CONFIGS))}"
-        ) from None
+        raise ValueError(f"unknown ViT config {name!r}; known: {', '.join(sorted(CONFIGS))}") from None

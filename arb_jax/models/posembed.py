@@ -81,8 +81,7 @@ def bicubic_matrix(
         raise ValueError(f"bicubic_matrix needs positive sizes, got n_in={n_in}, n_out={n_out}")
     if scale_factor is not None and math.floor(n_in * scale_factor) != n_out:
         raise ValueError(
-            f"scale_factor {scale_factor} maps {n_in} to {math.floor(n_in * scale_factor)}, "
-            f"not {n_out}"
+            f"scale_factor {scale_factor} maps {n_in} to {math.floor(n_in * scale_factor)}, not {n_out}"
         )
     if coord_dtype not in ("float32", "float64"):
         raise ValueError(f"coord_dtype must be 'float32' or 'float64', got {coord_dtype!r}")
@@ -100,8 +99,7 @@ def bicubic_matrix(
     return matrix
 
 
-def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int],
-                          recipe: str = "dino") -> jax.Array:
+def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int], recipe: str = "dino") -> jax.Array:
     """Resample position embeddings from the stored M×M grid to an h×w patch grid.
 
     Parameters
@@ -129,13 +127,8 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int],
         raise ValueError(f"pos_embed must have shape (1, 1 + M*M, D), got {shape}")
     M = math.isqrt(shape[1] - 1) if shape[1] >= 1 else 0
     if M < 1 or shape[1] - 1 != M * M:
-        raise ValueError(
-            f"pos_embed has {shape[1]} tokens; expected 1 + M*M for a square M×M grid"
-        )
-    if (
-        len(grid_hw) != 2
-        or not all(isinstance(s, int | np.integer) and s >= 1 for s in grid_hw)
-    ):
+        raise ValueError(f"pos_embed has {shape[1]} tokens; expected 1 + M*M for a square M×M grid")
+    if len(grid_hw) != 2 or not all(isinstance(s, int | np.integer) and s >= 1 for s in grid_hw):
         raise ValueError(f"grid_hw must be two positive ints (h, w), got {grid_hw!r}")
     h, w = int(grid_hw[0]), int(grid_hw[1])
     if (h, w) == (M, M):

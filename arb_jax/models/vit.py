@@ -44,10 +44,23 @@ def _layerscale(config: ViTConfig, name: str):
     return LayerScale(name=name) if config.layerscale else (lambda y: y)
 
 
-def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
-    # Two-pass variance, as torch.nn.LayerNorm: DINO's residual stream has large channels.
-    return nn.LayerNorm(epsilon=eps, dtype=F32, param_dtype=F32, use_fast_variance=False,
-                        name=name)
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+    """The ViT's LayerNorm: float32, two-pass variance, as ``torch.nn.LayerNorm``.
+
+    DINO's residual stream has large channels, where the one-pass variance loses digits.
+
+    Parameters
+    ----------
+    eps : float
+        The epsilon added to the variance.
+    name : str
+        The parameter scope's name.
+
+    Returns
+    -------
+    flax.linen.LayerNorm
+    """
+    return nn.LayerNorm(epsilon=eps, dtype=F32, param_dtype=F32, use_fast_variance=False, name=name)
 
 
 class PatchEmbed(nn.Module):
@@ -78,8 +91,7 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (x.shape[-1], self.features), F32)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), F32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), F32)
         return _matmul(x, kernel, self.dtype) + bias
 
@@ -122,8 +134,10 @@ def attention_impl(impl: str = "auto", dtype: Dtype = F32) -> str:
     if impl == "auto":
         impl = os.environ.get("ARB_ATTENTION", "auto") or "auto"
     if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS} "
-                         "(also for the ARB_ATTENTION environment variable)")
+        raise ValueError(
+            f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS} "
+            "(also for the ARB_ATTENTION environment variable)"
+        )
     if impl != "auto":
         return impl
     backend = jax.default_backend()
@@ -134,7 +148,7 @@ def attention_impl(impl: str = "auto", dtype: Dtype = F32) -> str:
     return "xla"
 
 
-def _blocked_attention(q, k, v, block: int):
+def blocked_attention(q, k, v, block: int):
     """softmax(q·kᵀ/√d)·v, one (image, head) and ``block`` queries at a time.
 
     q: (N, T, heads, d), k, v: (N, S, heads, d). Scores and softmax in float32; the
@@ -146,20 +160,20 @@ def _blocked_attention(q, k, v, block: int):
     qh = jnp.pad(q, ((0, 0), (0, nb * bs - T), (0, 0), (0, 0)))
     qh = qh.transpose(0, 2, 1, 3).reshape(N * H, nb, bs, d)
     kh, vh = (a.transpose(0, 2, 1, 3).reshape(N * H, -1, d) for a in (k, v))
-    scale = d ** -0.5
+    scale = d**-0.5
 
     def one_head(args):
         qq, kk, vv = args
 
         def one_block(qb):
-            s = jnp.dot(qb, kk.T, preferred_element_type=F32) * scale          # (bs, S)
+            s = jnp.dot(qb, kk.T, preferred_element_type=F32) * scale  # (bs, S)
             e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
-            y = jnp.dot(e.astype(vv.dtype), vv, preferred_element_type=F32)   # (bs, d)
+            y = jnp.dot(e.astype(vv.dtype), vv, preferred_element_type=F32)  # (bs, d)
             return (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
 
         return jax.lax.map(one_block, qq)
 
-    y = jax.lax.map(one_head, (qh, kh, vh))                                 # (N·H, nb, bs, d)
+    y = jax.lax.map(one_head, (qh, kh, vh))  # (N·H, nb, bs, d)
     return y.reshape(N, H, nb * bs, d)[:, :, :T].transpose(0, 2, 1, 3)
 
 
@@ -171,7 +185,7 @@ def attention(q, k, v, impl: str = "auto"):
     """
     impl = attention_impl(impl, q.dtype)
     if impl == "blocked":
-        return _blocked_attention(q, k, v, ATTENTION_BLOCK)
+        return blocked_attention(q, k, v, ATTENTION_BLOCK)
     if impl == "cudnn":
         try:
             return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
@@ -242,10 +256,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        y = Attention(c.heads, self.dtype, self.attention, name="attn")(
-            _layer_norm(c.eps, "norm1")(x))
+        y = Attention(c.heads, self.dtype, self.attention, name="attn")(layer_norm(c.eps, "norm1")(x))
         x = x + _layerscale(c, "ls1")(y)
-        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(_layer_norm(c.eps, "norm2")(x))
+        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(layer_norm(c.eps, "norm2")(x))
         return x + _layerscale(c, "ls2")(y)
 
 
@@ -262,14 +275,13 @@ class ClsBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        y, probs = ClsAttention(c.heads, self.dtype, name="attn")(_layer_norm(c.eps, "norm1")(x))
+        y, probs = ClsAttention(c.heads, self.dtype, name="attn")(layer_norm(c.eps, "norm1")(x))
         cls = x[:, 0] + _layerscale(c, "ls1")(y)
-        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(_layer_norm(c.eps, "norm2")(cls))
+        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(layer_norm(c.eps, "norm2")(cls))
         return cls + _layerscale(c, "ls2")(y), probs
 
 
-def check_images(images: Any, patch: int,
-                 image_size: tuple[int, int] | None = None) -> tuple[int, int]:
+def check_images(images: Any, patch: int, image_size: tuple[int, int] | None = None) -> tuple[int, int]:
     """Validate an image batch by its shape and dtype (tracers too); returns the patch grid (h, w).
 
     TypeError unless ``images`` is an array of floats; ValueError unless it is (N, H, W, 3) with
@@ -281,11 +293,12 @@ def check_images(images: Any, patch: int,
     if len(shape) != 4:
         raise ValueError(f"images must have shape (N, H, W, 3) (NHWC), got shape {shape}")
     if shape[-1] != 3:
-        raise ValueError(f"images must have 3 (RGB) channels last (NHWC), got {shape[-1]} in "
-                         f"shape {shape}")
+        raise ValueError(f"images must have 3 (RGB) channels last (NHWC), got {shape[-1]} in shape {shape}")
     if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise TypeError(f"images must be float (ImageNet-normalised), got dtype {images.dtype}; "
-                        "use arb_jax.load_images / arb_jax.images.prepare")
+        raise TypeError(
+            f"images must be float (ImageNet-normalised), got dtype {images.dtype}; "
+            "use arb_jax.load_images / arb_jax.images.prepare"
+        )
     if shape[0] < 1:
         raise ValueError("images is an empty batch")
     H, W = shape[1:3]
@@ -294,9 +307,11 @@ def check_images(images: Any, patch: int,
             f"image height {H} and width {W} must be positive multiples of the patch size {patch}"
         )
     if image_size is not None and tuple(image_size) != (H, W):
-        raise ValueError(f"images are {H}x{W} but the model was loaded for {image_size[0]}x"
-                         f"{image_size[1]}; load it with image_size=({H}, {W}) (or use "
-                         "vit.at_size) or resize the images")
+        raise ValueError(
+            f"images are {H}x{W} but the model was loaded for {image_size[0]}x"
+            f"{image_size[1]}; load it with image_size=({H}, {W}) (or use "
+            "vit.at_size) or resize the images"
+        )
     return H // patch, W // patch
 
 
@@ -324,24 +339,22 @@ class VisionTransformer(nn.Module):
     def __call__(self, images) -> dict[str, jax.Array]:
         c = self.config
         h, w = check_images(images, c.patch)
-        ctx = (jax.default_matmul_precision(self.precision) if self.precision
-               else contextlib.nullcontext())
+        ctx = jax.default_matmul_precision(self.precision) if self.precision else contextlib.nullcontext()
         with ctx:
             x = PatchEmbed(c.patch, c.dim, self.dtype, name="patch_embed")(images)
             x = jnp.concatenate([self._cls_token(x.shape[0]), x], axis=1)
             x = x + self._pos_embed(h, w)
             if c.n_registers:
-                reg = self.param("reg_tokens", nn.initializers.normal(0.02),
-                                 (1, c.n_registers, c.dim), F32)
+                reg = self.param("reg_tokens", nn.initializers.normal(0.02), (1, c.n_registers, c.dim), F32)
                 x = jnp.concatenate(
-                    [x[:, :1], jnp.broadcast_to(reg, (x.shape[0], *reg.shape[1:])), x[:, 1:]],
-                    axis=1)
+                    [x[:, :1], jnp.broadcast_to(reg, (x.shape[0], *reg.shape[1:])), x[:, 1:]], axis=1
+                )
             for i in range(c.depth - 1):
                 x = Block(c, self.dtype, self.attention, name=f"block_{i}")(x)
             cls, probs = ClsBlock(c, self.dtype, name=f"block_{c.depth - 1}")(x)
             out = {
-                "attn": probs[:, :, 1 + c.n_registers:].reshape(-1, c.heads, h, w),
-                "features": _layer_norm(c.eps, "norm")(cls),
+                "attn": probs[:, :, 1 + c.n_registers :].reshape(-1, c.heads, h, w),
+                "features": layer_norm(c.eps, "norm")(cls),
             }
             if c.n_classes:
                 out["logits"] = Dense(c.n_classes, self.dtype, name="head")(out["features"])
@@ -354,8 +367,11 @@ class VisionTransformer(nn.Module):
     def _pos_embed(self, h: int, w: int):
         c = self.config
         native = 1 + c.pos_grid * c.pos_grid
-        n_pos = (self.get_variable("params", "pos_embed").shape[1]
-                 if self.has_variable("params", "pos_embed") else native)
+        n_pos = (
+            self.get_variable("params", "pos_embed").shape[1]
+            if self.has_variable("params", "pos_embed")
+            else native
+        )
         pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, n_pos, c.dim), F32)
         if n_pos == 1 + h * w:
             return pos

@@ -1,0 +1,241 @@
+"""The runner: one jit-compiled ARB function per (architecture, dtype, options, mesh), cached.
+
+Per device, the images run in groups (``image_chunk``) and each image's null images in chunks
+(``boot_chunk``), in loops whose trip counts are traced so XLA compiles their bodies the same
+way for one step as for many (docs/method.md §6). Two caches: compiled functions (LRU, keyed on
+`model_key`, the static options and the mesh; parameters are arguments, never closed over) and
+each bundle's parameters on the device (weakly keyed on the bundle).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from arb_jax.core import bootstrap
+from arb_jax.core.options import ARBOptions
+from arb_jax.core.statistics import image_statistics
+
+__all__ = ["BOOT", "IMAGES", "compiled", "device_params", "loop_steps", "model_key", "trace_count"]
+
+IMAGES, BOOT = "images", "boot"  # mesh axis names
+
+
+_N_TRACES = 0  # number of times the pipeline function was traced
+
+
+def trace_count() -> int:
+    """How many times the ARB function has been traced (compiled) in this process.
+
+    Returns
+    -------
+    int
+        A counter that grows by one per trace: a call that reuses a compiled function leaves it
+        unchanged.
+    """
+    return _N_TRACES
+
+
+def _loop(fn: Callable[[jax.Array], Any], n: int, n_traced: jax.Array) -> Any:
+    """``lax.map(fn, arange(n))`` as a while loop whose trip count XLA cannot see.
+
+    ``n_traced`` (= n, a traced int32) keeps XLA from unrolling or removing the loop when n is
+    1, so its body — the forwards, the softmax, the head mean — is compiled and fused the same
+    way for every n, and the results do not depend on the chunk or group count.
+    """
+
+    def zeros(t):  # inside shard_map: varying over the mesh axes the outputs vary over
+        z = jnp.zeros((n,) + t.shape, t.dtype)
+        manual = getattr(t, "manual_axis_type", None)
+        vary = tuple(sorted(manual.varying)) if manual is not None else ()
+        return jax.lax.pcast(z, vary, to="varying") if vary else z
+
+    acc = jax.tree.map(zeros, jax.eval_shape(fn, jnp.int32(0)))
+
+    def body(i, acc):
+        return jax.tree.map(lambda a, o: jax.lax.dynamic_update_index_in_dim(a, o, i, 0), acc, fn(i))
+
+    return jax.lax.fori_loop(0, n_traced, body, acc)
+
+
+def _group(
+    apply_fn: Callable,
+    patch: int,
+    opts: ARBOptions,
+    params: Any,
+    images: jax.Array,
+    keys: jax.Array,
+    values: dict[str, Any],
+    steps: dict[str, jax.Array],
+    boot: int | None,
+) -> dict[str, Any]:
+    """ARB for a group of G images (G, H, W, 3): one observed forward, chunked null forwards.
+
+    The ViT runs on the G images, then on G·chunk null images per step of a loop over the
+    chunks. ``boot``: the size of the "boot" mesh axis (None: no such axis); this device then
+    computes its share of the chunks (padded to a multiple of ``boot``; samples past B are
+    dropped) and all-gathers the null maps over "boot".
+    """
+    G, H, W, C = images.shape
+    heads_obs = apply_fn(params, images)["attn"]  # (G, heads, h, w)
+    attn = heads_obs.mean(1)
+    grid = attn.shape[1:]
+    chunk, per = _chunks(opts, boot)
+    first = 0 if boot is None else jax.lax.axis_index(BOOT) * per
+
+    def null_chunk(i):
+        def draw(image, key):
+            return bootstrap.sample_range(
+                opts.sampler, key, image, (first + i) * chunk, chunk, width=values["width"], patch=patch
+            )
+
+        imgs = jax.vmap(draw)(images, keys)  # (G, chunk, H, W, 3)
+        a = apply_fn(params, imgs.reshape(G * chunk, H, W, C))["attn"].mean(1)
+        return a.reshape((G, chunk) + grid)
+
+    null = _loop(null_chunk, per, steps["chunks"])  # (per, G, chunk, h, w)
+    if boot is not None:
+        null = jax.lax.all_gather(null, BOOT, axis=0, tiled=True, to="invarying")
+    null = jnp.moveaxis(null, 0, 1).reshape((G, -1) + grid)[:, : opts.n_boot]  # (G, B, h, w)
+    out = jax.vmap(lambda a, an: image_statistics(a, an, opts, values, patch))(attn, null)
+    out["attn"] = attn
+    out["attn_heads"] = heads_obs if opts.heads else None
+    if not opts.return_null:
+        out["z_null"] = None
+    return out
+
+
+def _local(
+    apply_fn: Callable,
+    patch: int,
+    opts: ARBOptions,
+    boot: int | None,
+    params: Any,
+    images: jax.Array,
+    keys: jax.Array,
+    values: dict[str, Any],
+    steps: dict[str, jax.Array],
+) -> dict[str, Any]:
+    """ARB for the images of one device: in groups of ``image_chunk`` (a loop), or all at once."""
+    global _N_TRACES
+    _N_TRACES += 1
+    G = opts.image_chunk
+    if G is None:
+        return _group(apply_fn, patch, opts, params, images, keys, values, steps, boot)
+    n = images.shape[0] // G
+
+    def group(i):
+        x = jax.lax.dynamic_slice_in_dim(images, i * G, G)
+        k = jax.lax.dynamic_slice_in_dim(keys, i * G, G)
+        return _group(apply_fn, patch, opts, params, x, k, values, steps, boot)
+
+    out = _loop(group, n, steps["groups"])
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+
+
+def _chunks(opts: ARBOptions, boot: int | None) -> tuple[int, int]:
+    """(null images per image per forward, chunks this device runs).
+
+    The chunk is ``opts.chunk``; without a boot_chunk on a mesh with a "boot" axis, B split over
+    its devices. With a "boot" axis each device runs its share of the chunks (rounded up)."""
+    chunk = math.ceil(opts.n_boot / boot) if opts.boot_chunk is None and boot else opts.chunk
+    n_chunks = math.ceil(opts.n_boot / chunk)
+    return chunk, n_chunks if boot is None else math.ceil(n_chunks / boot)
+
+
+def loop_steps(opts: ARBOptions, per_device: int, boot: int | None) -> dict[str, Any]:
+    """Trip counts of the loops over chunks and groups, passed traced (see ``_loop``)."""
+    return {
+        "chunks": np.int32(_chunks(opts, boot)[1]),
+        "groups": np.int32(per_device // (opts.image_chunk or per_device)),
+    }
+
+
+def _module_apply(module: Any, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+    return module.apply({"params": params}, images)
+
+
+_CACHE_SIZE = 32
+_COMPILED: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+
+
+def model_key(vit: Any) -> tuple:
+    """What the traced model function depends on: the architecture and the compute dtype.
+
+    Parameters are an argument of the compiled function, never closed over, so two bundles of
+    the same architecture and dtype (e.g. other weights or another image size) share it.
+    """
+    missing = [a for a in ("config", "dtype", "module", "params", "image_size") if not hasattr(vit, a)]
+    if missing:
+        raise TypeError(
+            f"vit must be an arb_jax ViT bundle (arb_jax.load_vit / build_vit); "
+            f"{type(vit).__name__} has no {', '.join(missing)}"
+        )
+    return (type(vit), vit.config, str(vit.dtype))
+
+
+def compiled(vit: Any, opts: ARBOptions, mesh: Mesh | None) -> Callable:
+    """The jitted ``(params, images (N,H,W,3), keys (N,), values, steps) -> dict`` (LRU cache).
+
+    Keyed on the model architecture and dtype (`model_key`), the static options and the mesh.
+    The function closes over the linen module only (config and dtype), never over parameters.
+
+    Parameters
+    ----------
+    vit : arb_jax.models.ViT
+        The model bundle.
+    opts : ARBOptions
+        Static options (`arb_jax.core.options.split_options`).
+    mesh : jax.sharding.Mesh or None
+        Devices; None: one device.
+
+    Returns
+    -------
+    callable
+        The same object for the same architecture, dtype, options and mesh.
+    """
+    cache_key = (model_key(vit), opts, mesh)
+    fn = _COMPILED.get(cache_key)
+    if fn is not None:
+        _COMPILED.move_to_end(cache_key)
+        return fn
+    apply_fn = functools.partial(_module_apply, vit.module)
+    boot = mesh.shape[BOOT] if mesh is not None and BOOT in mesh.axis_names else None
+    local = functools.partial(_local, apply_fn, vit.config.patch, opts, boot)
+    if mesh is None:
+        fn = jax.jit(local)
+    else:
+        spec, rep = PartitionSpec(IMAGES), PartitionSpec()
+        fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, rep, rep), out_specs=spec))
+    _COMPILED[cache_key] = fn
+    while len(_COMPILED) > _CACHE_SIZE:
+        _COMPILED.popitem(last=False)
+    return fn
+
+
+_DEVICE_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def device_params(vit: Any, mesh: Mesh | None) -> Any:
+    """``vit.params`` on the device (replicated over ``mesh``), transferred once per bundle."""
+    try:
+        cached = _DEVICE_PARAMS.get(vit)
+    except TypeError:  # not weak-referenceable: transfer every call
+        cached = None
+    if cached is not None and cached[0] == mesh:
+        return cached[1]
+    target = NamedSharding(mesh, PartitionSpec()) if mesh is not None else jax.local_devices()[0]
+    params = jax.device_put(vit.params, target)
+    with contextlib.suppress(TypeError):
+        _DEVICE_PARAMS[vit] = (mesh, params)
+    return params

@@ -1,0 +1,1 @@
+"""Inputs and outputs: image files → normalised arrays, all-or-nothing writes, figures."""
