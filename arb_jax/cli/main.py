@@ -31,6 +31,19 @@ COMMANDS = (regularize, models, convert, sweep, report, finetune, train_demo, ph
 """Command modules, each with ``add_parser(subparsers, common)`` (it sets ``func``)."""
 
 
+class UsageError(SystemExit):
+    """A bad option or value, already reported in one line; exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error contract: a bad option or value is one line
+    ``arb COMMAND: error: …`` (escaped) and exit status 1, not a usage block and status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {escape(message)} (see '{self.prog} --help')", file=sys.stderr)
+        raise UsageError(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``arb`` argument parser, with every command of `COMMANDS`.
 
@@ -39,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     argparse.ArgumentParser
         Parsed arguments carry ``func``, the command's ``run(args) -> int``.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="arb",
         description="Attention Regularization by the Bootstrap for vision transformers.",
         epilog="Run 'arb COMMAND --help' for examples.",
@@ -57,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        return int(e.code)
     debug = args.debug
     try:
         return args.func(args)

@@ -20,8 +20,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from arb_jax.cli.common import CLIError
+from arb_jax.cli.common import MAX_N_BOOT, MAX_SIDE, CLIError, count, fraction, positive_float, seed
 from arb_jax.io.text import escape
+from arb_jax.study.sweep import DEFAULT_BOOT_CHUNK
 
 DEFAULT_MODEL = "imgfocus_dinov2_vits14"
 
@@ -64,29 +65,53 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "pretrained DINOv2 ViT-S/14 backbone; 'demo': an offline toy)",
     )
     p.add_argument(
-        "--size", type=int, default=None, help="short side in pixels (default: the model's training size)"
+        "--size",
+        type=count("--size", 1, MAX_SIDE),
+        default=None,
+        help=f"short side in pixels, at least the patch, at most {MAX_SIDE} "
+        "(default: the model's training size)",
     )
-    p.add_argument("--n-boot", type=int, default=1, help="bootstrap images per input (B)")
-    p.add_argument("--boot-chunk", type=int, default=None, help="null forwards run at once")
+    p.add_argument(
+        "--n-boot",
+        type=count("--n-boot", 1, MAX_N_BOOT),
+        default=1,
+        help=f"bootstrap images per input (B; default 1, at most {MAX_N_BOOT})",
+    )
+    p.add_argument(
+        "--boot-chunk",
+        type=count("--boot-chunk", 1, MAX_N_BOOT),
+        default=None,
+        help=f"null forwards run at once (default: all up to {DEFAULT_BOOT_CHUNK}, then "
+        f"{DEFAULT_BOOT_CHUNK} at a time: memory stays bounded for any B)",
+    )
     p.add_argument("--sampler", default="normal", choices=["normal", "pixel", "patch", "uniform"])
-    p.add_argument("--width", type=float, default=1.0, help="width of the normal bootstrap")
-    p.add_argument("--p", dest="alpha", type=float, default=0.3, help="p-value threshold α")
-    p.add_argument("--lfdr", dest="beta", type=float, default=0.3, help="LFDR threshold β")
+    p.add_argument(
+        "--width",
+        type=positive_float("--width"),
+        default=1.0,
+        help="width of the normal bootstrap (default 1)",
+    )
+    p.add_argument(
+        "--p", dest="alpha", type=fraction("--p"), default=0.3, help="p-value threshold α (default 0.3)"
+    )
+    p.add_argument(
+        "--lfdr", dest="beta", type=fraction("--lfdr"), default=0.3, help="LFDR threshold β (default 0.3)"
+    )
     p.add_argument("--pvalue", default="upper", choices=["upper", "plus_one", "two_sided", "attnreg"])
     p.add_argument("--heads", action="store_true", help="also store per-head maps")
     p.add_argument(
         "--inject-noise",
-        type=int,
+        type=count("--inject-noise", 1, MAX_SIDE),
         default=None,
         metavar="PX",
         help="paste a PX-sided square of Gaussian noise (docs/method.md §5) and outline it",
     )
     p.add_argument("--out", default="arb_out", help="output folder (default: arb_out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1 (default 0)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument(
         "--batch",
-        type=int,
+        type=count("--batch", 1, 4096),
         default=1,
         help="images of one size per compiled call (default 1; 8-32 fill a GPU)",
     )
@@ -185,22 +210,16 @@ def _saved_settings(path: Path) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax
-    import jax.numpy as jnp
-    from tqdm import tqdm
-
     from arb_jax.checkpoints import loading
-    from arb_jax.core import pipeline
-    from arb_jax.io import files, images, plotting
-    from arb_jax.study import simulate
+    from arb_jax.io import files
 
     inputs, input_errors = _read_inputs(args.images)
     for line in input_errors:
         print(f"arb: error: {escape(line)}", file=sys.stderr)
     if not inputs:
+        if input_errors and not args.debug:  # each bad argument said why on its line
+            return 1
         raise CLIError("no images to process")
-    if args.batch < 1:
-        raise CLIError(f"--batch must be >= 1, got {args.batch}")
     if args.model == loading.DEMO and not args.quiet:
         print(
             "arb: using the demo ViT trained by this project on synthetic composites (a toy, not "
@@ -211,8 +230,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"arb: model {args.model}: {base.meta['note']}")
     patch = base.config.patch
     size = args.size or min(base.image_size)
+    if size < patch:
+        raise CLIError(f"--size {size} is smaller than the model's patch ({patch} px)")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with files.folder_lock(out_dir, what="arb regularize"):
+        files.remove_stale_temporaries(out_dir)
+        return _run_locked(args, inputs, input_errors, base, size, out_dir)
+
+
+def _run_locked(args, inputs, input_errors, base, size: int, out_dir: Path) -> int:
+    """The rest of ``run``, while this process holds ``out_dir``."""
+    import jax
+    import jax.numpy as jnp
+    from tqdm import tqdm
+
+    from arb_jax.core import pipeline
+    from arb_jax.io import files, images, plotting
+    from arb_jax.study import simulate
+
+    patch = base.config.patch
     model_id = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     common = {
         "model": model_id,
@@ -256,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         if args.debug:
             raise exc
         failures += 1
-        print(f"arb: error: {escape(name)}: {escape(exc)}", file=sys.stderr)
+        tqdm.write(f"arb: error: {escape(name)}: {escape(str(exc) or type(exc).__name__)}", file=sys.stderr)
 
     def run(batch: list[_Job]) -> None:
         """ARB on images of one size in one call; their .png and .npz written as they finish."""
@@ -279,10 +316,10 @@ def run(args: argparse.Namespace) -> int:
                 beta=args.beta,
                 heads=args.heads,
                 return_null=True,
-                boot_chunk=args.boot_chunk,
+                boot_chunk=args.boot_chunk or DEFAULT_BOOT_CHUNK,
             )
             res_np = res.to_numpy()
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # whatever fails (a device allocation too), the next images run
             for job in batch:
                 fail(job.inp.name, exc)
             bar.update(len(batch))
@@ -305,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
                     fig = plotting.plot_result(res, images=x, index=j, roi=roi, title=title)
                     files.write_atomic(npz.with_suffix(".png"), lambda t, f=fig: f.savefig(t, dpi=110))
                 files.write_atomic(npz, lambda t, a=arrays: np.savez_compressed(t, **a))
-            except (ValueError, OSError) as exc:
+            except Exception as exc:  # a figure or archive that cannot be written: this image only
                 fail(inp.name, exc)
                 continue
             finally:

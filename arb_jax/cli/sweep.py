@@ -7,6 +7,7 @@ import math
 import re
 import sys
 
+from arb_jax.cli.common import MAX_N_BOOT, MAX_SIDE, count, fraction, positive_float, seed
 from arb_jax.study.grid import parse_grid
 from arb_jax.study.sweep import NOISES, PVALUES, SAMPLERS, SweepConfig, run_sweep
 
@@ -61,17 +62,26 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--noise", default="square", choices=NOISES)
     p.add_argument(
         "--noise-size",
-        type=int,
+        type=count("--noise-size", 1, MAX_SIDE),
         default=None,
         metavar="PX",
         help="side of the noise square (default: 100 px scaled from 488 to --size)",
     )
-    p.add_argument("--n-boot", type=int, default=None, help="bootstrap images per input B (default 1)")
-    p.add_argument("--width", type=float, default=None, help="width of the normal bootstrap (1)")
+    p.add_argument(
+        "--n-boot",
+        type=count("--n-boot", 1, MAX_N_BOOT),
+        default=None,
+        help=f"bootstrap images per input B (default 1, at most {MAX_N_BOOT})",
+    )
+    p.add_argument(
+        "--width", type=positive_float("--width"), default=None, help="width of the normal bootstrap (1)"
+    )
     p.add_argument("--sampler", default="normal", choices=SAMPLERS)
     p.add_argument("--pvalue", default="upper", choices=PVALUES)
-    p.add_argument("--p", dest="alpha", type=float, default=None, help="p-value threshold α (0.3)")
-    p.add_argument("--lfdr", dest="beta", type=float, default=None, help="LFDR threshold β (0.3)")
+    p.add_argument("--p", dest="alpha", type=fraction("--p"), default=None, help="p-value threshold α (0.3)")
+    p.add_argument(
+        "--lfdr", dest="beta", type=fraction("--lfdr"), default=None, help="LFDR threshold β (0.3)"
+    )
     p.add_argument(
         "--z-filter",
         type=_z_filter,
@@ -85,32 +95,37 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         metavar="SPEC",
         help='e.g. "n_boot=1,4,16 width=0.5,1,2 alpha=0.1,0.3 beta=0.1,0.3"',
     )
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images")
+    p.add_argument("--limit", type=count("--limit"), default=None, metavar="N", help="at most N images")
     p.add_argument(
         "--placements",
-        type=int,
+        type=count("--placements", 1, 10_000),
         default=1,
         metavar="K",
         help="noise placements per image, each a row with its own key (default 1)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1 (default 0)")
     p.add_argument(
         "--batch",
-        type=int,
+        type=count("--batch", 1, 4096),
         default=8,
         help="images per device per step (default 8); results are bit-identical for "
         "the same --batch on any number of devices",
     )
     p.add_argument(
         "--size",
-        type=int,
+        type=count("--size", 1, MAX_SIDE),
         default=None,
         metavar="PX",
         help="images are resized to PX x PX (default: the model's size)",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--boot-chunk", type=int, default=None, help="null forwards run at once")
-    p.add_argument("--workers", type=int, default=None, help="image loading threads")
+    p.add_argument(
+        "--boot-chunk",
+        type=count("--boot-chunk", 1, MAX_N_BOOT),
+        default=None,
+        help="null forwards run at once (default: all up to 64, then 64 at a time)",
+    )
+    p.add_argument("--workers", type=count("--workers", 1, 256), default=None, help="image loading threads")
     p.add_argument(
         "--distributed",
         action="store_true",

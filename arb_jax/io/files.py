@@ -1,11 +1,22 @@
-"""Writing output files all or nothing: one home for the temporary-file-then-rename pattern."""
+"""Writing output files all or nothing (one home for the temporary-file-then-rename pattern), and
+one writer per output folder (an OS-level lock)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
-from collections.abc import Callable
+import re
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+_TMP = re.compile(r"^\..+\.(\d+)\.tmp(\.[^.]*)?$")  # the names write_atomic's temporary files have
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds an output folder's lock (the message names it)."""
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -46,3 +57,67 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, name: str = ".arb.lock", what: str = "arb") -> Iterator[Path]:
+    """Hold the output folder ``folder`` for this process, or fail at once.
+
+    An exclusive ``flock`` on ``folder/name`` (created; kept afterwards): the OS releases it
+    when the holder exits or is killed, so a killed run never blocks its own resume. The file
+    records the holder (pid, what, since when) for the message a second process gets.
+
+    Parameters
+    ----------
+    folder : path
+        An existing folder.
+    name : str
+        The lock file's name (one per writer of the folder, e.g. per host of a sharded sweep).
+    what : str
+        Who holds it, for the record (e.g. ``"arb sweep"``).
+
+    Yields
+    ------
+    pathlib.Path
+        The lock file.
+
+    Raises
+    ------
+    FolderLockedError
+        Another process holds the lock; the message names the folder and that process.
+    """
+    path = Path(folder) / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise FolderLockedError(
+                f"{folder} is in use by {holder}; wait for it to finish, or write to another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files ``write_atomic`` left in ``folder`` when its process was killed.
+
+    Call it while holding the folder's lock (`folder_lock`): then no other process of ours writes
+    there, and every ``.NAME.PID.tmp[.EXT]`` file but this process's own is stale.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    removed = []
+    for path in Path(folder).iterdir():
+        m = _TMP.match(path.name)
+        if m and int(m.group(1)) != os.getpid() and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -41,7 +41,8 @@ import numpy as np
 from arb_jax.checkpoints import loading
 from arb_jax.core import pipeline
 from arb_jax.io import images
-from arb_jax.io.files import write_text_atomic
+from arb_jax.io.files import folder_lock, remove_stale_temporaries, write_text_atomic
+from arb_jax.io.text import escape
 from arb_jax.study import simulate
 from arb_jax.study.evaluate import METHODS, METRICS, evaluate
 from arb_jax.study.grid import Grid, image_key, parse_grid
@@ -80,6 +81,10 @@ __all__ = [
     "row_key",
     "tfds_items",
 ]
+
+DEFAULT_BOOT_CHUNK = 64
+"""Null forwards per step when ``boot_chunk`` is not given: all of them up to B = 64 (results as
+before), at most 64 beyond, so that memory stays bounded for any B."""
 
 NOISES = ("square", "diffuse")
 SAMPLERS = ("normal", "pixel", "patch", "uniform")
@@ -247,8 +252,31 @@ def run_sweep(
     vit = base.at_size(size)
 
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, _config_record(cfg, size, noise_size))
     rows_path = out / (f"rows.host{host}.csv" if sharded else "rows.csv")
+    # One writer per rows file: a second sweep on the same folder (and host share) is refused at
+    # once, before it reads or writes anything; the OS drops the lock when the holder dies.
+    with folder_lock(out, name=f".{rows_path.name}.lock", what="arb sweep"):
+        if not sharded:  # other hosts may be writing their shares' temporaries
+            remove_stale_temporaries(out)
+        _check_config(out, _config_record(cfg, size, noise_size))
+        return _sweep_locked(cfg, out, rows_path, items, vit, size, noise_size, host, n_hosts, progress, log)
+
+
+def _sweep_locked(
+    cfg: SweepConfig,
+    out: Path,
+    rows_path: Path,
+    items: Iterator[Item],
+    vit: Any,
+    size: int,
+    noise_size: int,
+    host: int,
+    n_hosts: int,
+    progress: bool,
+    log: Callable[[str], None],
+) -> SweepSummary:
+    """The rest of `run_sweep`, while this process holds the rows file."""
+    patch = vit.config.patch
     n_dev = jax.local_device_count()
     batch = cfg.batch * n_dev  # the same per-device shapes on any number of devices
     mesh = pipeline.image_mesh() if n_dev > 1 else None
@@ -299,7 +327,17 @@ def run_sweep(
                     else:
                         good.append((item, x))
                 if good:
-                    rows = sweep_batch(vit, good, cfg, batch, noise_size, thresholds, done, mesh)
+                    try:
+                        rows = sweep_batch(vit, good, cfg, batch, noise_size, thresholds, done, mesh)
+                    except Exception as exc:  # a device error: these images only (a resume retries)
+                        failed += len(good)
+                        ids = ", ".join(item.image_id for item, _ in good)
+                        msg = f"arb: error: {escape(ids)}: {escape(str(exc) or type(exc).__name__)}"
+                        if progress:
+                            bar.write(msg, file=sys.stderr)
+                        else:
+                            log(msg)
+                        rows = []
                     writer.write(rows)
                     written += len(rows)
                 bar.update(len(chunk))
@@ -379,7 +417,7 @@ def sweep_batch(
             sampler=cfg.sampler,
             width=width,
             pvalue=cfg.pvalue,
-            boot_chunk=cfg.boot_chunk,
+            boot_chunk=cfg.boot_chunk or DEFAULT_BOOT_CHUNK,
             mesh=mesh,
         )
         ev = evaluate(
