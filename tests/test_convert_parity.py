@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from _hf import attention_linears  # tests/_hf.py
+from _hf import attention_linears, hf_model, perturb  # tests/_hf.py
 from safetensors.torch import load_file, save_file
 
 from arb_jax.convert import convert, load_converted
@@ -57,33 +57,6 @@ FORMATS = (
     "dino_training",
     "lightning",
 )
-
-
-def _hf_model(kind, patch, dim, heads, size, regs):
-    common = dict(
-        hidden_size=dim,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        image_size=size,
-        patch_size=patch,
-        layer_norm_eps=1e-6,
-        attn_implementation="eager",
-    )
-    if kind == "vit":
-        config = tf.ViTConfig(intermediate_size=4 * dim, **common)
-        model = tf.ViTModel(config, add_pooling_layer=False)
-    elif regs:
-        model = tf.Dinov2WithRegistersModel(tf.Dinov2WithRegistersConfig(num_register_tokens=regs, **common))
-    else:
-        model = tf.Dinov2Model(tf.Dinov2Config(**common))
-    return model.eval()
-
-
-def _perturb(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
 
 
 def _layers(model):
@@ -204,7 +177,7 @@ def _torch_reference(model, kind, patch, dim, heads, M, regs, size, images):
         sd["embeddings.position_embeddings"] = _dino_interpolate(
             sd["embeddings.position_embeddings"], M, (h, w)
         )
-        model = _hf_model(kind, patch, dim, heads, size, regs)
+        model = hf_model(kind, patch, dim, heads, size, regs)
         model.load_state_dict(sd, strict=True)
         if kind == "dinov2":  # use the stored (already resampled) embeddings as they are
             emb = model.embeddings
@@ -234,8 +207,8 @@ def case_data(tmp_path_factory):
         if name not in cache:
             kind, patch, dim, heads, M, regs, new = CASES[name]
             torch.manual_seed(0)
-            model = _hf_model(kind, patch, dim, heads, M * patch, regs)
-            _perturb(model, seed=len(cache) + 1)
+            model = hf_model(kind, patch, dim, heads, M * patch, regs)
+            perturb(model, seed=len(cache) + 1)
             g = torch.Generator().manual_seed(7)
             head_w, head_b = torch.randn(N_CLASSES, dim, generator=g), torch.randn(N_CLASSES, generator=g)
             root = tmp_path_factory.mktemp(name)

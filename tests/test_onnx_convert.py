@@ -20,19 +20,13 @@ import onnxruntime as ort
 import pytest
 import torch
 import transformers as tf
+from _hf import hf_model, perturb
 from _subproc import ROOT, jax_env
 
 from arb_jax.convert import CheckpointFormatError, CheckpointKeysError, read_checkpoint
 from arb_jax.models import build_vit
 
 TOL = 1e-5
-
-
-def _perturb(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
 
 
 class _WithDecoder(torch.nn.Module):
@@ -53,21 +47,9 @@ class _WithDecoder(torch.nn.Module):
 
 
 def _hf(kind: str, dim: int, heads: int, patch: int, size: int) -> torch.nn.Module:
-    common = dict(
-        hidden_size=dim,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        image_size=size,
-        patch_size=patch,
-        layer_norm_eps=1e-6,
-        attn_implementation="eager",
-    )
-    if kind == "vit":
-        model = tf.ViTModel(tf.ViTConfig(intermediate_size=4 * dim, **common), add_pooling_layer=False)
-    else:
-        model = tf.Dinov2Model(tf.Dinov2Config(**common))
-    _perturb(model, 3)
-    return model.eval()
+    model = hf_model(kind, patch, dim, heads, size)
+    perturb(model, 3)
+    return model
 
 
 def _export(model: torch.nn.Module, size: int, path, exporter: str = "torchscript") -> None:
@@ -136,7 +118,7 @@ def exports(tmp_path_factory):
     _export(d2, 56, root / "dyn" / "dinov2.onnx", "dynamo")
     out["dinov2_dynamo"] = (d2, root / "dyn" / "dinov2.onnx", 14)
     wrapped = _WithDecoder(_hf("dinov2", 32, 2, 14, 42), 3).eval()
-    _perturb(wrapped.decoder, 5)
+    perturb(wrapped.decoder, 5)
     _export(wrapped, 42, root / "with_decoder.onnx")
     out["with_decoder"] = (wrapped, root / "with_decoder.onnx", 14)
     vit = _hf("vit", 32, 2, 8, 32)
