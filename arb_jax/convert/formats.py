@@ -62,13 +62,20 @@ _DINO_TRAINING_BRANCHES = ("teacher", "student")
 class Conversion(NamedTuple):
     """Result of :func:`to_canonical`.
 
-    Attributes:
-      config: the inferred :class:`ViTConfig`.
-      params: the canonical tree (nested dicts of C-contiguous float32 numpy arrays).
-      layout: ``"dino"``, ``"dinov2"``, ``"hf_vit"`` or ``"hf_dinov2"``.
-      container: ``"state_dict"``, ``"dino_training[teacher]"``, ``"lightning"``, ``"model"``.
-      dropped: known-but-unused tensors, ``"key (why)"`` or ``"prefix.* (n tensors, why)"``.
-      notes: other facts worth recording (how heads were chosen, source dtypes, …).
+    Attributes
+    ----------
+    config : ViTConfig
+        The inferred :class:`ViTConfig`.
+    params : dict
+        The canonical tree (nested dicts of C-contiguous float32 numpy arrays).
+    layout : str
+        ``"dino"``, ``"dinov2"``, ``"hf_vit"`` or ``"hf_dinov2"``.
+    container : str
+        ``"state_dict"``, ``"dino_training[teacher]"``, ``"lightning"``, ``"model"``.
+    dropped : list of str
+        Known-but-unused tensors, ``"key (why)"`` or ``"prefix.* (n tensors, why)"``.
+    notes : list of str
+        Other facts worth recording (how heads were chosen, source dtypes, …).
     """
 
     config: ViTConfig
@@ -665,25 +672,38 @@ def to_canonical(
 ) -> Conversion:
     """Convert a flat checkpoint ``{dotted.key: array}`` to the canonical Flax tree.
 
-    Args:
-      arrays: every tensor of the file under its dotted path (see ``readers.flatten_tree``).
-      others: dotted paths of the file's non-tensor entries (only noted).
-      which: the branch of a DINO training checkpoint, ``"teacher"`` (default) or ``"student"``.
-      heads: number of attention heads; default from ``hf_config`` else ``dim // 64``.
-      hf_config: the HF ``config.json`` next to the file, if any (heads, LayerNorm eps, checks).
-      pos_interp: the position-embedding recipe of the source (``"dino"``, ``"size"``); default
-        ``"dino"``.
+    Parameters
+    ----------
+    arrays : mapping of str to numpy.ndarray
+        Every tensor of the file under its dotted path (see ``readers.flatten_tree``).
+    others : list of str or None
+        Dotted paths of the file's non-tensor entries (only noted).
+    which : {"teacher", "student"}
+        The branch of a DINO training checkpoint, ``"teacher"`` (default) or ``"student"``.
+    heads : int or None
+        Number of attention heads; default from ``hf_config`` else ``dim // 64``.
+    hf_config : mapping or None
+        The HF ``config.json`` next to the file, if any (heads, LayerNorm eps, checks).
+    pos_interp : {"dino", "size"} or None
+        The position-embedding recipe of the source (``"dino"``, ``"size"``); default ``"dino"``.
 
-    Returns:
-      A :class:`Conversion`; params are float32 whatever the source dtype.
+    Returns
+    -------
+    Conversion
+        A :class:`Conversion`; params are float32 whatever the source dtype.
 
-    Raises:
-      CheckpointKeysError: missing, unexpected or mis-shaped keys (listed by source name).
-      CheckpointIntegrityError: two sources for one parameter, or NaN / ±inf weights (named).
-      CheckpointFormatError: a ``config.json`` field of the wrong type, or disagreeing with the
-        tensors.
-      CheckpointArchitectureError: (a ``ValueError``) heads not inferable, invalid architecture.
-      ValueError: bad ``which`` / ``heads`` arguments.
+    Raises
+    ------
+    CheckpointKeysError
+        Missing, unexpected or mis-shaped keys (listed by source name).
+    CheckpointIntegrityError
+        Two sources for one parameter, or NaN / ±inf weights (named).
+    CheckpointFormatError
+        A ``config.json`` field of the wrong type, or disagreeing with the tensors.
+    CheckpointArchitectureError
+        (A ``ValueError``.) Heads not inferable, invalid architecture.
+    ValueError
+        Bad ``which`` / ``heads`` arguments.
     """
     backbone, head, container = _select(arrays, others or [], which)
     names = _names_for(list(backbone.arrays))

@@ -52,10 +52,12 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled ma
 def resolve_weights_file(src: str | os.PathLike) -> Path:
     """The weights file behind ``src``: ``src`` itself, or the HF weights file in a directory.
 
-    Raises:
-      CheckpointNotFoundError: (a ``FileNotFoundError``) ``src`` does not exist or the directory
-        holds no weights file.
-      CheckpointFormatError: the directory holds a sharded checkpoint (not supported).
+    Raises
+    ------
+    CheckpointNotFoundError
+        (A ``FileNotFoundError``.) ``src`` does not exist or the directory holds no weights file.
+    CheckpointFormatError
+        The directory holds a sharded checkpoint (not supported).
     """
     path = Path(src)
     if not path.exists():
@@ -76,8 +78,10 @@ def resolve_weights_file(src: str | os.PathLike) -> Path:
 def sniff_kind(path: str | os.PathLike) -> str:
     """``"torch_zip"``, ``"safetensors"`` or ``"onnx"`` from the first bytes of the file.
 
-    Raises:
-      CheckpointFormatError: empty file, legacy (non-zip) torch file, or neither format.
+    Raises
+    ------
+    CheckpointFormatError
+        Empty file, legacy (non-zip) torch file, or neither format.
     """
     name = escape(path)
     path = Path(path)
@@ -143,16 +147,23 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
 def load_tree(path: str | os.PathLike) -> tuple[Any, str]:
     """Read one checkpoint file without running code from it.
 
-    Args:
-      path: a PyTorch zip checkpoint or a ``.safetensors`` file.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A PyTorch zip checkpoint or a ``.safetensors`` file.
 
-    Returns:
-      ``(tree, kind)``: the saved object with tensors as numpy arrays, and ``kind``
-      (``"torch_zip"``, ``"safetensors"`` or ``"onnx"``; for ONNX the tree is the
-      :class:`~arb_jax.convert.onnx_reader.OnnxWeights` read from the graph).
+    Returns
+    -------
+    tree : object
+        The saved object with tensors as numpy arrays (for ONNX, the
+        :class:`~arb_jax.convert.onnx_reader.OnnxWeights` read from the graph).
+    kind : str
+        ``"torch_zip"``, ``"safetensors"`` or ``"onnx"``.
 
-    Raises:
-      CheckpointError: any problem with the file (a subclass; the message names the file).
+    Raises
+    ------
+    CheckpointError
+        Any problem with the file (a subclass; the message names the file).
     """
     path = Path(path)
     try:
@@ -209,23 +220,36 @@ def flatten_tree(
     that contain themselves, nest 10⁵ deep, or share sub-containers so that the tree they stand
     for is exponentially larger than the file.
 
-    Args:
-      tree: the loaded object (dicts, lists, tuples; numpy arrays and other values as leaves).
-      prefix: a dotted prefix for every key.
-      max_depth: the deepest nesting of containers walked.
-      max_entries: the most container entries visited (shared containers count every time).
-      max_key_chars: the most characters of dotted keys built, in all.
-      path: the file the tree was read from, named in the errors.
+    Parameters
+    ----------
+    tree : object
+        The loaded object (dicts, lists, tuples; numpy arrays and other values as leaves).
+    prefix : str
+        A dotted prefix for every key.
+    max_depth : int
+        The deepest nesting of containers walked.
+    max_entries : int
+        The most container entries visited (shared containers count every time).
+    max_key_chars : int
+        The most characters of dotted keys built, in all.
+    path : str, os.PathLike or None
+        The file the tree was read from, named in the errors.
 
-    Returns:
-      ``(arrays, others)``: every numpy array under its dotted path, and the dotted paths of the
-      non-array leaves (numbers, strings, :class:`Placeholder` holders such as DINO's ``args``).
+    Returns
+    -------
+    arrays : dict of str to numpy.ndarray
+        Every numpy array under its dotted path.
+    others : list of str
+        The dotted paths of the non-array leaves (numbers, strings, :class:`Placeholder` holders
+        such as DINO's ``args``).
 
-    Raises:
-      CheckpointLimitError: beyond ``max_depth`` / ``max_entries`` / ``max_key_chars``, or a
-        container that contains itself.
-      CheckpointIntegrityError: two arrays with one dotted key (``{"a.b": x, "a": {"b": y}}``),
-        naming both sources.
+    Raises
+    ------
+    CheckpointLimitError
+        Beyond ``max_depth`` / ``max_entries`` / ``max_key_chars``, or a container that contains
+        itself.
+    CheckpointIntegrityError
+        Two arrays with one dotted key (``{"a.b": x, "a": {"b": y}}``), naming both sources.
     """
     try:
         return _flatten(tree, prefix, max_depth, max_entries, max_key_chars)

@@ -79,16 +79,26 @@ _MiB = 1 << 20
 class ReadLimits:
     """The memory budget of one :func:`load_torch_zip`, relative to the file's actual bytes.
 
-    Attributes:
-      inflate_ratio, inflate_floor: all the zip members read inflate to at most
+    Attributes
+    ----------
+    inflate_ratio : float
+        With ``inflate_floor``: all the zip members read inflate to at most
         ``max(inflate_floor, inflate_ratio × file size)`` bytes (``torch.save`` stores members
         uncompressed: ratio 1).
-      tensor_ratio, tensor_floor: the tensors built (each a copy) take at most
+    inflate_floor : int
+        Bytes; see ``inflate_ratio``.
+    tensor_ratio : float
+        With ``tensor_floor``: the tensors built (each a copy) take at most
         ``tensor_floor + tensor_ratio × bytes of the storages read``.
-      max_ndim: the most dimensions a tensor may have.
-      memo_slack: a memo index may exceed twice the number of memo writes so far by this much.
-      pickle_objects: the most bytes of Python objects the pickle may build, as estimated from
-        its opcodes before it runs.
+    tensor_floor : int
+        Bytes; see ``tensor_ratio``.
+    max_ndim : int
+        The most dimensions a tensor may have.
+    memo_slack : int
+        A memo index may exceed twice the number of memo writes so far by this much.
+    pickle_objects : int
+        The most bytes of Python objects the pickle may build, as estimated from its opcodes
+        before it runs.
     """
 
     inflate_ratio: float = 8.0
@@ -400,12 +410,17 @@ _REBUILDERS: dict[str, Callable[..., Any]] = {
 class RestrictedUnpickler(pickle.Unpickler):
     """A ``pickle.Unpickler`` that resolves only the allow-list of this module.
 
-    Args:
-      file: binary file holding the pickle (``data.pkl``).
-      load_storage: ``(key, dtype, numel) -> 1-D numpy array`` for the persistent ids
+    Parameters
+    ----------
+    file : io.BufferedIOBase
+        Binary file holding the pickle (``data.pkl``).
+    load_storage : callable
+        ``(key, dtype, numel) -> 1-D numpy array`` for the persistent ids
         ``("storage", <StorageType>, key, location, numel)`` of a torch checkpoint.
-      path: file name used in error messages.
-      budget: the memory budget tensors are charged to (None: not checked).
+    path : str or None
+        File name used in error messages.
+    budget : _Budget or None
+        The memory budget tensors are charged to (None: not checked).
     """
 
     def __init__(
@@ -615,22 +630,30 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, bud
 def load_torch_zip(path: str | os.PathLike, *, limits: ReadLimits = DEFAULT_LIMITS) -> Any:
     """Unpickle a zip-format ``torch.save`` file with no code execution and no torch import.
 
-    Args:
-      path: the ``.pth`` / ``.bin`` / ``.ckpt`` file.
-      limits: the memory budget (see :class:`ReadLimits`; the default suits any real checkpoint).
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.pth`` / ``.bin`` / ``.ckpt`` file.
+    limits : ReadLimits
+        The memory budget (see :class:`ReadLimits`; the default suits any real checkpoint).
 
-    Returns:
-      The saved object with every tensor replaced by a numpy array (C-contiguous, the tensor's
-      dtype; bfloat16/float8 as ``ml_dtypes``), allowed data holders by :class:`Placeholder`.
+    Returns
+    -------
+    object
+        The saved object with every tensor replaced by a numpy array (C-contiguous, the tensor's
+        dtype; bfloat16/float8 as ``ml_dtypes``), allowed data holders by :class:`Placeholder`.
 
-    Raises:
-      UnsafeCheckpointError: the pickle names a global outside the allow-list.
-      CheckpointLimitError: declared sizes, strides, views, memo indices or zip inflation beyond
-        the file's bytes and the budget (checked before allocating).
-      CheckpointFormatError: not a zip, truncated or corrupt archive, missing storage, encrypted
-        or unsupported zip members, legacy (non-zip) torch serialization; any other failure of
-        the reader (a ``RecursionError``, ``OverflowError``, ``MemoryError`` …) is reported as
-        this too.
+    Raises
+    ------
+    UnsafeCheckpointError
+        The pickle names a global outside the allow-list.
+    CheckpointLimitError
+        Declared sizes, strides, views, memo indices or zip inflation beyond the file's bytes and
+        the budget (checked before allocating).
+    CheckpointFormatError
+        Not a zip, truncated or corrupt archive, missing storage, encrypted or unsupported zip
+        members, legacy (non-zip) torch serialization; any other failure of the reader (a
+        ``RecursionError``, ``OverflowError``, ``MemoryError`` …) is reported as this too.
     """
     raw_path = os.fspath(path)
     path = escape(raw_path)

@@ -102,14 +102,21 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str]:
     The EXIF orientation is applied. Grayscale, palette, CMYK and 16-bit images are converted to
     RGB; transparent images (RGBA, LA, palette with transparency) are composited over white.
 
-    Returns:
-      ``(img, note)``: the ``(H, W, 3) uint8`` array, and a short note saying what was converted
-      (e.g. ``"L → RGB"``), ``""`` for an RGB file. The note is also logged at DEBUG level.
+    Returns
+    -------
+    img : numpy.ndarray, (H, W, 3) uint8
+        The RGB image.
+    note : str
+        A short note saying what was converted (e.g. ``"L → RGB"``), ``""`` for an RGB file. The
+        note is also logged at DEBUG level.
 
-    Raises:
-      ImageError: the file is missing, a directory, not an image, corrupt or truncated; the message
-        names the path (escaped).
-      ImageLimitError: more than ``MAX_PIXELS`` pixels, refused from the header before decoding.
+    Raises
+    ------
+    ImageError
+        The file is missing, a directory, not an image, corrupt or truncated; the message names the
+        path (escaped).
+    ImageLimitError
+        More than ``MAX_PIXELS`` pixels, refused from the header before decoding.
     """
     path = Path(path).expanduser()
     name = escape(path)
@@ -175,21 +182,31 @@ def _target_size(size: int | tuple[int, int], h: int, w: int) -> tuple[int, int]
 def prepare(img: np.ndarray, size: int | tuple[int, int] | None, patch: int) -> np.ndarray:
     """Resize, crop to patch multiples and normalise one image.
 
-    Args:
-      img: ``(H, W, 3) uint8`` RGB.
-      size: an int: resize (Pillow bicubic) so the SHORT side is ``size``, keeping the aspect ratio
+    Parameters
+    ----------
+    img : numpy.ndarray, (H, W, 3) uint8
+        RGB.
+    size : int, (int, int) or None
+        An int: resize (Pillow bicubic) so the SHORT side is ``size``, keeping the aspect ratio
         (the long side rounded); an ``(H, W)`` pair: resize to exactly that; None: keep the size.
-      patch: the ViT patch size in pixels.
+    patch : int
+        The ViT patch size in pixels.
 
-    Returns:
-      ``(H', W', 3) float32``, ImageNet-normalised, with ``H' = patch·⌊H/patch⌋`` (likewise W'):
-      the centre crop (an odd leftover pixel goes to the bottom/right margin).
+    Returns
+    -------
+    numpy.ndarray, (H', W', 3) float32
+        ImageNet-normalised, with ``H' = patch·⌊H/patch⌋`` (likewise W'): the centre crop (an odd
+        leftover pixel goes to the bottom/right margin).
 
-    Raises:
-      ImageError: the resized image is smaller than one patch; bad shape.
-      ImageLimitError: an aspect ratio beyond ``MAX_ASPECT``:1 where it is kept (``size`` an int
-        or None), or a resized image of more than ``MAX_PIXELS`` pixels; refused before resizing.
-      TypeError: ``img`` is not a uint8 numpy array.
+    Raises
+    ------
+    ImageError
+        The resized image is smaller than one patch; bad shape.
+    ImageLimitError
+        An aspect ratio beyond ``MAX_ASPECT``:1 where it is kept (``size`` an int or None), or a
+        resized image of more than ``MAX_PIXELS`` pixels; refused before resizing.
+    TypeError
+        ``img`` is not a uint8 numpy array.
     """
     img = _check_uint8_rgb(img)
     patch = as_int(patch, "patch")
@@ -219,11 +236,14 @@ def prepare(img: np.ndarray, size: int | tuple[int, int] | None, patch: int) -> 
 def normalize(img01: np.ndarray) -> np.ndarray:
     """ImageNet-normalise: ``(x − mean) / std`` per channel.
 
-    Args:
-      img01: ``(..., 3)`` floats in [0, 1], or uint8 in 0..255 (divided by 255 first).
+    Parameters
+    ----------
+    img01 : numpy.ndarray, (..., 3)
+        Floats in [0, 1], or uint8 in 0..255 (divided by 255 first).
 
-    Returns:
-      ``(..., 3) float32``.
+    Returns
+    -------
+    numpy.ndarray, (..., 3) float32
     """
     x = np.asarray(img01)
     if x.ndim == 0 or x.shape[-1] != 3:
@@ -240,12 +260,17 @@ def normalize(img01: np.ndarray) -> np.ndarray:
 def denormalize(x: np.ndarray, *, clip: bool = True) -> np.ndarray:
     """Undo ``normalize`` for display: ``x · std + mean`` per channel.
 
-    Args:
-      x: ``(..., 3)`` ImageNet-normalised floats.
-      clip: clip the result to [0, 1] (the default, for ``imshow``).
+    Parameters
+    ----------
+    x : numpy.ndarray, (..., 3)
+        ImageNet-normalised floats.
+    clip : bool
+        Clip the result to [0, 1] (the default, for ``imshow``).
 
-    Returns:
-      ``(..., 3) float32`` in [0, 1] when ``clip``.
+    Returns
+    -------
+    numpy.ndarray, (..., 3) float32
+        In [0, 1] when ``clip``.
     """
     x = np.asarray(x)
     if x.ndim == 0 or x.shape[-1] != 3:
@@ -267,9 +292,11 @@ def expand_paths(items: str | Path | Sequence[str | Path]) -> list[Path]:
     sorted order; a pattern (``*``, ``?``, ``[``; ``**`` recurses) gives its matching image files,
     sorted. Duplicates are dropped, first occurrence kept.
 
-    Raises:
-      ImageError: a path that does not exist, a folder that cannot be read or holds no image, a
-        pattern that matches no image.
+    Raises
+    ------
+    ImageError
+        A path that does not exist, a folder that cannot be read or holds no image, a pattern that
+        matches no image.
     """
     if isinstance(items, (str, Path)):
         items = [items]
@@ -308,15 +335,21 @@ def load_images(
 ) -> np.ndarray:
     """Read, resize, crop and normalise images into one batch.
 
-    Args:
-      paths: files, folders or globs (see ``expand_paths``).
-      vit_or_patch: a ViT bundle (an object with ``.image_size`` ``(H, W)`` and ``.config.patch``):
-        every image is resized to exactly its ``image_size``; or an int patch size, with ``size``.
-      size: with an int patch: every image is resized to ``size × size`` (an int) or to ``size``
-        (an ``(H, W)`` pair). With a bundle, None or equal to its ``image_size``.
+    Parameters
+    ----------
+    paths : str, Path or sequence of str or Path
+        Files, folders or globs (see ``expand_paths``).
+    vit_or_patch : ViT bundle or int
+        A ViT bundle (an object with ``.image_size`` ``(H, W)`` and ``.config.patch``): every image
+        is resized to exactly its ``image_size``; or an int patch size, with ``size``.
+    size : int, (int, int) or None
+        With an int patch: every image is resized to ``size × size`` (an int) or to ``size`` (an
+        ``(H, W)`` pair). With a bundle, None or equal to its ``image_size``.
 
-    Returns:
-      ``(N, H, W, 3) float32``, ImageNet-normalised; H and W are multiples of the patch.
+    Returns
+    -------
+    numpy.ndarray, (N, H, W, 3) float32
+        ImageNet-normalised; H and W are multiples of the patch.
     """
     if hasattr(vit_or_patch, "image_size") and hasattr(vit_or_patch, "config"):
         patch = as_int(vit_or_patch.config.patch, "vit.config.patch")
