@@ -201,3 +201,35 @@ def test_cli(results, tmp_path, capsys):
     assert args.func(args) == 0
     assert (results / "report" / "summary.md").exists()
     assert capsys.readouterr().out == ""
+
+
+def test_fig_s11_draws_a_panel_only_for_what_the_grid_varies(tmp_path):
+    """A grid of B alone gives one panel (no empty width axis); B and the width give two."""
+    import matplotlib.image as mpimg
+
+    def table(n_boots, widths):
+        return [
+            {
+                "n_boot": b,
+                "width": w,
+                "alpha": 0.3,
+                "beta": 0.3,
+                "class": report.ALL,
+                "method": m,
+                "n": 5,
+                "D": 0.05 * b / w,
+                "err": 0.2,
+            }
+            for b in n_boots
+            for w in widths
+            for m in ("p", "lfdr")
+        ]
+
+    one = report.plot_grid(
+        table((1, 4, 16), (1.0,)), (1, 1.0, 0.3, 0.3), tmp_path / "b.png", methods=("p", "lfdr")
+    )
+    two = report.plot_grid(
+        table((1, 4), (0.5, 1.0, 2.0)), (1, 1.0, 0.3, 0.3), tmp_path / "bw.png", methods=("p", "lfdr")
+    )
+    w1, w2 = mpimg.imread(one).shape[1], mpimg.imread(two).shape[1]
+    assert 1.8 < w2 / w1 < 2.2

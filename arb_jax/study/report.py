@@ -373,26 +373,45 @@ def plot_grid(
     table: Sequence[dict[str, Any]], pt: Point, path: Path, methods: Sequence[str] = METHODS
 ) -> Path:
     """Fig. S11: D (all classes) against B at the main width, and against the width at the main
-    B, at the main (α, β)."""
+    B, at the main (α, β) — one panel for each of the two that the grid varies. Error bars are
+    the reference code's ± error, cut at D = 0 below (asymmetric where they would cross 0)."""
     sel = [t for t in table if t["class"] == ALL and (t["alpha"], t["beta"]) == pt[2:]]
-    fig, axes = subplots(1, 2, layout="tight", figsize=(8.0, 3.6))
-    for ax, key, fixed, label in (
-        (axes[0], "n_boot", ("width", pt[1]), "B (bootstrap images)"),
-        (axes[1], "width", ("n_boot", pt[0]), "bootstrap width w"),
-    ):
+    panels = [
+        (key, fixed, label)
+        for key, fixed, label in (
+            ("n_boot", ("width", pt[1]), "B (bootstrap images)"),
+            ("width", ("n_boot", pt[0]), "bootstrap width w"),
+        )
+        if len({t[key] for t in sel if t[fixed[0]] == fixed[1]}) > 1
+    ]
+    fig, axes = subplots(1, max(1, len(panels)), layout="tight", figsize=(4.2 * max(1, len(panels)), 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, (key, fixed, label) in zip(axes, panels, strict=False):
         for m in methods:
             cells = sorted(
                 (t[key], t["D"], t["err"]) for t in sel if t["method"] == m and t[fixed[0]] == fixed[1]
             )
             if cells:
-                x, d, e = zip(*cells, strict=True)
-                ax.errorbar(x, d, yerr=e, marker="o", capsize=2, label=METHOD_LABELS.get(m, m))
+                x, d, e = (np.asarray(v, float) for v in zip(*cells, strict=True))
+                ax.errorbar(
+                    x,
+                    d,
+                    yerr=[np.minimum(e, np.maximum(d, 0)), e],
+                    marker="o",
+                    capsize=2,
+                    label=METHOD_LABELS.get(m, m),
+                )
         ax.set_xlabel(label)
-        ax.set_ylabel("suppression factor D")
-        ax.set_title(f"{fixed[0]} = {fixed[1]:g}", fontsize=9)
+        ax.set_ylabel("suppression factor D (0: noise removed)")
+        ax.set_ylim(bottom=0)
+        other = "width" if key == "n_boot" else "B"
+        ax.set_title(
+            f"D against {label.split(' (')[0]} ({other} = {fixed[1]:g}, α = {pt[2]:g}, β = {pt[3]:g})",
+            fontsize=9,
+        )
         if key == "n_boot":
             ax.set_xscale("log", base=2)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, dpi=110)
     return path
 
