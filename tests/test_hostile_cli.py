@@ -194,3 +194,21 @@ def test_stale_temporary_pattern_spares_other_files_and_this_process(tmp_path):
         p.write_text("")
     assert files.remove_stale_temporaries(tmp_path) == [other]
     assert mine.exists() and plain.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["finetune", "d", "--model", "demo", "--out", "o", "--epochs", "0"], "--epochs"),
+        (["finetune", "d", "--model", "demo", "--out", "o", "--lr", "-1"], "--lr"),
+        (["finetune", "d", "--model", "demo", "--out", "o", "--val-fraction", "2"], "--val-fraction"),
+        (["finetune", "d", "--model", "demo", "--out", "o", "--seed", "-4"], "--seed"),
+        (["convert", "a", "b", "--heads", "0"], "--heads"),
+        (["train-demo", "--steps", "0"], "--steps"),
+        (["photo-study", "--out", "o", "--placements", "0"], "--placements"),
+    ],
+)
+def test_the_other_commands_range_check_their_options_too(capsys, argv, option):
+    code, err = _run(capsys, *argv)
+    assert code == 1 and len(err) == 1, err
+    assert f"argument {option}:" in err[0] and err[0].startswith(f"arb {argv[0]}: error: ")

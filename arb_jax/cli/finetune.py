@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from arb_jax.checkpoints import loading
+from arb_jax.cli.common import MAX_SIDE, count, fraction, positive_float, seed
 from arb_jax.study.finetune import DEFAULT_LR, FinetuneError, finetune
 
 EPILOG = """examples:
@@ -41,25 +42,29 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         help="backbone: a name (dino_vits8, demo, ...) or a path (see arb models)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
+    p.add_argument(
+        "--epochs", type=count("--epochs", 1, 100_000), default=10, help="total epochs (default 10)"
+    )
     p.add_argument(
         "--lr",
-        type=float,
+        type=positive_float("--lr"),
         default=DEFAULT_LR,
         help=f"Adam learning rate (default {DEFAULT_LR:g}, the paper's)",
     )
-    p.add_argument("--batch", type=int, default=64, help="minibatch size (default 64)")
+    p.add_argument(
+        "--batch", type=count("--batch", 1, 65_536), default=64, help="minibatch size (default 64)"
+    )
     p.add_argument(
         "--size",
-        type=int,
+        type=count("--size", 1, MAX_SIDE),
         default=None,
         metavar="PX",
         help="images are resized to PX x PX (default: the model's size)",
     )
-    p.add_argument("--seed", type=int, default=0, help="init, minibatch order and split (0)")
+    p.add_argument("--seed", type=seed, default=0, help="init, minibatch order and split (0)")
     p.add_argument(
         "--val-fraction",
-        type=float,
+        type=fraction("--val-fraction"),
         default=0.2,
         metavar="F",
         help="share of each class held out when DATA has no val/ folder (0.2)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from arb_jax.cli.common import count
 from arb_jax.study.photo_study import RUNS, run_study
 
 EPILOG = """example:
@@ -31,9 +32,15 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         "--model", default="imgfocus_dinov2_vits14", help="name or path (default: imgfocus_dinov2_vits14)"
     )
     p.add_argument(
-        "--placements", type=int, default=5, metavar="K", help="noise placements per photo (default 5)"
+        "--placements",
+        type=count("--placements", 1, 10_000),
+        default=5,
+        metavar="K",
+        help="noise placements per photo (default 5)",
     )
-    p.add_argument("--batch", type=int, default=4, help="images per ARB call (default 4)")
+    p.add_argument(
+        "--batch", type=count("--batch", 1, 4096), default=4, help="images per ARB call (default 4)"
+    )
     p.add_argument(
         "--figures",
         default=None,

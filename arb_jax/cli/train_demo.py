@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from arb_jax.cli.common import count, seed
 from arb_jax.demo.train import SMOKE, TrainSettings, save_demo, train
 
 EPILOG = """examples:
@@ -30,11 +31,21 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = TrainSettings()
-    p.add_argument("--steps", type=int, default=None, help=f"optimisation steps (default {d.steps})")
+    p.add_argument(
+        "--steps",
+        type=count("--steps", 1, 10_000_000),
+        default=None,
+        help=f"optimisation steps (default {d.steps})",
+    )
     p.add_argument("--out", default="demo_vit", help="output folder (default: ./demo_vit)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed, default=d.seed, help=f"base seed (default {d.seed})")
     p.add_argument("--smoke", action="store_true", help="tiny configuration that runs in seconds (for tests)")
-    p.add_argument("--log-every", type=int, default=0, help="evaluate on 256 held-out images every N steps")
+    p.add_argument(
+        "--log-every",
+        type=count("--log-every", 0),
+        default=0,
+        help="evaluate on 256 held-out images every N steps",
+    )
     p.set_defaults(func=run)
 
 

@@ -175,12 +175,26 @@ EPILOG = """examples:
 """
 
 
+def _heads_option(text: str) -> int:
+    """``--heads``: an integer in 1 … 1024 (argparse names the option in the error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1024, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``arb convert`` (shared by ``arb`` and ``python -m arb_jax.convert``)."""
     parser.add_argument("src", help="checkpoint file or HF model directory")
     parser.add_argument("dst", help="output directory (params/ and arb_model.json)")
     parser.add_argument(
-        "--heads", type=int, default=None, help="attention heads (default: config.json, else dim // 64)"
+        "--heads",
+        type=_heads_option,
+        default=None,
+        help="attention heads, 1 … 1024 (default: the ONNX graph or config.json, else dim // 64)",
     )
     parser.add_argument(
         "--which",
