@@ -21,6 +21,7 @@ from arb_jax.convert.formats import to_canonical
 from arb_jax.convert.onnx_reader import OnnxWeights
 from arb_jax.convert.orbax_io import write_converted
 from arb_jax.convert.readers import flatten_tree, load_tree, resolve_weights_file, sha256_file
+from arb_jax.io.options import count
 from arb_jax.io.text import escape
 from arb_jax.models.config import ViTConfig
 
@@ -175,24 +176,13 @@ EPILOG = """examples:
 """
 
 
-def _heads_option(text: str) -> int:
-    """``--heads``: an integer in 1 … 1024 (argparse names the option in the error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 1024, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``arb convert`` (shared by ``arb`` and ``python -m arb_jax.convert``)."""
     parser.add_argument("src", help="checkpoint file or HF model directory")
     parser.add_argument("dst", help="output directory (params/ and arb_model.json)")
     parser.add_argument(
         "--heads",
-        type=_heads_option,
+        type=count("--heads", 1, 1024),
         default=None,
         help="attention heads, 1 … 1024 (default: the ONNX graph or config.json, else dim // 64)",
     )
