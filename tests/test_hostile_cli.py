@@ -212,3 +212,22 @@ def test_the_other_commands_range_check_their_options_too(capsys, argv, option):
     code, err = _run(capsys, *argv)
     assert code == 1 and len(err) == 1, err
     assert f"argument {option}:" in err[0] and err[0].startswith(f"arb {argv[0]}: error: ")
+
+
+def test_a_file_system_without_flock_is_used_unlocked(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with files.folder_lock(tmp_path) as path:
+        assert path == tmp_path / ".arb.lock"
+
+    def other_error(fd, op):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", other_error)
+    with pytest.raises(OSError, match="Bad file descriptor"), files.folder_lock(tmp_path):
+        pass

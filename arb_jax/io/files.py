@@ -4,6 +4,7 @@ one writer per output folder (an OS-level lock)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -65,7 +66,9 @@ def folder_lock(folder: str | os.PathLike, name: str = ".arb.lock", what: str = 
 
     An exclusive ``flock`` on ``folder/name`` (created; kept afterwards): the OS releases it
     when the holder exits or is killed, so a killed run never blocks its own resume. The file
-    records the holder (pid, what, since when) for the message a second process gets.
+    records the holder (pid, what, since when) for the message a second process gets. On a file
+    system that has no ``flock`` (some network mounts answer ENOLCK or EOPNOTSUPP) the folder is
+    used unlocked, as before locks existed: multi-host sweeps write one rows file per host.
 
     Parameters
     ----------
@@ -96,6 +99,11 @@ def folder_lock(folder: str | os.PathLike, name: str = ".arb.lock", what: str = 
             raise FolderLockedError(
                 f"{folder} is in use by {holder}; wait for it to finish, or write to another folder"
             ) from None
+        except OSError as e:  # a file system without flock (some network mounts): go on unlocked
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            yield path
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{what} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})".encode(), 0)
         yield path
