@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ARBOptions": "arb_jax.core.pipeline",
     "ARBResult": "arb_jax.core.pipeline",
+    "PRESETS": "arb_jax.core.options",
     "regularize_attention": "arb_jax.core.pipeline",
     "image_mesh": "arb_jax.core.pipeline",
     "null_images": "arb_jax.core.pipeline",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from arb_jax.cli.common import HelpFormatter
 from arb_jax.convert.convert import DESCRIPTION, EPILOG, add_arguments
 from arb_jax.convert.convert import run as run_convert
 
@@ -20,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="PyTorch/safetensors checkpoint -> Orbax + JSON",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(func=run_convert)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from arb_jax.checkpoints import loading
-from arb_jax.cli.common import MAX_SIDE, count, fraction, positive_float, seed
+from arb_jax.cli.common import MAX_SIDE, HelpFormatter, count, fraction, positive_float, seed
 from arb_jax.study.finetune import DEFAULT_LR, FinetuneError, finetune
 
 EPILOG = """examples:
@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         parents=[common],
         epilog=EPILOG,
         help="train a linear head on a frozen ViT (the paper's backbone)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("data", metavar="DATA", help="image folder (CLASS/*.jpg) or tfds:NAME[:SPLIT]")
     p.add_argument(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from arb_jax.cli.common import HelpFormatter
+
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``arb models``."""
@@ -13,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         parents=[common],
         help="known checkpoints, their sources, and the cache",
         epilog="example:\n  arb models",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.set_defaults(func=run)
 

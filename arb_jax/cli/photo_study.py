@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from arb_jax.cli.common import count
+from arb_jax.cli.common import HelpFormatter, count
 from arb_jax.study.photo_study import RUNS, run_study
 
 EPILOG = """example:
@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         parents=[common],
         epilog=EPILOG,
         help="the simulation study on the offline real photos",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", required=True, metavar="DIR", help="study folder")
     p.add_argument(

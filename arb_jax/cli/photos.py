@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from arb_jax.cli.common import HelpFormatter
 from arb_jax.study.photos import write_photo_dataset
 
 EPILOG = """example:
@@ -21,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         parents=[common],
         epilog=EPILOG,
         help="write the offline real photos as a class-folder data set",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("out", metavar="OUT", help="data set folder to write")
     p.set_defaults(func=run)

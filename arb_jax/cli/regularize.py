@@ -20,7 +20,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from arb_jax.cli.common import MAX_N_BOOT, MAX_SIDE, CLIError, count, fraction, positive_float, seed
+from arb_jax.cli import arb_options
+from arb_jax.cli.arb_options import add_arb_options
+from arb_jax.cli.common import (
+    MAX_N_BOOT,
+    MAX_SIDE,
+    CLIError,
+    HelpFormatter,
+    count,
+    fraction,
+    positive_float,
+    seed,
+)
 from arb_jax.io.text import escape
 from arb_jax.study.sweep import DEFAULT_BOOT_CHUNK
 
@@ -33,6 +44,7 @@ EPILOG = """examples:
   arb regularize 'shots/*.jpg' --model ./converted_vits8 --sampler pixel --p 0.1 --lfdr 0.2
 
   arb regularize photos/ --model dino_vits8 --size 488 --n-boot 16 --batch 8 --no-figures
+  arb regularize photos/ --model dino_vits8 --preset attnreg      # the authors' pipeline, 488 x 488
 
 IMAGE is a file, a folder, a glob, or skimage:NAME (a photo that ships with scikit-image:
 astronaut, chelsea, coffee, rocket, ...). Without --model the real pretrained DINOv2 ViT-S/14
@@ -55,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         parents=[common],
         help="ARB on images: figures (.png) and arrays (.npz)",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument(
@@ -68,14 +80,23 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--size",
         type=count("--size", 1, MAX_SIDE),
         default=None,
-        help=f"short side in pixels, at least the patch, at most {MAX_SIDE} "
-        "(default: the model's training size)",
+        metavar="PX",
+        help=f"the short side in pixels (with --resize square: both sides), at least the patch, at "
+        f"most {MAX_SIDE} (default: the preset's, else the model's training size)",
+    )
+    p.add_argument(
+        "--resize",
+        default=None,
+        choices=["crop", "square"],
+        help="crop: keep the aspect ratio (short side --size, centre crop to patch multiples); "
+        "square: resize to --size x --size, as the authors' code (default: the preset's; paper: "
+        "crop, attnreg: square)",
     )
     p.add_argument(
         "--n-boot",
         type=count("--n-boot", 1, MAX_N_BOOT),
         default=1,
-        help=f"bootstrap images per input (B; default 1, at most {MAX_N_BOOT})",
+        help=f"bootstrap images per input B, at most {MAX_N_BOOT}",
     )
     p.add_argument(
         "--boot-chunk",
@@ -84,20 +105,15 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help=f"null forwards run at once (default: all up to {DEFAULT_BOOT_CHUNK}, then "
         f"{DEFAULT_BOOT_CHUNK} at a time: memory stays bounded for any B)",
     )
-    p.add_argument("--sampler", default="normal", choices=["normal", "pixel", "patch", "uniform"])
+    add_arb_options(p)
     p.add_argument(
         "--width",
         type=positive_float("--width"),
         default=1.0,
-        help="width of the normal bootstrap (default 1)",
+        help="width w of the normal bootstrap",
     )
-    p.add_argument(
-        "--p", dest="alpha", type=fraction("--p"), default=0.3, help="p-value threshold α (default 0.3)"
-    )
-    p.add_argument(
-        "--lfdr", dest="beta", type=fraction("--lfdr"), default=0.3, help="LFDR threshold β (default 0.3)"
-    )
-    p.add_argument("--pvalue", default="upper", choices=["upper", "plus_one", "two_sided", "attnreg"])
+    p.add_argument("--p", dest="alpha", type=fraction("--p"), default=0.3, help="p-value threshold alpha")
+    p.add_argument("--lfdr", dest="beta", type=fraction("--lfdr"), default=0.3, help="LFDR threshold beta")
     p.add_argument("--heads", action="store_true", help="also store per-head maps")
     p.add_argument(
         "--inject-noise",
@@ -107,8 +123,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="paste a PX-sided square of Gaussian noise (docs/method.md §5) and outline it",
     )
     p.add_argument("--out", default="arb_out", help="output folder (default: arb_out)")
-    p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1 (default 0)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="matmul precision of the ViT forward (the statistics are always float32)",
+    )
     p.add_argument(
         "--batch",
         type=count("--batch", 1, 4096),
@@ -229,17 +250,19 @@ def run(args: argparse.Namespace) -> int:
     if base.meta.get("note") and not args.quiet:
         print(f"arb: model {args.model}: {base.meta['note']}")
     patch = base.config.patch
-    size = args.size or min(base.image_size)
+    image = arb_options.preset_image(args)
+    resize = args.resize or image["resize"]
+    size = args.size or image["size"] or min(base.image_size)
     if size < patch:
         raise CLIError(f"--size {size} is smaller than the model's patch ({patch} px)")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with files.folder_lock(out_dir, what="arb regularize"):
         files.remove_stale_temporaries(out_dir)
-        return _run_locked(args, inputs, input_errors, base, size, out_dir)
+        return _run_locked(args, inputs, input_errors, base, size, resize, out_dir)
 
 
-def _run_locked(args, inputs, input_errors, base, size: int, out_dir: Path) -> int:
+def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_dir: Path) -> int:
     """The rest of ``run``, while this process holds ``out_dir``."""
     import jax
     import jax.numpy as jnp
@@ -251,15 +274,16 @@ def _run_locked(args, inputs, input_errors, base, size: int, out_dir: Path) -> i
 
     patch = base.config.patch
     model_id = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    arb = arb_options.resolve(args)
     common = {
         "model": model_id,
         "size": size,
+        "resize": resize,
         "n_boot": args.n_boot,
-        "sampler": args.sampler,
+        **arb,
         "width": args.width,
         "alpha": args.alpha,
         "beta": args.beta,
-        "pvalue": args.pvalue,
         "heads": args.heads,
         "inject_noise": args.inject_noise,
         "seed": args.seed,
@@ -309,9 +333,8 @@ def _run_locked(args, inputs, input_errors, base, size: int, out_dir: Path) -> i
                 x,
                 jnp.stack([job.key for job in batch]),
                 n_boot=args.n_boot,
-                sampler=args.sampler,
+                **arb,
                 width=args.width,
-                pvalue=args.pvalue,
                 alpha=args.alpha,
                 beta=args.beta,
                 heads=args.heads,
@@ -337,7 +360,7 @@ def _run_locked(args, inputs, input_errors, base, size: int, out_dir: Path) -> i
                 if args.figures:
                     title = (
                         f"{inp.name} — {vit.meta.get('name', args.model)}, B={args.n_boot}, "
-                        f"{args.sampler} bootstrap, π₀={pi0:.2f}"
+                        f"{args.sampler} bootstrap, preset {args.preset}, π₀={pi0:.2f}"
                     )
                     fig = plotting.plot_result(res, images=x, index=j, roi=roi, title=title)
                     files.write_atomic(npz.with_suffix(".png"), lambda t, f=fig: f.savefig(t, dpi=110))
@@ -364,7 +387,7 @@ def _run_locked(args, inputs, input_errors, base, size: int, out_dir: Path) -> i
             read["shape"] = tuple(img.shape[:2])
             return img
 
-        return (*images.try_prepare(read_rgb, size, patch), read)
+        return (*images.try_prepare(read_rgb, (size, size) if resize == "square" else size, patch), read)
 
     waiting: dict[tuple[int, int], list] = {}  # images of one size, waiting for a full batch
     try:
@@ -377,9 +400,14 @@ def _run_locked(args, inputs, input_errors, base, size: int, out_dir: Path) -> i
                     bar.update(1)
                     continue
                 if not said_crop and not args.quiet and tuple(x.shape[:2]) != read["shape"]:
+                    how = (
+                        f"to {size} x {size} px (aspect ratio not kept)"
+                        if resize == "square"
+                        else f"to a short side of {size} px"
+                    )
                     tqdm.write(
-                        f"arb: images are resized to a short side of {size} px and "
-                        f"centre-cropped to multiples of the patch ({patch} px)"
+                        f"arb: images are resized {how} and centre-cropped to multiples of the "
+                        f"patch ({patch} px)"
                     )
                     said_crop = True
                 roi = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from arb_jax.cli.common import HelpFormatter
 from arb_jax.study.report import make_report
 
 EPILOG = """examples:
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         parents=[common],
         epilog=EPILOG,
         help="tables and figures of a sweep (D per class; Figs. 3-5, S7, S11)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("results", metavar="RESULTS", help="the --out folder of 'arb sweep'")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default RESULTS/report)")

@@ -7,9 +7,10 @@ import math
 import re
 import sys
 
-from arb_jax.cli.common import MAX_N_BOOT, MAX_SIDE, count, fraction, positive_float, seed
+from arb_jax.cli.arb_options import add_arb_options
+from arb_jax.cli.common import MAX_N_BOOT, MAX_SIDE, HelpFormatter, count, fraction, positive_float, seed
 from arb_jax.study.grid import parse_grid
-from arb_jax.study.sweep import NOISES, PVALUES, SAMPLERS, SweepConfig, run_sweep
+from arb_jax.study.sweep import DEFAULT_BOOT_CHUNK, NOISES, SweepConfig, run_sweep
 
 EPILOG = """examples:
   arb sweep imagenette2/val --model dino_vits8 --size 488 --out results/square
@@ -18,6 +19,7 @@ EPILOG = """examples:
   arb sweep photos/ --out results/grid --grid "n_boot=1,4,16 width=0.5,1,2"
   arb sweep photos/ --out results/fig5 --grid "alpha=0.02:1:50 beta=0.02:1:50"
   arb sweep photos/ --out results/pod --distributed      # on every host of a TPU pod / SLURM job
+  arb sweep photos/ --model dino_vits8 --preset attnreg --out results/authors   # their pipeline
 
 DATA is an image folder (class/*.JPEG → class = folder name; images directly inside → class "")
 or tfds:NAME[/CONFIG][:SPLIT] (needs: pip install 'arb-jax[tfds]'). Rows are appended to
@@ -54,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         parents=[common],
         epilog=EPILOG,
         help="the simulation study: noise in, ARB, one CSV row per image",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("data", metavar="DATA", help="image folder or tfds:NAME[:SPLIT]")
     p.add_argument("--model", default="demo", help="name or path (default: demo, this project's ViT)")
@@ -74,13 +76,17 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         help=f"bootstrap images per input B (default 1, at most {MAX_N_BOOT})",
     )
     p.add_argument(
-        "--width", type=positive_float("--width"), default=None, help="width of the normal bootstrap (1)"
+        "--width",
+        type=positive_float("--width"),
+        default=None,
+        help="width w of the normal bootstrap (default 1)",
     )
-    p.add_argument("--sampler", default="normal", choices=SAMPLERS)
-    p.add_argument("--pvalue", default="upper", choices=PVALUES)
-    p.add_argument("--p", dest="alpha", type=fraction("--p"), default=None, help="p-value threshold α (0.3)")
+    add_arb_options(p)
     p.add_argument(
-        "--lfdr", dest="beta", type=fraction("--lfdr"), default=None, help="LFDR threshold β (0.3)"
+        "--p", dest="alpha", type=fraction("--p"), default=None, help="p-value threshold alpha (default 0.3)"
+    )
+    p.add_argument(
+        "--lfdr", dest="beta", type=fraction("--lfdr"), default=None, help="LFDR threshold beta (default 0.3)"
     )
     p.add_argument(
         "--z-filter",
@@ -103,7 +109,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         metavar="K",
         help="noise placements per image, each a row with its own key (default 1)",
     )
-    p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1 (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1")
     p.add_argument(
         "--batch",
         type=count("--batch", 1, 4096),
@@ -116,14 +122,22 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         type=count("--size", 1, MAX_SIDE),
         default=None,
         metavar="PX",
-        help="images are resized to PX x PX (default: the model's size)",
+        help="the short side in pixels: images are resized to PX x PX (the aspect ratio is not kept, "
+        "as in the paper's study), then centre-cropped to multiples of the patch (default: the "
+        "preset's, 488 for attnreg, else the model's size)",
     )
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="matmul precision of the ViT forward (the statistics are always float32)",
+    )
     p.add_argument(
         "--boot-chunk",
         type=count("--boot-chunk", 1, MAX_N_BOOT),
         default=None,
-        help="null forwards run at once (default: all up to 64, then 64 at a time)",
+        help=f"null forwards run at once (default: all up to {DEFAULT_BOOT_CHUNK}, then "
+        f"{DEFAULT_BOOT_CHUNK} at a time)",
     )
     p.add_argument("--workers", type=count("--workers", 1, 256), default=None, help="image loading threads")
     p.add_argument(
@@ -152,8 +166,13 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         noise=args.noise,
         noise_size=args.noise_size,
         grid=grid,
+        preset=args.preset,
         sampler=args.sampler,
         pvalue=args.pvalue,
+        pi0_method=args.pi0_method,
+        lfdr_pi0=args.lfdr_pi0,
+        lfdr_null=args.lfdr_null,
+        z_th=args.z_th,
         z_filter=args.z_filter,
         limit=args.limit,
         seed=args.seed,

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from arb_jax.cli.common import count, seed
+from arb_jax.cli.common import HelpFormatter, count, seed
 from arb_jax.demo.train import SMOKE, TrainSettings, save_demo, train
 
 EPILOG = """examples:
@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         help="train the embedded demo ViT (not DINO) offline",
         description="Train the embedded demo ViT (NOT DINO) on procedural composites of "
         "scikit-image photographs, offline, and write demo_vit.msgpack + .json.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     d = TrainSettings()
     p.add_argument(

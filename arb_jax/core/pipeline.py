@@ -87,6 +87,9 @@ class ARBResult:
         with an error for π₀ <= 0; one image cannot stop a batch, so a non-positive estimate —
         the cubic smoother can dip below 0 on small, strongly non-null maps — becomes 0: "no
         nulls", the π₀ threshold then keeps every z-passing patch).
+    lfdr_pi0 : jax.Array, shape (N,), or None
+        The π₀ the lfdr used (``options.lfdr_pi0``: the number, the estimate, or ``pi0``
+        itself when "shared").
     mu0, sigma0 : jax.Array, shape (N,)
         Mean and standard deviation (ddof 0) of the log null scores.
     maps : dict of str to jax.Array, each (N, h, w)
@@ -116,13 +119,14 @@ class ARBResult:
     maps: dict[str, jax.Array]
     attn_heads: jax.Array | None = None
     z_null: jax.Array | None = None
+    lfdr_pi0: jax.Array | None = None
     options: ARBOptions = flax.struct.field(pytree_node=False, default=ARBOptions())
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """Flat dict of host arrays (``maps`` flattened as ``map_<method>``), e.g. for ``np.savez``."""
         out = {k: np.asarray(getattr(self, k)) for k in ("attn", "z", "p", "lfdr", "pi0", "mu0", "sigma0")}
         out.update({f"map_{k}": np.asarray(v) for k, v in self.maps.items()})
-        for k in ("attn_heads", "z_null"):
+        for k in ("attn_heads", "z_null", "lfdr_pi0"):
             if getattr(self, k) is not None:
                 out[k] = np.asarray(getattr(self, k))
         return out
@@ -264,6 +268,7 @@ def regularize_attention(
     n_boot: int = 1,
     sampler: str = "normal",
     *,
+    preset: str = "paper",
     mesh: Mesh | None = None,
     **options: Any,
 ) -> ARBResult:
@@ -281,6 +286,9 @@ def regularize_attention(
         Bootstrap images per input (B).
     sampler : {"normal", "pixel", "patch", "uniform"}, default "normal"
         The bootstrap (docs/method.md §2).
+    preset : {"paper", "attnreg"}, default "paper"
+        The statistical choices of the paper's equations or of the authors' code
+        (`arb_jax.core.options.PRESETS`); options given here override it.
     mesh : jax.sharding.Mesh or None, default None
         A mesh with an "images" axis (and optionally "boot") to shard the work over
         (`image_mesh`); default: all local devices when there are several and N > 1. Images are
@@ -288,7 +296,7 @@ def regularize_attention(
         the padding is dropped.
     **options
         Any other field of `ARBOptions` (boot_chunk, image_chunk, width, pvalue, alpha, beta,
-        lfdr_pi0, lfdr_null, pi0_method, z_th, heads, return_null).
+        lfdr_pi0, lfdr_null, pi0_method, z_th, percentile_decimals, heads, return_null).
 
     Returns
     -------
@@ -302,7 +310,7 @@ def regularize_attention(
     number of images per device (and ``boot_chunk``, where XLA picks batch-dependent kernels)
     can change the attention maps by float32 rounding (bench/README.md gives the measured bound).
     """
-    opts = ARBOptions.from_kwargs(n_boot=n_boot, sampler=sampler, **options)
+    opts = ARBOptions.from_kwargs(n_boot=n_boot, sampler=sampler, preset=preset, **options)
     engine.model_key(vit)
     x = _checked_images(images, vit.config.patch, tuple(vit.image_size))
     n = x.shape[0]

@@ -76,11 +76,17 @@ class Percentile:
 
     ``alpha=Percentile(10)`` keeps the 10% smallest p-values of each map (or of its ROI, when a
     ``roi`` mask is given). Percentiles use numpy's default (linear) interpolation.
+    ``decimals=k`` rounds the percentile to k decimals before it is used, as the reference code's
+    ``round(np.percentile(p, q), 2)`` (half to even, as numpy's ``round``).
     """
 
     q: Any
+    decimals: int | None = None
 
     def __post_init__(self):
+        d = self.decimals
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 12):
+            raise TypeError(f"Percentile decimals must be None or an int in [0, 12], got {d!r}")
         q = self.q
         if isinstance(q, jax.core.Tracer):
             return  # traced under jit: checked where it is used, if concrete
@@ -93,13 +99,14 @@ class Percentile:
             raise ValueError(f"Percentile q must lie in [0, 100], got {q!r}")
 
 
-def _percentile_unflatten(_: None, children: Any) -> Percentile:
+def _percentile_unflatten(decimals: int | None, children: Any) -> Percentile:
     obj = object.__new__(Percentile)  # leaves may be tracers or placeholders: no validation
     object.__setattr__(obj, "q", children[0])
+    object.__setattr__(obj, "decimals", decimals)
     return obj
 
 
-jax.tree_util.register_pytree_node(Percentile, lambda t: ((t.q,), None), _percentile_unflatten)
+jax.tree_util.register_pytree_node(Percentile, lambda t: ((t.q,), t.decimals), _percentile_unflatten)
 
 Threshold = float | jax.Array | Percentile
 
@@ -199,7 +206,7 @@ def _check_per_map(
 def _check_threshold(th: Any, name: str, batch: tuple[int, ...]) -> Threshold:
     """A threshold: a number, one value per map, or a ``Percentile`` (q in [0, 100])."""
     if isinstance(th, Percentile):
-        return Percentile(_check_per_map(th.q, f"{name} Percentile q", batch, (0.0, 100.0)))
+        return Percentile(_check_per_map(th.q, f"{name} Percentile q", batch, (0.0, 100.0)), th.decimals)
     try:
         return _check_per_map(th, name, batch)
     except TypeError:
@@ -334,6 +341,8 @@ def _threshold(
     batch = stat.shape[: stat.ndim - map_ndim]
     if isinstance(th, Percentile):
         pct = _map_percentile(stat, th.q, map_ndim, roi, repeat=repeat)
+        if th.decimals is not None:
+            pct = jnp.round(pct, th.decimals)
         return pct.reshape(batch + (1,) * map_ndim)
     return _per_map(jnp.asarray(th), batch, map_ndim)
 

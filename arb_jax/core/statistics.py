@@ -52,10 +52,13 @@ def image_statistics(
         return jnp.maximum(stats.pi0est(p, method=opts.pi0_method).pi0, 0)
 
     pi0 = storey_pi0(p)
-    if opts.lfdr_pi0 == "estimate":
-        lfdr_pi0 = storey_pi0(stats.empirical_pvalues(z, zn, method="attnreg"))
+    if opts.lfdr_pi0 == "shared":
+        lfdr_pi0 = pi0
+    elif opts.lfdr_pi0 == "estimate":
+        p_attnreg = p if opts.pvalue == "attnreg" else stats.empirical_pvalues(z, zn, method="attnreg")
+        lfdr_pi0 = storey_pi0(p_attnreg)
     else:
-        lfdr_pi0 = values["lfdr_pi0"]
+        lfdr_pi0 = jnp.asarray(values["lfdr_pi0"], jnp.float32)
     lfdr = stats.local_fdr(
         z, pi0=lfdr_pi0, null=opts.lfdr_null, z_null=zn if opts.lfdr_null == "empirical" else None
     )
@@ -76,6 +79,7 @@ def image_statistics(
         "lfdr": lfdr.reshape(shape),
         "z_null": z_null.reshape(attn_null.shape),
         "pi0": pi0,
+        "lfdr_pi0": lfdr_pi0,
         "mu0": mu0,
         "sigma0": sigma0,
         "maps": {k: v.reshape(shape) for k, v in maps.items()},
@@ -105,8 +109,9 @@ def arb_statistics(
     Returns
     -------
     dict
-        ``z``, ``p``, ``lfdr`` (h, w); ``z_null`` (B, h, w); ``pi0``, ``mu0``, ``sigma0``
-        (scalars); ``maps`` (dict of (h, w) by method).
+        ``z``, ``p``, ``lfdr`` (h, w); ``z_null`` (B, h, w); ``pi0`` (the π₀ map's),
+        ``lfdr_pi0`` (the lfdr's), ``mu0``, ``sigma0`` (scalars); ``maps`` (dict of (h, w) by
+        method).
     """
     opts = ARBOptions() if opts is None else opts
     if not isinstance(opts, ARBOptions):

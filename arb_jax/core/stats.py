@@ -7,7 +7,8 @@ One public function per method, each a pure function of arrays:
                          "two_sided", "attnreg")
 - ``local_fdr``:         Efron's local FDR, exactly ``statsmodels.stats.multitest.local_fdr``
                          (eq. 5), with the theoretical N(0, 1) or an empirical null
-- ``pi0est``:            Storey's π₀, as R ``qvalue::pi0est`` ("smoother", "bootstrap")
+- ``pi0est``:            Storey's π₀, as R ``qvalue::pi0est`` ("smoother", "bootstrap"), or as the
+                         reference code's Python ``pi0est`` ("attnreg", ``pi0_attnreg``)
 - ``qvalues``:           Storey's q-values, as R ``qvalue::qvalue`` (pfdr = FALSE)
 - ``bh_threshold`` / ``bh_reject``: Benjamini–Hochberg step-up at FDR level q
 - ``srmsd``:             signed RMSD of p-values from uniform (docs/method.md §5, Yao & Ochoa 2023)
@@ -46,6 +47,7 @@ __all__ = [
     "count_null_geq",
     "empirical_pvalues",
     "local_fdr",
+    "pi0_attnreg",
     "pi0est",
     "pi0est_unchecked",
     "qvalues",
@@ -55,7 +57,10 @@ __all__ = [
 ]
 
 PVALUE_METHODS = ("upper", "plus_one", "two_sided", "attnreg")
-PI0_METHODS = ("smoother", "bootstrap")
+PI0_METHODS = ("smoother", "bootstrap", "attnreg")
+# The reference code's λ: the last of numpy.arange(0, 0.90, 0.01), in float64 (0.89).
+ATTNREG_LAMBDA = float(np.arange(0, 0.90, 0.01)[-1])
+ATTNREG_MIN_N = 100  # its qvalue() takes π₀ = 1 for fewer p-values
 LFDR_NULLS = ("theoretical", "empirical")
 # R qvalue's default λ grid, seq(0.05, 0.95, 0.05): from + (0:n)·by, then pmin(·, to).
 DEFAULT_LAMBDAS = tuple(float(v) for v in np.minimum(0.05 + np.arange(19) * 0.05, 0.95))
@@ -586,6 +591,65 @@ def _round_up(values: tuple[float, ...], dtype: Any) -> np.ndarray:
     return np.where(x.astype(np.float64) < v, np.nextafter(x, np.asarray(np.inf, dtype)), x)
 
 
+def _round_down(value: float, dtype: Any) -> np.ndarray:
+    """The float64 ``value`` rounded down to ``dtype``: the largest x of that dtype with x <= value.
+
+    For p of that dtype, ``p > x`` is then exactly ``float64(p) > value``.
+    """
+    x = np.asarray(value, np.float64).astype(dtype)
+    return np.where(x.astype(np.float64) > value, np.nextafter(x, np.asarray(-np.inf, dtype)), x)
+
+
+def _pi0_attnreg_1d(p, *, small_n):
+    dtype = p.dtype
+    m = p.shape[0]
+    count = jnp.sum(p > jnp.asarray(_round_down(ATTNREG_LAMBDA, dtype), dtype), dtype=jnp.int32)
+    raw = count.astype(dtype) / jnp.asarray(m * (1.0 - ATTNREG_LAMBDA), dtype)
+    pi0 = jnp.asarray(1.0, dtype) if small_n and m < ATTNREG_MIN_N else jnp.minimum(raw, 1)
+    lam = jnp.asarray([ATTNREG_LAMBDA], dtype)
+    return Pi0Estimate(pi0, raw[None], lam, None)
+
+
+@functools.partial(jax.jit, static_argnames=("small_n",))
+def _pi0_attnreg(p: jax.Array, small_n: bool) -> Pi0Estimate:
+    return _batched(functools.partial(_pi0_attnreg_1d, small_n=small_n), p.ndim - 1)(p)
+
+
+def pi0_attnreg(p: Any, *, small_n: bool = False) -> Pi0Estimate:
+    """π₀ as the reference code estimates it: its Python port of qvalue's ``pi0est``.
+
+    π₀(λ) = #{p > λ} / (n(1 − λ)) (strict ``>``) on λ = ``numpy.arange(0, 0.90, 0.01)``, then
+    an interpolating cubic spline (``scipy.interpolate.splrep(λ, π₀(λ), k=3)``, s = 0) evaluated
+    at the last λ, 0.89: an interpolating spline passes through its data, so the estimate is
+    π₀(0.89) = #{p > 0.89} / (0.11·n), set to 1 where it exceeds 1 (docs/method.md §3). No
+    smoothing: π₀ rests on the p-values above 0.89 only.
+
+    Parameters
+    ----------
+    p : array_like, shape (..., n)
+        p-values in [0, 1]; leading axes are a batch of maps. May be traced.
+    small_n : bool, default False
+        The rule of the port's ``qvalue()``: π₀ = 1 for fewer than 100 p-values. Its
+        ``pi0est``, which the reference pipeline calls, has no such rule.
+
+    Returns
+    -------
+    Pi0Estimate
+        ``pi0`` (...), in [0, 1]; ``pi0_lambda`` (..., 1) the raw π₀(0.89); ``lambdas`` (1,).
+
+    Notes
+    -----
+    The count compares each p with the float64 λ as numpy does (``p > λ`` with λ rounded down
+    to p's dtype, which is exact), so p-values tied at 0.89 are left out, as there.
+    """
+    if not isinstance(small_n, bool):
+        raise TypeError(f"small_n must be True or False, got {small_n!r}")
+    p = _as_float(p, "p")
+    _require_nonempty(p, "p")
+    _require_in_unit_interval(p, "p")
+    return _pi0_attnreg(p, small_n)
+
+
 def _pi0est_1d(p, *, lambdas, method, smooth_df):
     dtype = p.dtype
     m = p.shape[0]
@@ -648,7 +712,8 @@ def pi0est(p: Any, method: str = "smoother", lambdas: Any = None, smooth_df: flo
     Parameters
     ----------
     p : (..., n) p-values in [0, 1]; leading axes are a batch of maps.
-    method : {"smoother", "bootstrap"}, static, default "smoother"
+    method : {"smoother", "bootstrap", "attnreg"}, static, default "smoother"
+        "attnreg": the reference code's estimator, `pi0_attnreg` (its own λ; no ``lambdas``).
         "smoother": a cubic smoothing spline with ``smooth_df`` degrees of freedom of π₀(λ) on λ
         (R ``smooth.spline(lambda, pi0, df = 3)``), evaluated at the largest λ.
         "bootstrap": Storey, Taylor & Siegmund (2004, JRSS B 66:187) in qvalue's closed form:
@@ -672,6 +737,10 @@ def pi0est(p: Any, method: str = "smoother", lambdas: Any = None, smooth_df: flo
     estimate is <= 0 (returned unchanged here: check it).
     """
     _check_option(method, PI0_METHODS, "pi0 method")
+    if method == "attnreg":
+        if lambdas is not None:
+            raise ValueError("the 'attnreg' pi0 method has its own lambda (0.89); do not pass lambdas")
+        return pi0_attnreg(p)
     if lambdas is None:
         lam = DEFAULT_LAMBDAS
     else:

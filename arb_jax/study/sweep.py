@@ -40,6 +40,7 @@ import numpy as np
 
 from arb_jax.checkpoints import loading
 from arb_jax.core import pipeline
+from arb_jax.core.options import PRESET_IMAGES, ARBOptions
 from arb_jax.io import images
 from arb_jax.io.files import folder_lock, remove_stale_temporaries, write_text_atomic
 from arb_jax.io.text import escape
@@ -89,6 +90,7 @@ before), at most 64 beyond, so that memory stays bounded for any B."""
 NOISES = ("square", "diffuse")
 SAMPLERS = ("normal", "pixel", "patch", "uniform")
 PVALUES = ("upper", "plus_one", "two_sided", "attnreg")
+STAT_OPTIONS = ("pvalue", "pi0_method", "lfdr_pi0", "lfdr_null", "z_th")  # None: the preset's
 CONFIG_FILE = "sweep.json"
 CHECKED_CONFIG = (
     "data",
@@ -96,8 +98,13 @@ CHECKED_CONFIG = (
     "size",
     "noise",
     "noise_size",
+    "preset",
     "sampler",
     "pvalue",
+    "pi0_method",
+    "lfdr_pi0",
+    "lfdr_null",
+    "z_th",
     "z_filter",
     "dtype",
 )  # a resume must match these; limit, seed, grid may grow
@@ -110,7 +117,9 @@ class SweepConfig:
     data: image folder or ``tfds:NAME[:SPLIT]``. model: name or path (`arb_jax.load_vit`).
     out: results folder. noise: "square" | "diffuse"; noise_size: square side in pixels (None:
     ``round(size * 100 / 488)``, the reference's 100 px at 488). grid: n_boot × width runs and
-    (alpha, beta) pairs. sampler, pvalue: ARB options (docs/method.md §2-3). z_filter: Appendix B bound on
+    (alpha, beta) pairs. preset: "paper" | "attnreg" (`arb_jax.core.options.PRESETS`); sampler,
+    pvalue, pi0_method, lfdr_pi0, lfdr_null, z_th: ARB options (docs/method.md §2-4; None: the
+    preset's); size None is then the preset's size, else the model's. z_filter: Appendix B bound on
     |mean z in ROI| (None: no filter). limit: at most this many images. seed: base seed. batch:
     images per device per step (the last batch is padded: every step has the same shapes, so
     results are bit-identical for the same ``batch`` on any number of devices, and after a
@@ -128,8 +137,13 @@ class SweepConfig:
     noise: str = "square"
     noise_size: int | None = None
     grid: Grid = Grid()
+    preset: str = "paper"
     sampler: str = "normal"
-    pvalue: str = "upper"
+    pvalue: str | None = None
+    pi0_method: str | None = None
+    lfdr_pi0: float | str | None = None
+    lfdr_null: str | None = None
+    z_th: float | None = None
     z_filter: float | None = 1.0
     limit: int | None = None
     seed: int = 0
@@ -148,7 +162,7 @@ class SweepConfig:
             raise ValueError(f"unknown noise {self.noise!r}; choose one of {NOISES}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
-        if self.pvalue not in PVALUES:
+        if self.pvalue is not None and self.pvalue not in PVALUES:
             raise ValueError(f"unknown p-value method {self.pvalue!r}; choose one of {PVALUES}")
         for name in ("noise_size", "limit", "batch", "size", "workers", "boot_chunk", "placements"):
             v = getattr(self, name)
@@ -162,6 +176,19 @@ class SweepConfig:
             raise ValueError(f"host must lie in [0, {self.n_hosts}), got {self.host}")
         if self.distributed and self.host is not None:
             raise ValueError("--distributed takes the host from jax.distributed; do not give --host")
+        self.arb_options()  # checks the preset and the statistical options
+
+    def arb_options(self) -> dict[str, Any]:
+        """The `ARBOptions` keywords of this sweep's statistics: the preset, then those given."""
+        out: dict[str, Any] = {"preset": self.preset, "sampler": self.sampler}
+        for name in STAT_OPTIONS:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        opts = ARBOptions(**out)
+        return {
+            **out,
+            **{k: getattr(opts, k) for k in STAT_OPTIONS},
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,8 +210,7 @@ def _config_record(cfg: SweepConfig, size: int, noise_size: int) -> dict[str, An
         "size": size,
         "noise": cfg.noise,
         "noise_size": noise_size,
-        "sampler": cfg.sampler,
-        "pvalue": cfg.pvalue,
+        **cfg.arb_options(),
         "z_filter": cfg.z_filter,
         "dtype": cfg.dtype,
         "limit": cfg.limit,
@@ -222,10 +248,11 @@ def run_sweep(
     """Run (or resume) the simulation study; rows go to ``OUT/rows.csv`` (``rows.host{k}.csv``).
 
     For each image (in `folder_items` order, this host's share, not yet done): resize to
-    ``size × size``, paste noise with the image's noise key, run ARB once per ``(n_boot, width)``
-    of the grid with the image's ARB key, score each run at every ``(alpha, beta)`` pair
-    (`evaluate`), and append the rows, one batch at a time. Bad images are reported with ``log``
-    and skipped (a later resume tries them again). ``log`` gets notes and those errors (lines
+    ``size × size`` and centre-crop to a multiple of the patch, paste noise with the image's
+    noise key, run ARB once per ``(n_boot, width)`` of the grid with the image's ARB key, score
+    each run at every ``(alpha, beta)`` pair (`evaluate`), and append the rows, one batch at a
+    time. Bad images are reported with ``log`` and skipped (a later resume tries them again).
+    ``log`` gets notes and those errors (lines
     starting with ``"arb: error:"``).
     """
     if cfg.distributed:
@@ -243,13 +270,14 @@ def run_sweep(
 
     base = loading.load_vit(cfg.model, dtype=cfg.dtype, progress=progress)
     patch = base.config.patch
-    size = cfg.size or min(base.image_size)
-    if size % patch:
-        raise ValueError(f"--size {size} is not a multiple of the model's patch ({patch} px)")
+    size = cfg.size or PRESET_IMAGES[cfg.preset]["size"] or min(base.image_size)
+    side = size - size % patch  # resized to size × size, then centre-cropped to patch multiples
+    if side < patch:
+        raise ValueError(f"--size {size} is smaller than the model's patch ({patch} px)")
     noise_size = cfg.noise_size or max(1, round(size * 100 / 488))
-    if noise_size > size:
-        raise ValueError(f"--noise-size {noise_size} is larger than the image ({size} px)")
-    vit = base.at_size(size)
+    if noise_size > side:
+        raise ValueError(f"--noise-size {noise_size} is larger than the image ({side} px)")
+    vit = base.at_size(side)
 
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / (f"rows.host{host}.csv" if sharded else "rows.csv")
@@ -414,9 +442,8 @@ def sweep_batch(
             x,
             arb_keys,
             n_boot=n_boot,
-            sampler=cfg.sampler,
             width=width,
-            pvalue=cfg.pvalue,
+            **cfg.arb_options(),
             boot_chunk=cfg.boot_chunk or DEFAULT_BOOT_CHUNK,
             mesh=mesh,
         )

@@ -1,0 +1,130 @@
+"""The ARB options ``arb regularize`` and ``arb sweep`` share: one definition, one help text.
+
+Every statistical option of `arb_jax.core.options.ARBOptions` has a flag here. The flags a
+preset sets (``--preset``) default to "from the preset" (argparse default None); `resolve`
+turns the parsed flags into ``ARBOptions`` keyword arguments, with a flag overriding its
+preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from arb_jax.core.options import LFDR_NULLS, PI0_METHODS, PRESET_IMAGES, PRESETS, PVALUE_METHODS, preset_help
+
+__all__ = ["PVALUE_HELP", "SAMPLER_HELP", "add_arb_options", "resolve"]
+
+SAMPLER_HELP = {
+    "normal": "each pixel of channel c iid N(mean_c, (width·std_c)^2) of the image (the paper's)",
+    "pixel": "the image's pixels drawn with replacement, the 3 channels of a pixel together",
+    "patch": "the image's patches shuffled (a permutation)",
+    "uniform": "each pixel of channel c iid U(min_c, max_c) of the image",
+}
+PVALUE_HELP = {
+    "upper": "eq. 4 of the paper: #{z0 >= z} / (nB) (preset paper)",
+    "plus_one": "(1 + #{z0 >= z}) / (1 + nB), never 0 (Phipson & Smyth)",
+    "two_sided": "#{|z0| >= |z|} / (nB)",
+    "attnreg": "the authors' code: two-sided, with the observed |z| pooled into the null (preset attnreg)",
+}
+PI0_HELP = {
+    "smoother": "R qvalue's cubic smoothing spline of pi0(lambda) (preset paper)",
+    "bootstrap": "R qvalue's bootstrap choice of lambda (Storey, Taylor & Siegmund 2004)",
+    "attnreg": "the authors' port of qvalue: #{p > 0.89} / (0.11 n) (preset attnreg)",
+}
+
+
+def _choices(helps: dict[str, str]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in helps.items())
+
+
+def _lfdr_pi0(text: str) -> float | str:
+    if text in ("estimate", "shared"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in (0, 1], 'estimate' or 'shared', got {text!r}"
+        ) from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def add_arb_options(p: argparse.ArgumentParser) -> None:
+    """Add --preset, --sampler, --pvalue, --pi0-method, --lfdr-pi0, --lfdr-null and --z-th."""
+    p.add_argument(
+        "--preset",
+        default="paper",
+        choices=list(PRESETS),
+        help="the statistical choices, by name (default: paper). "
+        + " ".join(preset_help(name) + "." for name in PRESETS)
+        + " A flag given with a preset overrides it.",
+    )
+    p.add_argument(
+        "--sampler",
+        default="normal",
+        choices=["normal", "pixel", "patch", "uniform"],
+        help="the bootstrap null images (default: normal). " + _choices(SAMPLER_HELP),
+    )
+    p.add_argument(
+        "--pvalue",
+        default=None,
+        choices=list(PVALUE_METHODS),
+        help="the empirical p-value (default: the preset's). " + _choices(PVALUE_HELP),
+    )
+    p.add_argument(
+        "--pi0-method",
+        default=None,
+        choices=list(PI0_METHODS),
+        help="the estimator of pi0 (default: the preset's). " + _choices(PI0_HELP),
+    )
+    p.add_argument(
+        "--lfdr-pi0",
+        type=_lfdr_pi0,
+        default=None,
+        metavar="PI0|estimate|shared",
+        help="pi0 in the lfdr (default: the preset's; paper: 1, attnreg: shared): a number in (0, 1]; "
+        "estimate: --pi0-method on the attnreg p-values; shared: the pi0 of the pi0 map",
+    )
+    p.add_argument(
+        "--lfdr-null",
+        default=None,
+        choices=list(LFDR_NULLS),
+        help="the lfdr's null density (default: theoretical): theoretical: N(0, 1); "
+        "empirical: fitted to the bootstrap z",
+    )
+    p.add_argument(
+        "--z-th",
+        type=_finite,
+        default=None,
+        metavar="Z",
+        help="z-threshold every rule starts from (default: the preset's, 0)",
+    )
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """ARBOptions keyword arguments from parsed flags: the preset, then every flag given."""
+    out: dict[str, Any] = {"preset": args.preset, "sampler": args.sampler}
+    for name in ("pvalue", "pi0_method", "lfdr_pi0", "lfdr_null", "z_th"):
+        value = getattr(args, name)
+        out[name] = PRESETS[args.preset][name] if value is None else value
+    out["percentile_decimals"] = PRESETS[args.preset]["percentile_decimals"]
+    return out
+
+
+def preset_image(args: argparse.Namespace) -> dict[str, Any]:
+    """How the preset prepares images: {"resize": "crop" | "square", "size": int | None}."""
+    return dict(PRESET_IMAGES[args.preset])
