@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from _authors import pipeline as authors_pipeline
 from _authors import roi_metrics, suppression, upsample
+
 from arb_jax import load_vit, null_images, regularize_attention
 from arb_jax.core.regularize import Percentile
 from arb_jax.io import images

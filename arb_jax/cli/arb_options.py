@@ -63,14 +63,15 @@ def _finite(text: str) -> float:
     return value
 
 
-def add_arb_options(p: argparse.ArgumentParser) -> None:
-    """Add --preset, --sampler, --pvalue, --pi0-method, --lfdr-pi0, --lfdr-null and --z-th."""
+def add_arb_options(p: argparse.ArgumentParser, *, resize: bool = True) -> None:
+    """Add --preset, --sampler, --pvalue, --pi0-method, --lfdr-pi0, --lfdr-null and --z-th
+    (``resize=False``: the command always resizes to a square; its help leaves that out)."""
     p.add_argument(
         "--preset",
         default="paper",
         choices=list(PRESETS),
         help="the statistical choices, by name (default: paper). "
-        + " ".join(preset_help(name) + "." for name in PRESETS)
+        + " ".join(preset_help(name, resize) + "." for name in PRESETS)
         + " A flag given with a preset overrides it.",
     )
     p.add_argument(

@@ -120,7 +120,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         type=count("--inject-noise", 1, MAX_SIDE),
         default=None,
         metavar="PX",
-        help="paste a PX-sided square of Gaussian noise (docs/method.md §5) and outline it",
+        help="paste a PX-sided square of Gaussian noise (docs/method.md §5) and outline it (default: none)",
     )
     p.add_argument("--out", default="arb_out", help="output folder (default: arb_out)")
     p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1")

@@ -61,7 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("data", metavar="DATA", help="image folder or tfds:NAME[:SPLIT]")
     p.add_argument("--model", default="demo", help="name or path (default: demo, this project's ViT)")
     p.add_argument("--out", required=True, metavar="RESULTS", help="results folder")
-    p.add_argument("--noise", default="square", choices=NOISES)
+    p.add_argument(
+        "--noise",
+        default="square",
+        choices=NOISES,
+        help="square: a square of Gaussian noise at a random place; diffuse: a smooth random blob "
+        "of the same noise (the paper's Appendix G)",
+    )
     p.add_argument(
         "--noise-size",
         type=count("--noise-size", 1, MAX_SIDE),
@@ -81,7 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         default=None,
         help="width w of the normal bootstrap (default 1)",
     )
-    add_arb_options(p)
+    add_arb_options(p, resize=False)
     p.add_argument(
         "--p", dest="alpha", type=fraction("--p"), default=None, help="p-value threshold alpha (default 0.3)"
     )

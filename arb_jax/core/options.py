@@ -76,11 +76,16 @@ PRESET_NOTES = {
 }
 
 
-def preset_help(name: str) -> str:
-    """One line: what preset ``name`` stands for and every option it sets."""
+def preset_help(name: str, resize: bool = True) -> str:
+    """One line: what preset ``name`` stands for and every option it sets (``resize=False``:
+    leave out how it resizes images, for a command that always resizes to a square)."""
     image = PRESET_IMAGES[name]
     sets = ", ".join(f"{k}={v}" for k, v in PRESETS[name].items())
-    sets += f"; images: resize={image['resize']}" + (f", size={image['size']}" if image["size"] else "")
+    shown = ([f"resize={image['resize']}"] if resize else []) + (
+        [f"size={image['size']}"] if image["size"] else []
+    )
+    if shown:
+        sets += "; images: " + ", ".join(shown)
     return f"{name}: {PRESET_NOTES[name]}; sets {sets}"
 
 
