@@ -84,12 +84,14 @@ def _hf_attentions(model, images):
     return [a.numpy() for a in out.attentions]  # L × (N, heads, T, T) float64
 
 
-def _reference_rollout(attentions, regs, grid):
-    """Abnar & Zuidema: R = A'_L ··· A'_1, A' = 0.5·mean_heads(A) + 0.5·I; CLS row, patch columns."""
+def _reference_rollout(attentions, regs, grid, fusion="mean"):
+    """Abnar & Zuidema: R = A'_L ··· A'_1, A' = rows of F + I renormalised (F = the heads' mean:
+    0.5·F + 0.5·I; or max / min); the CLS row over the patch columns."""
     T = attentions[0].shape[-1]
     R = np.broadcast_to(np.eye(T), (attentions[0].shape[0], T, T))
     for a in attentions:
-        R = (0.5 * a.mean(1) + 0.5 * np.eye(T)) @ R
+        step = getattr(np, fusion)(a, axis=1) + np.eye(T)
+        R = (step / step.sum(-1, keepdims=True)) @ R
     return R[:, 0, 1 + regs :].reshape(-1, *grid)
 
 
@@ -130,13 +132,14 @@ def test_block_attention_and_rollout_match_hf(case, name):
     np.testing.assert_array_equal(
         jax.jit(cls_attention_map(vit, head="all"))(vit.params, images), vit.cls_attention(images)
     )
-    ref = _reference_rollout(attentions, c.n_registers, grid)
-    ours = jax.jit(rollout_map(vit))(vit.params, images)
-    err = float(np.abs(np.asarray(ours) - ref).max())
-    print(f"{name}: rollout max abs err {err:.2e} (values up to {ref.max():.3f})")
-    assert ours.shape == (2, *grid) and ours.dtype == jnp.float32
-    assert err <= ATTN_TOL
-    assert ref.std(axis=(1, 2)).min() > 0.05 / ref[0].size
+    for fusion in ("mean", "max", "min"):
+        ref = _reference_rollout(attentions, c.n_registers, grid, fusion)
+        ours = jax.jit(rollout_map(vit, head_fusion=fusion))(vit.params, images)
+        err = float(np.abs(np.asarray(ours) - ref).max())
+        print(f"{name}: rollout ({fusion}) max abs err {err:.2e} (values up to {ref.max():.3f})")
+        assert ours.shape == (2, *grid) and ours.dtype == jnp.float32
+        assert err <= ATTN_TOL
+        assert ref.std(axis=(1, 2)).min() > 0.05 / ref[0].size
 
 
 @pytest.mark.slow
@@ -233,6 +236,8 @@ def test_factory_and_output_errors():
         cdam_map(vit, concept=np.ones(3))
     with pytest.raises(ValueError, match=r"class_index must be an int in \[0, 1\]"):
         cdam_map(vit.with_head(np.ones((32, 2)), np.zeros(2)), class_index=2)
+    with pytest.raises(ValueError, match=r"head_fusion must be one of \('mean', 'max', 'min'\), got 'sum'"):
+        rollout_map(vit, head_fusion="sum")
     with pytest.raises(TypeError, match="model must be a ViT bundle"):
         rollout_map(3)
     with pytest.raises(ValueError, match="dtype='bfloat16' given for a ViT bundle of dtype 'float32'"):

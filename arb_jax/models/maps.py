@@ -36,7 +36,7 @@ import numpy as np
 
 from arb_jax.models.bundle import ViT
 from arb_jax.models.config import ViTConfig, get_config
-from arb_jax.models.vit import VisionTransformer, check_images
+from arb_jax.models.vit import ROLLOUT_FUSIONS, VisionTransformer, check_images
 
 __all__ = ["MapFn", "cdam_map", "check_map_output", "cls_attention_map", "rollout_map"]
 
@@ -46,7 +46,9 @@ MapFn = Callable[[Any, jax.Array], jax.Array]
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _module(model: Any, dtype: str | None, extras: tuple[str, ...]) -> VisionTransformer:
+def _module(
+    model: Any, dtype: str | None, extras: tuple[str, ...], fusion: str = "mean"
+) -> VisionTransformer:
     """A ``VisionTransformer`` with ``extras`` for ``model`` (bundle, module, config or name)."""
     if isinstance(model, ViT):
         if dtype is not None and dtype != model.dtype:
@@ -67,7 +69,7 @@ def _module(model: Any, dtype: str | None, extras: tuple[str, ...]) -> VisionTra
             "model must be a ViT bundle, a VisionTransformer, a ViTConfig or a config name, "
             f"got {type(model).__name__}"
         )
-    return VisionTransformer(base.config, base.dtype, base.precision, base.attention, extras)
+    return VisionTransformer(base.config, base.dtype, base.precision, base.attention, extras, fusion)
 
 
 def _named(fn: Callable, name: str, doc: str) -> Callable:
@@ -149,7 +151,7 @@ def cls_attention_map(
     )
 
 
-def rollout_map(model: Any, *, dtype: str | None = None) -> MapFn:
+def rollout_map(model: Any, *, head_fusion: str = "mean", dtype: str | None = None) -> MapFn:
     """Attention rollout (Abnar & Zuidema 2020, "Quantifying attention flow in transformers").
 
     Recipe: for every block l = 1 … L, the head mean Ā_l of its attention over all
@@ -159,12 +161,16 @@ def rollout_map(model: Any, *, dtype: str | None = None) -> MapFn:
     left); the map is the CLS row of R over the patch columns (the CLS and register columns
     dropped, not renormalised). Everything is float32. Only the CLS row of A'_L is needed, so the
     last block stays CLS-only; blocks 0 … L−2 form their full attention and the running
-    (T, T) product costs L−2 matrix products of T×T per image.
+    (T, T) product costs L−2 matrix products of T×T per image. ``head_fusion="max"`` or
+    ``"min"`` fuses the heads by their elementwise max / min instead of the mean (a common
+    variant, e.g. jacobgil's ``vit-explain``); A'_l is then Ā_l + I with its rows renormalised.
 
     Parameters
     ----------
     model : ViT | VisionTransformer | ViTConfig | str
         the model (see ``cls_attention_map``).
+    head_fusion : {"mean", "max", "min"}, default "mean"
+        how each block's heads become one attention matrix.
     dtype : str | None, default None
         as ``cls_attention_map``.
 
@@ -173,7 +179,9 @@ def rollout_map(model: Any, *, dtype: str | None = None) -> MapFn:
     MapFn
         ``map_fn(params, images (n, H, W, 3)) -> (n, h, w)`` float32, values in [0, 1].
     """
-    mod = _module(model, dtype, ("rollout",))
+    if head_fusion not in ROLLOUT_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {ROLLOUT_FUSIONS}, got {head_fusion!r}")
+    mod = _module(model, dtype, ("rollout",), head_fusion)
     c = mod.config
 
     def map_fn(params, images):
@@ -181,7 +189,11 @@ def rollout_map(model: Any, *, dtype: str | None = None) -> MapFn:
         rollout = mod.apply({"params": params}, images)["rollout"]
         return rollout[:, 1 + c.n_registers :].reshape(-1, h, w)
 
-    return _named(map_fn, "rollout_map()", "attention rollout over all blocks: (n, H, W, 3) → (n, h, w)")
+    return _named(
+        map_fn,
+        f"rollout_map(head_fusion={head_fusion!r})",
+        f"attention rollout over all blocks (head {head_fusion}): (n, H, W, 3) → (n, h, w)",
+    )
 
 
 def cdam_map(

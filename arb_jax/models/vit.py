@@ -313,10 +313,28 @@ class ClsBlock(nn.Module):
         return (cls, probs, normed) if self.return_normed else (cls, probs)
 
 
-def _rollout_step(probs):
-    """0.5·A + 0.5·I of the head-mean attention A: probs (N, heads, T, T) → (N, T, T) float32."""
-    a = 0.5 * jnp.mean(probs, axis=1)
-    return a + 0.5 * jnp.eye(a.shape[-1], dtype=a.dtype)
+ROLLOUT_FUSIONS = ("mean", "max", "min")
+
+
+def _rollout_step(probs, fusion: str = "mean"):
+    """A' = (F + I) with rows renormalised, F the heads' fusion of the attention.
+
+    probs (N, heads, T, T) or the CLS rows (N, heads, T) → (N, T, T) or (N, T) float32. For the
+    mean (rows summing to 1) this is exactly 0.5·F + 0.5·I.
+    """
+    if fusion == "max":
+        fused = jnp.max(probs, axis=1)
+    elif fusion == "min":
+        fused = jnp.min(probs, axis=1)
+    else:
+        fused = jnp.mean(probs, axis=1)
+    eye = jnp.eye(fused.shape[-1], dtype=fused.dtype)
+    if fused.ndim == 2:  # the CLS row only
+        eye = eye[0]
+    if fusion == "mean":
+        return 0.5 * fused + 0.5 * eye
+    a = fused + eye
+    return a / jnp.sum(a, axis=-1, keepdims=True)
 
 
 def check_images(images: Any, patch: int, image_size: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -369,8 +387,8 @@ class VisionTransformer(nn.Module):
     ``extras`` (default none) adds intermediate results, T = 1 + R + h·w tokens
     (CLS, the R registers, the patches):
       "block_attn": (N, L, heads, T) float32, every block's CLS-query attention over all keys;
-      "rollout": (N, T) float32, the CLS row of the attention rollout over all blocks
-        (``arb_jax.models.maps.rollout_map`` gives the recipe);
+      "rollout": (N, T) float32, the CLS row of the attention rollout over all blocks, the heads
+        fused by ``rollout_fusion`` (``arb_jax.models.maps.rollout_map`` gives the recipe);
       "last_normed": (N, T, D) float32, the last block's input tokens after its ``norm1``.
     With "block_attn" or "rollout", blocks 0 … L−2 form their attention probabilities
     explicitly (``attention_probs``) instead of ``attention``'s fused kernels; the default
@@ -388,6 +406,7 @@ class VisionTransformer(nn.Module):
     precision: str | None = None  # matmul precision for the whole forward, e.g. "highest"
     attention: str = "auto"  # attention of blocks 0 … L−2: see ``attention_impl``
     extras: tuple[str, ...] = ()  # intermediate outputs, a subset of EXTRAS
+    rollout_fusion: str = "mean"  # heads → one attention matrix for "rollout": ROLLOUT_FUSIONS
 
     @nn.compact
     def __call__(self, images, last_normed_delta=None) -> dict[str, jax.Array]:
@@ -395,6 +414,8 @@ class VisionTransformer(nn.Module):
         unknown = sorted(set(self.extras) - set(EXTRAS))
         if unknown:
             raise ValueError(f"unknown VisionTransformer extras {unknown}; choose from {EXTRAS}")
+        if self.rollout_fusion not in ROLLOUT_FUSIONS:
+            raise ValueError(f"rollout_fusion must be one of {ROLLOUT_FUSIONS}, got {self.rollout_fusion!r}")
         h, w = check_images(images, c.patch)
         ctx = jax.default_matmul_precision(self.precision) if self.precision else contextlib.nullcontext()
         probs_wanted = "block_attn" in self.extras or "rollout" in self.extras
@@ -416,7 +437,7 @@ class VisionTransformer(nn.Module):
                 x, probs = block(x)
                 cls_rows.append(probs[:, :, 0])
                 if "rollout" in self.extras:
-                    step = _rollout_step(probs)
+                    step = _rollout_step(probs, self.rollout_fusion)
                     rollout = step if rollout is None else jnp.einsum("nts,nsu->ntu", step, rollout)
             last = ClsBlock(c, self.dtype, "last_normed" in self.extras, name=f"block_{c.depth - 1}")
             cls, probs, *normed = last(x, last_normed_delta)
@@ -429,8 +450,7 @@ class VisionTransformer(nn.Module):
             if "block_attn" in self.extras:
                 out["block_attn"] = jnp.stack([*cls_rows, probs], axis=1)
             if "rollout" in self.extras:
-                row = 0.5 * jnp.mean(probs, axis=1)
-                row = row.at[:, 0].add(0.5)  # the CLS row of 0.5·A + 0.5·I
+                row = _rollout_step(probs, self.rollout_fusion)  # the CLS row of A'_L
                 out["rollout"] = row if rollout is None else jnp.einsum("nt,nts->ns", row, rollout)
             if normed:
                 out["last_normed"] = normed[0]
