@@ -148,6 +148,7 @@ def test_big_vision_npz_round_trips_and_matches_big_vision_forward(canonical, tm
     loaded = load_vit(path)
     np.testing.assert_array_equal(loaded.cls_attention(images), vit.cls_attention(images))
     assert main([str(path), str(tmp_path / "converted")]) == 0
+    assert load_vit(tmp_path / "converted").config.gelu == "tanh"  # kept through arb_model.json
 
 
 def test_big_vision_variants(canonical, tmp_path):
@@ -263,3 +264,15 @@ def test_npz_is_read_without_pickles_and_truncation_is_one_line(tmp_path, canoni
         read_checkpoint(cut)
     assert "\n" not in str(info.value)
     assert main([str(cut), str(tmp_path / "out")]) == 1
+    # a header declaring far more data than its member holds: refused before numpy allocates
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40,)}
+    )
+    forged = tmp_path / "forged.npz"
+    with zipfile.ZipFile(forged, "w") as z:
+        z.writestr("cls.npy", header.getvalue() + bytes(16))
+    with pytest.raises(
+        CheckpointError, match=r"forged\.npz: the array 'cls' declares shape \(1099511627776,\)"
+    ):
+        read_checkpoint(forged)

@@ -161,30 +161,54 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
+def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> None:
+    """Check one ``.npy`` member's header before numpy allocates anything for it: no object
+    dtype (a pickle), and no more data declared than the member holds."""
+    key = escape(repr(info.filename[: -len(".npy")]))
+    with archive.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise CheckpointFormatError(
+                f"{name}: the member for {key} is not a valid .npy array ({escape(str(e), 200)})"
+            ) from None
+    if dtype.hasobject:
+        raise CheckpointFormatError(
+            f"{name}: the array {key} is a pickled object array; refused (npz files are read "
+            "with allow_pickle=False, no code from the file runs)"
+        )
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > info.file_size:
+        raise CheckpointLimitError(
+            f"{name}: the array {key} declares shape {shape} of {dtype} ({nbytes} bytes) but its "
+            f"member holds {info.file_size} bytes (truncated or forged)"
+        )
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` (``np.load(allow_pickle=False)``), within the inflate budget."""
+    """The arrays of an ``.npz`` (``np.load(allow_pickle=False)``), within the inflate budget;
+    every member's header is checked first (``_npy_header``)."""
     name = escape(path)
     size = path.stat().st_size
     budget = max(DEFAULT_LIMITS.inflate_floor, DEFAULT_LIMITS.inflate_ratio * size)
     with zipfile.ZipFile(path) as archive:
-        declared = sum(info.file_size for info in archive.infolist())
-    if declared > budget:
-        raise CheckpointLimitError(
-            f"{name}: the npz members inflate to {declared} bytes, more than the budget of "
-            f"{int(budget)} bytes for a {size}-byte file (zip bomb?)"
-        )
+        infos = archive.infolist()
+        declared = sum(info.file_size for info in infos)
+        if declared > budget:
+            raise CheckpointLimitError(
+                f"{name}: the npz members inflate to {declared} bytes, more than the budget of "
+                f"{int(budget)} bytes for a {size}-byte file (zip bomb?)"
+            )
+        for info in infos:
+            _npy_header(archive, info, name)
     out: dict[str, np.ndarray] = {}
     with np.load(path, allow_pickle=False) as npz:
         for key in npz.files:
-            try:
-                out[key] = np.ascontiguousarray(npz[key])
-            except ValueError as e:
-                if "allow_pickle" in str(e):
-                    raise CheckpointFormatError(
-                        f"{name}: the array {escape(repr(key))} is a pickled object array; refused "
-                        "(npz files are read with allow_pickle=False, no code from the file runs)"
-                    ) from None
-                raise
+            out[key] = np.ascontiguousarray(npz[key])
     return out
 
 
