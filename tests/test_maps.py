@@ -242,11 +242,11 @@ def test_factory_and_output_errors():
         rollout_map(3)
     with pytest.raises(ValueError, match="dtype='bfloat16' given for a ViT bundle of dtype 'float32'"):
         rollout_map(vit, dtype="bfloat16")
-    assert rollout_map("test_tiny8", dtype="bfloat16")(vit.params, np.zeros((1, 32, 32, 3))).shape == (
-        1,
-        4,
-        4,
-    )
+    bf16 = rollout_map("test_tiny8", dtype="bfloat16")(vit.params, np.zeros((1, 32, 32, 3)))
+    assert bf16.shape == (1, 4, 4) and bf16.dtype == jnp.float32
+    # params on the stored grid, images of another size: resampled at trace time, as the model
+    stored = random_params(get_config("test_tiny8"))
+    assert cls_attention_map("test_tiny8", block=0)(stored, np.zeros((1, 40, 48, 3))).shape == (1, 5, 6)
 
     images = jnp.zeros((2, 32, 32, 3))
 

@@ -231,8 +231,8 @@ def cdam_map(
     Returns
     -------
     MapFn
-        ``map_fn(params, images (n, H, W, 3)) -> (n, h, w)`` float32, in units of the score
-        (their sum over patches is a first-order share of s).
+        ``map_fn(params, images (n, H, W, 3)) -> (n, h, w)`` float32, signed, in units of the
+        score s.
 
     Raises
     ------
