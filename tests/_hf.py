@@ -28,12 +28,13 @@ def attention_keys(sd: dict[str, Any], prefix: str) -> tuple[str, str, str, str]
     return tuple(prefix + name for name in names)
 
 
-def hf_model(kind: str, patch: int, dim: int, heads: int, size: int, regs: int = 0) -> Any:
-    """A 2-block random-init HF model in eval mode: ``ViTModel`` (``kind="vit"``, no pooler),
-    ``Dinov2Model``, or ``Dinov2WithRegistersModel`` when ``regs`` > 0; eager attention."""
+def hf_model(kind: str, patch: int, dim: int, heads: int, size: int, regs: int = 0, layers: int = 2) -> Any:
+    """A ``layers``-block (default 2) random-init HF model in eval mode: ``ViTModel``
+    (``kind="vit"``, no pooler), ``Dinov2Model``, or ``Dinov2WithRegistersModel`` when ``regs`` > 0;
+    eager attention."""
     common = dict(
         hidden_size=dim,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         image_size=size,
         patch_size=patch,

@@ -1,4 +1,5 @@
-"""Safe conversion of PyTorch / safetensors / ONNX ViT checkpoints to canonical Flax params (Orbax).
+"""Safe conversion of PyTorch / safetensors / ONNX / big_vision npz ViT checkpoints to canonical
+Flax params (Orbax).
 
     config, params = convert("dino_deitsmall8_pretrain.pth", "ckpt/dino_vits8")
     config, params, meta = load_converted("ckpt/dino_vits8")
@@ -11,6 +12,7 @@ holders raises :class:`UnsafeCheckpointError`. Every problem with a file raises 
 budget stated by :class:`ReadLimits`.
 """
 
+from arb_jax.convert.big_vision import big_vision_to_canonical
 from arb_jax.convert.convert import convert, main, read_checkpoint
 from arb_jax.convert.errors import (
     CheckpointArchitectureError,
@@ -40,6 +42,7 @@ __all__ = [
     "Placeholder",
     "ReadLimits",
     "UnsafeCheckpointError",
+    "big_vision_to_canonical",
     "canonical_shapes",
     "convert",
     "flatten_tree",

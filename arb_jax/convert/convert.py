@@ -1,4 +1,5 @@
-"""``convert(src, dst)``: a PyTorch / safetensors ViT checkpoint → canonical Flax params → Orbax.
+"""``convert(src, dst)``: a PyTorch / safetensors / ONNX / big_vision npz ViT checkpoint → canonical
+Flax params → Orbax.
 
 The file is read without running code from it (see :mod:`arb_jax.convert.safe_pickle`), its layout
 and architecture are detected from the tensor names and shapes (see :mod:`arb_jax.convert.formats`),
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from arb_jax.convert.big_vision import big_vision_to_canonical, looks_like_big_vision
 from arb_jax.convert.errors import CheckpointError, CheckpointFormatError, CheckpointLimitError
 from arb_jax.convert.formats import to_canonical
 from arb_jax.convert.onnx_reader import OnnxWeights
@@ -49,12 +51,14 @@ def read_checkpoint(
     Parameters
     ----------
     src : str | os.PathLike
-        a ``.pth`` / ``.bin`` / ``.ckpt`` (zip-format ``torch.save``), ``.safetensors`` or
-        ``.onnx`` file, or an HF model directory (``model.safetensors`` or ``pytorch_model.bin``).
+        a ``.pth`` / ``.bin`` / ``.ckpt`` (zip-format ``torch.save``), ``.safetensors``,
+        ``.onnx`` or big_vision ``.npz`` file (see :mod:`arb_jax.convert.big_vision`), or an HF
+        model directory (``model.safetensors`` or ``pytorch_model.bin``).
     heads : int | None, default None
         number of attention heads (not derivable from shapes); default: what an ONNX graph's
-        head-split Reshape says, else ``num_attention_heads`` of an HF ``config.json`` beside the
-        file, else the DINO convention ``dim // 64``.
+        head-split Reshape says (a big_vision query kernel's shape), else
+        ``num_attention_heads`` of an HF ``config.json`` beside the file, else the DINO
+        convention ``dim // 64``.
     which : str, default 'teacher'
         branch of a DINO training checkpoint: ``"teacher"`` (default) or ``"student"``.
 
@@ -103,9 +107,12 @@ def read_checkpoint(
             arrays, others = flatten_tree(tree, path=weights)
             hf_config, note = _hf_config(weights)
         del tree
-        result = to_canonical(
-            arrays, others, which=which, heads=heads, hf_config=hf_config, pos_interp=pos_interp
-        )
+        if kind == "npz" and looks_like_big_vision(arrays):
+            result = big_vision_to_canonical(arrays, heads=heads)
+        else:
+            result = to_canonical(
+                arrays, others, which=which, heads=heads, hf_config=hf_config, pos_interp=pos_interp
+            )
     except CheckpointError as e:
         raise e.with_path(weights) from None
     except MemoryError:
@@ -164,8 +171,8 @@ def convert(
 
 
 DESCRIPTION = (
-    "Convert a DINO / DINOv2 / timm / HF ViT checkpoint (.pth, .bin, .ckpt, .safetensors, "
-    ".onnx or an HF directory) to canonical Flax params saved with Orbax. The file is "
+    "Convert a DINO / DINOv2 / timm / HF / big_vision ViT checkpoint (.pth, .bin, .ckpt, "
+    ".safetensors, .onnx, .npz or an HF directory) to canonical Flax params saved with Orbax. The file is "
     "read without running code from it (an ONNX graph is never executed)."
 )
 EPILOG = """examples:
@@ -173,6 +180,7 @@ EPILOG = """examples:
   arb convert dino_checkpoint.pth vits8_student/ --which student
   arb convert hf_model/ vit/ --heads 6
   arb convert vit_s_focus.onnx imgfocus/     # an HF ViTModel / Dinov2Model ONNX export
+  arb convert vit_s16_i1k.npz vits16_bv/     # a big_vision ViT (pool_type 'tok')
 """
 
 

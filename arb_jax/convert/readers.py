@@ -6,7 +6,10 @@ Two file kinds are read, told apart by their first bytes (not their extension):
   :mod:`arb_jax.convert.safe_pickle` — no code from the file runs and torch is not imported;
 * ``.safetensors``: through the ``safetensors`` package's numpy API;
 * ONNX exports (``.onnx``): through the ``onnx`` package's protobuf parser, the graph never run
-  (:mod:`arb_jax.convert.onnx_reader`).
+  (:mod:`arb_jax.convert.onnx_reader`);
+* numpy ``.npz`` archives (big_vision / ``vision_transformer`` checkpoints, ``/``-joined names):
+  ``np.load(allow_pickle=False)``, so an object array (a pickle) is refused, never loaded; a zip
+  holding only ``.npy`` members is an npz, one holding ``data.pkl`` a PyTorch checkpoint.
 
 A directory is read through the weights file it holds (``model.safetensors`` first, then
 ``pytorch_model.bin``), as saved by ``transformers``' ``save_pretrained``.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ from arb_jax.convert.errors import (
     CheckpointNotFoundError,
 )
 from arb_jax.convert.onnx_reader import looks_like_onnx, read_onnx
-from arb_jax.convert.safe_pickle import Placeholder, load_torch_zip
+from arb_jax.convert.safe_pickle import DEFAULT_LIMITS, Placeholder, load_torch_zip
 from arb_jax.io.files import sha256_file  # noqa: F401  (re-exported: weights_convert.sha256_file)
 from arb_jax.io.text import brief, escape
 
@@ -75,8 +79,21 @@ def resolve_weights_file(src: str | os.PathLike) -> Path:
     raise CheckpointNotFoundError(f"{escape(path)} holds none of {', '.join(_HF_WEIGHT_FILES)}")
 
 
+def _zip_kind(path: Path, name: str) -> str:
+    """``"npz"`` for a zip of ``.npy`` members only, else ``"torch_zip"`` (its reader judges it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return "torch_zip"  # the torch reader gives the one-line error
+    if members and all(m.endswith(".npy") for m in members):
+        return "npz"
+    return "torch_zip"
+
+
 def sniff_kind(path: str | os.PathLike) -> str:
-    """``"torch_zip"``, ``"safetensors"`` or ``"onnx"`` from the first bytes of the file.
+    """``"torch_zip"``, ``"npz"``, ``"safetensors"`` or ``"onnx"`` from the first bytes of the file
+    (and, for a zip, the names of its members).
 
     Raises
     ------
@@ -94,7 +111,7 @@ def sniff_kind(path: str | os.PathLike) -> str:
     if size == 0:
         raise CheckpointFormatError(f"{name}: empty file (0 bytes), not a checkpoint")
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "torch_zip"
+        return _zip_kind(path, name)
     if head.startswith(_LEGACY_TORCH_MAGIC):
         raise CheckpointFormatError(
             f"{name}: legacy (non-zip) PyTorch serialization (torch < 1.6 or "
@@ -144,21 +161,73 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
+def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> None:
+    """Check one ``.npy`` member's header before numpy allocates anything for it: no object
+    dtype (a pickle), and no more data declared than the member holds."""
+    key = escape(repr(info.filename[: -len(".npy")]))
+    with archive.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise CheckpointFormatError(
+                f"{name}: the member for {key} is not a valid .npy array ({escape(str(e), 200)})"
+            ) from None
+    if dtype.hasobject:
+        raise CheckpointFormatError(
+            f"{name}: the array {key} is a pickled object array; refused (npz files are read "
+            "with allow_pickle=False, no code from the file runs)"
+        )
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > info.file_size:
+        raise CheckpointLimitError(
+            f"{name}: the array {key} declares shape {shape} of {dtype} ({nbytes} bytes) but its "
+            f"member holds {info.file_size} bytes (truncated or forged)"
+        )
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (``np.load(allow_pickle=False)``), within the inflate budget;
+    every member's header is checked first (``_npy_header``)."""
+    name = escape(path)
+    size = path.stat().st_size
+    budget = max(DEFAULT_LIMITS.inflate_floor, DEFAULT_LIMITS.inflate_ratio * size)
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        declared = sum(info.file_size for info in infos)
+        if declared > budget:
+            raise CheckpointLimitError(
+                f"{name}: the npz members inflate to {declared} bytes, more than the budget of "
+                f"{int(budget)} bytes for a {size}-byte file (zip bomb?)"
+            )
+        for info in infos:
+            _npy_header(archive, info, name)
+    out: dict[str, np.ndarray] = {}
+    with np.load(path, allow_pickle=False) as npz:
+        for key in npz.files:
+            out[key] = np.ascontiguousarray(npz[key])
+    return out
+
+
 def load_tree(path: str | os.PathLike) -> tuple[Any, str]:
     """Read one checkpoint file without running code from it.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A PyTorch zip checkpoint or a ``.safetensors`` file.
+        A PyTorch zip checkpoint, a ``.safetensors``, ``.onnx`` or ``.npz`` file.
 
     Returns
     -------
     tree : object
         The saved object with tensors as numpy arrays (for ONNX, the
-        :class:`~arb_jax.convert.onnx_reader.OnnxWeights` read from the graph).
+        :class:`~arb_jax.convert.onnx_reader.OnnxWeights` read from the graph; for an npz, the
+        flat ``{name: array}`` of its members).
     kind : str
-        ``"torch_zip"``, ``"safetensors"`` or ``"onnx"``.
+        ``"torch_zip"``, ``"safetensors"``, ``"onnx"`` or ``"npz"``.
 
     Raises
     ------
@@ -172,6 +241,8 @@ def load_tree(path: str | os.PathLike) -> tuple[Any, str]:
             return _load_safetensors(path), kind
         if kind == "onnx":
             return read_onnx(path), kind
+        if kind == "npz":
+            return _load_npz(path), kind
         return load_torch_zip(path), kind
     except CheckpointError as e:
         raise e.with_path(path) from None

@@ -41,6 +41,9 @@ class ViTConfig:
         how position embeddings are resampled to another grid: ``"dino"`` (the official
         DINO/DINOv2 code, ``scale_factor=(h + 0.1)/M``) or ``"size"`` (HF ``Dinov2Model``,
         ``size=(h, w)``); see ``arb_jax.models.posembed``.
+    gelu
+        the MLP's GELU: ``"erf"`` (exact, as ``torch.nn.GELU()``: DINO, DINOv2, timm, HF) or
+        ``"tanh"`` (the tanh approximation, Flax's ``nn.gelu`` default: big_vision ViTs).
     name
         the registry name, informational.
     """
@@ -56,6 +59,7 @@ class ViTConfig:
     eps: float = 1e-6
     n_classes: int = 0
     pos_interp: str = "dino"
+    gelu: str = "erf"
     name: str = ""
 
     def __post_init__(self):
@@ -71,6 +75,8 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.dim={self.dim} is not divisible by heads={self.heads}")
         if self.pos_interp not in ("dino", "size"):
             raise ValueError(f"ViTConfig.pos_interp must be 'dino' or 'size', got {self.pos_interp!r}")
+        if self.gelu not in ("erf", "tanh"):
+            raise ValueError(f"ViTConfig.gelu must be 'erf' or 'tanh', got {self.gelu!r}")
         if not self.eps > 0:
             raise ValueError(f"ViTConfig.eps must be > 0, got {self.eps!r}")
 

@@ -194,16 +194,31 @@ def attention(q, k, v, impl: str = "auto"):
     return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
+def attention_probs(q, k):
+    """softmax(q·kᵀ/√d) per head: q (N, T, heads, d), k (N, S, heads, d) → (N, heads, T, S) float32."""
+    logits = jnp.einsum("nthd,nshd->nhts", q, k, preferred_element_type=F32)
+    return jax.nn.softmax(logits * q.shape[-1] ** -0.5, axis=-1)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention of all tokens: (N, T, D) → (N, T, D). See ``attention``."""
+    """Multi-head self-attention of all tokens: (N, T, D) → (N, T, D). See ``attention``.
+
+    ``with_probs=True`` computes the probabilities explicitly (``attention_probs``, float32) and
+    returns ``(output, probs (N, heads, T, T))``; the default path never forms them.
+    """
 
     heads: int
     dtype: Dtype = F32
     impl: str = "auto"
+    with_probs: bool = False
 
     @nn.compact
     def __call__(self, x):
         q, k, v = QKV(self.heads, self.dtype, name="qkv")(x)
+        if self.with_probs:
+            probs = attention_probs(q, k)
+            y = jnp.einsum("nhts,nshd->nthd", probs.astype(self.dtype), v, preferred_element_type=F32)
+            return Dense(x.shape[-1], self.dtype, name="proj")(y.reshape(x.shape)), probs
         y = attention(q, k, v, self.impl)  # softmax in float32
         return Dense(x.shape[-1], self.dtype, name="proj")(y.reshape(x.shape))
 
@@ -227,14 +242,16 @@ class ClsAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 → exact (erf) GELU → fc2: (..., D) → (..., D)."""
+    """fc1 → GELU → fc2: (..., D) → (..., D); exact (erf) GELU, or its tanh form (``gelu="tanh"``,
+    big_vision / Flax's default)."""
 
     hidden: int
     dtype: Dtype = F32
+    gelu: str = "erf"
 
     @nn.compact
     def __call__(self, x):
-        y = nn.gelu(Dense(self.hidden, self.dtype, name="fc1")(x), approximate=False)
+        y = nn.gelu(Dense(self.hidden, self.dtype, name="fc1")(x), approximate=self.gelu == "tanh")
         return Dense(x.shape[-1], self.dtype, name="fc2")(y)
 
 
@@ -247,38 +264,77 @@ class LayerScale(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); (N, T, D)."""
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); (N, T, D).
+
+    ``with_probs=True`` returns ``(x, probs)`` with the attention probabilities (N, heads, T, T).
+    """
 
     config: ViTConfig
     dtype: Dtype = F32
     attention: str = "auto"
+    with_probs: bool = False
 
     @nn.compact
     def __call__(self, x):
         c = self.config
-        y = Attention(c.heads, self.dtype, self.attention, name="attn")(layer_norm(c.eps, "norm1")(x))
+        y = Attention(c.heads, self.dtype, self.attention, self.with_probs, name="attn")(
+            layer_norm(c.eps, "norm1")(x)
+        )
+        y, probs = y if self.with_probs else (y, None)
         x = x + _layerscale(c, "ls1")(y)
-        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(layer_norm(c.eps, "norm2")(x))
-        return x + _layerscale(c, "ls2")(y)
+        y = Mlp(c.mlp_dim, self.dtype, c.gelu, name="mlp")(layer_norm(c.eps, "norm2")(x))
+        x = x + _layerscale(c, "ls2")(y)
+        return (x, probs) if self.with_probs else x
 
 
 class ClsBlock(nn.Module):
     """The last block for the CLS token only: (N, T, D) → CLS (N, D), attention (N, heads, T).
 
     Same parameters and result (for the CLS token) as ``Block``; the other query rows and
-    their MLP are never computed.
+    their MLP are never computed. ``normed_delta`` (N, T, D), when given, is added to the tokens
+    after ``norm1`` (its gradient is the gradient with respect to them, for CDAM);
+    ``return_normed=True`` also returns those tokens, ``norm1(x)`` (N, T, D), before the delta.
     """
 
     config: ViTConfig
     dtype: Dtype = F32
+    return_normed: bool = False
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, normed_delta=None):
         c = self.config
-        y, probs = ClsAttention(c.heads, self.dtype, name="attn")(layer_norm(c.eps, "norm1")(x))
+        normed = layer_norm(c.eps, "norm1")(x)
+        y, probs = ClsAttention(c.heads, self.dtype, name="attn")(
+            normed if normed_delta is None else normed + normed_delta
+        )
         cls = x[:, 0] + _layerscale(c, "ls1")(y)
-        y = Mlp(c.mlp_dim, self.dtype, name="mlp")(layer_norm(c.eps, "norm2")(cls))
-        return cls + _layerscale(c, "ls2")(y), probs
+        y = Mlp(c.mlp_dim, self.dtype, c.gelu, name="mlp")(layer_norm(c.eps, "norm2")(cls))
+        cls = cls + _layerscale(c, "ls2")(y)
+        return (cls, probs, normed) if self.return_normed else (cls, probs)
+
+
+ROLLOUT_FUSIONS = ("mean", "max", "min")
+
+
+def _rollout_step(probs, fusion: str = "mean"):
+    """A' = (F + I) with rows renormalised, F the heads' fusion of the attention.
+
+    probs (N, heads, T, T) or the CLS rows (N, heads, T) → (N, T, T) or (N, T) float32. For the
+    mean (rows summing to 1) this is exactly 0.5·F + 0.5·I.
+    """
+    if fusion == "max":
+        fused = jnp.max(probs, axis=1)
+    elif fusion == "min":
+        fused = jnp.min(probs, axis=1)
+    else:
+        fused = jnp.mean(probs, axis=1)
+    eye = jnp.eye(fused.shape[-1], dtype=fused.dtype)
+    if fused.ndim == 2:  # the CLS row only
+        eye = eye[0]
+    if fusion == "mean":
+        return 0.5 * fused + 0.5 * eye
+    a = fused + eye
+    return a / jnp.sum(a, axis=-1, keepdims=True)
 
 
 def check_images(images: Any, patch: int, image_size: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -315,6 +371,9 @@ def check_images(images: Any, patch: int, image_size: tuple[int, int] | None = N
     return H // patch, W // patch
 
 
+EXTRAS = ("block_attn", "rollout", "last_normed")
+
+
 class VisionTransformer(nn.Module):
     """DINO / DINOv2 ViT returning the last block's CLS attention and the CLS feature.
 
@@ -325,6 +384,18 @@ class VisionTransformer(nn.Module):
       "features": (N, D) float32, the CLS token after the final LayerNorm;
       "logits": (N, n_classes) float32, only when ``config.n_classes > 0``.
 
+    ``extras`` (default none) adds intermediate results, T = 1 + R + h·w tokens
+    (CLS, the R registers, the patches):
+      "block_attn": (N, L, heads, T) float32, every block's CLS-query attention over all keys;
+      "rollout": (N, T) float32, the CLS row of the attention rollout over all blocks, the heads
+        fused by ``rollout_fusion`` (``arb_jax.models.maps.rollout_map`` gives the recipe);
+      "last_normed": (N, T, D) float32, the last block's input tokens after its ``norm1``.
+    With "block_attn" or "rollout", blocks 0 … L−2 form their attention probabilities
+    explicitly (``attention_probs``) instead of ``attention``'s fused kernels; the default
+    outputs are then equal to float32 rounding. ``last_normed_delta`` (N, T, D), when given, is
+    added to the last block's tokens after ``norm1`` (zeros leave every output unchanged; its
+    gradient is the gradient with respect to those tokens).
+
     The ``pos_embed`` parameter is used as is when it has 1 + h·w tokens for the input's
     h×w patch grid, else interpolated from the stored M×M grid (M = ``config.pos_grid``) at
     trace time.
@@ -334,12 +405,20 @@ class VisionTransformer(nn.Module):
     dtype: Dtype = F32
     precision: str | None = None  # matmul precision for the whole forward, e.g. "highest"
     attention: str = "auto"  # attention of blocks 0 … L−2: see ``attention_impl``
+    extras: tuple[str, ...] = ()  # intermediate outputs, a subset of EXTRAS
+    rollout_fusion: str = "mean"  # heads → one attention matrix for "rollout": ROLLOUT_FUSIONS
 
     @nn.compact
-    def __call__(self, images) -> dict[str, jax.Array]:
+    def __call__(self, images, last_normed_delta=None) -> dict[str, jax.Array]:
         c = self.config
+        unknown = sorted(set(self.extras) - set(EXTRAS))
+        if unknown:
+            raise ValueError(f"unknown VisionTransformer extras {unknown}; choose from {EXTRAS}")
+        if self.rollout_fusion not in ROLLOUT_FUSIONS:
+            raise ValueError(f"rollout_fusion must be one of {ROLLOUT_FUSIONS}, got {self.rollout_fusion!r}")
         h, w = check_images(images, c.patch)
         ctx = jax.default_matmul_precision(self.precision) if self.precision else contextlib.nullcontext()
+        probs_wanted = "block_attn" in self.extras or "rollout" in self.extras
         with ctx:
             x = PatchEmbed(c.patch, c.dim, self.dtype, name="patch_embed")(images)
             x = jnp.concatenate([self._cls_token(x.shape[0]), x], axis=1)
@@ -349,15 +428,32 @@ class VisionTransformer(nn.Module):
                 x = jnp.concatenate(
                     [x[:, :1], jnp.broadcast_to(reg, (x.shape[0], *reg.shape[1:])), x[:, 1:]], axis=1
                 )
+            cls_rows, rollout = [], None
             for i in range(c.depth - 1):
-                x = Block(c, self.dtype, self.attention, name=f"block_{i}")(x)
-            cls, probs = ClsBlock(c, self.dtype, name=f"block_{c.depth - 1}")(x)
+                block = Block(c, self.dtype, self.attention, probs_wanted, name=f"block_{i}")
+                if not probs_wanted:
+                    x = block(x)
+                    continue
+                x, probs = block(x)
+                cls_rows.append(probs[:, :, 0])
+                if "rollout" in self.extras:
+                    step = _rollout_step(probs, self.rollout_fusion)
+                    rollout = step if rollout is None else jnp.einsum("nts,nsu->ntu", step, rollout)
+            last = ClsBlock(c, self.dtype, "last_normed" in self.extras, name=f"block_{c.depth - 1}")
+            cls, probs, *normed = last(x, last_normed_delta)
             out = {
                 "attn": probs[:, :, 1 + c.n_registers :].reshape(-1, c.heads, h, w),
                 "features": layer_norm(c.eps, "norm")(cls),
             }
             if c.n_classes:
                 out["logits"] = Dense(c.n_classes, self.dtype, name="head")(out["features"])
+            if "block_attn" in self.extras:
+                out["block_attn"] = jnp.stack([*cls_rows, probs], axis=1)
+            if "rollout" in self.extras:
+                row = _rollout_step(probs, self.rollout_fusion)  # the CLS row of A'_L
+                out["rollout"] = row if rollout is None else jnp.einsum("nt,nts->ns", row, rollout)
+            if normed:
+                out["last_normed"] = normed[0]
         return out
 
     def _cls_token(self, n: int):
