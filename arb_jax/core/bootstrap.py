@@ -10,6 +10,10 @@ Every sampler maps one normalised image ``(H, W, C)`` float to ``n`` null images
 - ``patch``: the p×p patches of the image shuffled (a permutation, no replacement).
 - ``uniform``: channel c iid U(min_c, max_c) of the image.
 
+The samplers are registered in ``SAMPLERS`` (`arb_jax.core.registry.Registry`) as one-sample
+functions ``(key, image, *, width, patch) -> null image``; wherever a sampler name is accepted, a
+function ``(key, image (H, W, C)) -> null image (H, W, C)`` of the user's is accepted too.
+
 Bootstrap sample ``b`` is drawn with the key ``jax.random.fold_in(key, b)`` and depends on nothing
 else, so ``sample_range`` can draw samples ``start .. start+count-1`` in chunks (``start`` may be
 traced) and get exactly the images of the full draw. All samplers are pure functions of arrays:
@@ -27,9 +31,11 @@ import jax
 import jax.numpy as jnp
 
 from arb_jax.checks import as_int, one_image, one_key
+from arb_jax.core.registry import Registry
 
 __all__ = [
     "SAMPLERS",
+    "check_sampler_output",
     "get_sampler",
     "normal",
     "patch",
@@ -85,21 +91,30 @@ def _check_patch(image: jax.Array, patch: Any) -> int:
 # ----------------------------------------------------------------------------- one sample
 
 
-def _normal_one(key: jax.Array, image: jax.Array, width: Any) -> jax.Array:
+SAMPLERS: Registry = Registry("sampler", "(key, image (H, W, C)) -> null image (H, W, C)")
+
+
+@SAMPLERS.register(
+    "normal", "each pixel of channel c iid N(mean_c, (width·std_c)^2) of the image (the paper's)"
+)
+def _normal_one(key: jax.Array, image: jax.Array, *, width: Any = 1.0, patch: int | None = None) -> jax.Array:
     mean = image.mean(axis=(0, 1))
     std = image.std(axis=(0, 1), ddof=1)
     noise = jax.random.normal(key, image.shape, image.dtype)
     return mean + (width * std).astype(image.dtype) * noise
 
 
-def _pixel_one(key: jax.Array, image: jax.Array) -> jax.Array:
+@SAMPLERS.register("pixel", "the image's pixels drawn with replacement, the channels of a pixel together")
+def _pixel_one(key: jax.Array, image: jax.Array, *, width: Any = 1.0, patch: int | None = None) -> jax.Array:
     H, W, C = image.shape
     idx = jax.random.randint(key, (H * W,), 0, H * W)
     return image.reshape(H * W, C)[idx].reshape(H, W, C)
 
 
-def _patch_one(key: jax.Array, image: jax.Array, patch: int) -> jax.Array:
+@SAMPLERS.register("patch", "the image's patches shuffled (a permutation)")
+def _patch_one(key: jax.Array, image: jax.Array, *, width: Any = 1.0, patch: int | None = None) -> jax.Array:
     H, W, C = image.shape
+    assert patch is not None  # checked by sample_range
     nh, nw = H // patch, W // patch
     tiles = image.reshape(nh, patch, nw, patch, C).transpose(0, 2, 1, 3, 4)
     tiles = tiles.reshape(nh * nw, patch, patch, C)
@@ -107,24 +122,37 @@ def _patch_one(key: jax.Array, image: jax.Array, patch: int) -> jax.Array:
     return tiles.reshape(nh, nw, patch, patch, C).transpose(0, 2, 1, 3, 4).reshape(H, W, C)
 
 
-def _uniform_one(key: jax.Array, image: jax.Array) -> jax.Array:
+@SAMPLERS.register("uniform", "each pixel of channel c iid U(min_c, max_c) of the image")
+def _uniform_one(
+    key: jax.Array, image: jax.Array, *, width: Any = 1.0, patch: int | None = None
+) -> jax.Array:
     lo = image.min(axis=(0, 1))
     hi = image.max(axis=(0, 1))
     u = jax.random.uniform(key, image.shape, image.dtype)
     return jnp.minimum(lo + (hi - lo) * u, hi)
 
 
-# One sample from a key, per sampler name: (image, width, patch) -> (key -> (H, W, C)).
-_ONE: dict[str, Callable[[jax.Array, Any, Any], Callable[[jax.Array], jax.Array]]] = {
-    "normal": lambda image, width, patch: lambda k: _normal_one(k, image, width),
-    "pixel": lambda image, width, patch: lambda k: _pixel_one(k, image),
-    "patch": lambda image, width, patch: lambda k: _patch_one(k, image, patch),
-    "uniform": lambda image, width, patch: lambda k: _uniform_one(k, image),
-}
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
-def _one_fn(name: str, image: jax.Array, width: Any, patch: int | None) -> Callable:
-    return _ONE[name](image, width, patch)
+def check_sampler_output(sampler: Callable, key: jax.Array, image: jax.Array) -> None:
+    """Raise one ValueError naming a user's sampler whose null image is not ``image``'s shape
+    and dtype (at trace time: only shapes are looked at)."""
+    out = jax.eval_shape(sampler, key, image)
+    if getattr(out, "shape", None) != image.shape or getattr(out, "dtype", None) != image.dtype:
+        got = f"{getattr(out, 'dtype', type(out).__name__)}{tuple(getattr(out, 'shape', ()))}"
+        raise ValueError(
+            f"sampler {_name(sampler)} returned {got} for an image of {image.dtype}{tuple(image.shape)}: "
+            "a sampler maps (key, image (H, W, C)) to one null image of the same shape and dtype"
+        )
+
+
+def _one_fn(name: str | Callable, image: jax.Array, width: Any, patch: int | None) -> Callable:
+    if isinstance(name, str):
+        fn = SAMPLERS[name]
+        return lambda k: fn(k, image, width=width, patch=patch)
+    return lambda k: name(k, image)
 
 
 @functools.partial(jax.jit, static_argnames=("name", "count", "patch"))
@@ -163,8 +191,9 @@ def sample_range(
 
     Parameters
     ----------
-    name : str
-        "normal" | "pixel" | "patch" | "uniform".
+    name : str or callable
+        "normal" | "pixel" | "patch" | "uniform" (``SAMPLERS``), or a function
+        ``(key, image (H, W, C)) -> null image (H, W, C)``.
     key : jax.Array
         one PRNG key (``jax.random.key`` or raw ``PRNGKey``).
     image : jax.Array
@@ -182,12 +211,13 @@ def sample_range(
     jax.Array
         (count, H, W, C), the image's dtype.
     """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    SAMPLERS.check(name)
     key = one_key(key)
     image = one_image(image)
     count = as_int(count, "count")
     start = _check_start(start)
+    if callable(name):
+        check_sampler_output(name, key, image)
     if name == "normal":
         width = _check_width(width)
         if image.shape[0] * image.shape[1] < 2:
@@ -227,20 +257,15 @@ def uniform(key: jax.Array, image: jax.Array, n: int) -> jax.Array:
     return sample_range("uniform", key, image, 0, n)
 
 
-SAMPLERS: dict[str, Callable[..., jax.Array]] = {
-    "normal": normal,
-    "pixel": pixel,
-    "patch": patch,
-    "uniform": uniform,
-}
+_N_SAMPLE = {"normal": normal, "pixel": pixel, "patch": patch, "uniform": uniform}
 
 
 def get_sampler(name: str) -> Callable[..., jax.Array]:
-    """The sampler function registered as ``name`` (see ``SAMPLERS``)."""
-    try:
-        return SAMPLERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
+    """The n-sample function of the sampler ``name`` (``normal(key, image, n, width)``, ...)."""
+    SAMPLERS.check(name)
+    if not isinstance(name, str):
+        raise ValueError(SAMPLERS.unknown(name))
+    return _N_SAMPLE[name]
 
 
 def sample(

@@ -22,11 +22,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from arb_jax.core import bootstrap
+from arb_jax.checks import as_int
+from arb_jax.core import functional
 from arb_jax.core.options import ARBOptions
 from arb_jax.core.statistics import image_statistics
 
-__all__ = ["BOOT", "IMAGES", "compiled", "device_params", "loop_steps", "model_key", "trace_count"]
+__all__ = [
+    "BOOT",
+    "IMAGES",
+    "MapModel",
+    "compiled",
+    "device_params",
+    "loop_steps",
+    "model_key",
+    "trace_count",
+]
 
 IMAGES, BOOT = "images", "boot"  # mesh axis names
 
@@ -69,7 +79,7 @@ def _loop(fn: Callable[[jax.Array], Any], n: int, n_traced: jax.Array) -> Any:
 
 
 def _group(
-    apply_fn: Callable,
+    forward: Callable,
     patch: int,
     opts: ARBOptions,
     params: Any,
@@ -81,29 +91,30 @@ def _group(
 ) -> dict[str, Any]:
     """ARB for a group of G images (G, H, W, 3): one observed forward, chunked null forwards.
 
-    The ViT runs on the G images, then on G·chunk null images per step of a loop over the
-    chunks. ``boot``: the size of the "boot" mesh axis (None: no such axis); this device then
-    computes its share of the chunks (padded to a multiple of ``boot``; samples past B are
-    dropped) and all-gathers the null maps over "boot".
+    ``forward(params, images) -> (maps (n, h, w), per-head maps or None)``. The model runs on
+    the G images, then on G·chunk null images per step of a loop over the chunks
+    (`functional.chunked_null_maps`). ``boot``: the size of the "boot" mesh axis (None: no such
+    axis); this device then computes its share of the chunks (padded to a multiple of ``boot``;
+    samples past B are dropped) and all-gathers the null maps over "boot".
     """
-    G, H, W, C = images.shape
-    heads_obs = apply_fn(params, images)["attn"]  # (G, heads, h, w)
-    attn = heads_obs.mean(1)
+    G = images.shape[0]
+    attn, heads_obs = forward(params, images)  # (G, h, w), (G, heads, h, w) or None
     grid = attn.shape[1:]
     chunk, per = _chunks(opts, boot)
     first = 0 if boot is None else jax.lax.axis_index(BOOT) * per
-
-    def null_chunk(i):
-        def draw(image, key):
-            return bootstrap.sample_range(
-                opts.sampler, key, image, (first + i) * chunk, chunk, width=values["width"], patch=patch
-            )
-
-        imgs = jax.vmap(draw)(images, keys)  # (G, chunk, H, W, 3)
-        a = apply_fn(params, imgs.reshape(G * chunk, H, W, C))["attn"].mean(1)
-        return a.reshape((G, chunk) + grid)
-
-    null = _loop(null_chunk, per, steps["chunks"])  # (per, G, chunk, h, w)
+    null = functional.chunked_null_maps(
+        lambda p, x: forward(p, x)[0],
+        params,
+        images,
+        keys,
+        sampler=opts.sampler,
+        width=values["width"],
+        patch=patch,
+        chunk=chunk,
+        n_chunks=per,
+        first=first,
+        loop=lambda fn, n: _loop(fn, n, steps["chunks"]),
+    )  # (per, G, chunk, h, w)
     if boot is not None:
         null = jax.lax.all_gather(null, BOOT, axis=0, tiled=True, to="invarying")
     null = jnp.moveaxis(null, 0, 1).reshape((G, -1) + grid)[:, : opts.n_boot]  # (G, B, h, w)
@@ -112,11 +123,15 @@ def _group(
     out["attn_heads"] = heads_obs if opts.heads else None
     if not opts.return_null:
         out["z_null"] = None
+    if getattr(forward, "checks_values", False):  # a user's map: its scores' range, checked after
+        both = jnp.concatenate([attn.reshape(G, -1), null.reshape(G, -1)], axis=1)
+        out["score_min"] = jnp.min(jnp.where(jnp.isnan(both), jnp.inf, both), axis=1)
+        out["score_finite"] = jnp.all(jnp.isfinite(both), axis=1)
     return out
 
 
 def _local(
-    apply_fn: Callable,
+    forward: Callable,
     patch: int,
     opts: ARBOptions,
     boot: int | None,
@@ -131,13 +146,13 @@ def _local(
     _N_TRACES += 1
     G = opts.image_chunk
     if G is None:
-        return _group(apply_fn, patch, opts, params, images, keys, values, steps, boot)
+        return _group(forward, patch, opts, params, images, keys, values, steps, boot)
     n = images.shape[0] // G
 
     def group(i):
         x = jax.lax.dynamic_slice_in_dim(images, i * G, G)
         k = jax.lax.dynamic_slice_in_dim(keys, i * G, G)
-        return _group(apply_fn, patch, opts, params, x, k, values, steps, boot)
+        return _group(forward, patch, opts, params, x, k, values, steps, boot)
 
     out = _loop(group, n, steps["groups"])
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
@@ -161,8 +176,39 @@ def loop_steps(opts: ARBOptions, per_device: int, boot: int | None) -> dict[str,
     }
 
 
-def _module_apply(module: Any, params: Any, images: jax.Array) -> dict[str, jax.Array]:
-    return module.apply({"params": params}, images)
+def _module_forward(module: Any, params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A ViT bundle's maps: the head mean of its CLS attention, and the per-head maps."""
+    heads = module.apply({"params": params}, images)["attn"]  # (n, heads, h, w)
+    return heads.mean(1), heads
+
+
+class MapModel:
+    """A user's map function as a model for the runner: ``map_fn(params, images) -> (n, h, w)``.
+
+    Parameters
+    ----------
+    map_fn : callable
+        The map function (pure and jittable).
+    params : pytree
+        Its parameters (an argument of the compiled function, never closed over).
+    patch : int
+        Pixels per map cell along a side: maps are (n, H/patch, W/patch).
+    """
+
+    def __init__(self, map_fn: Callable, params: Any, patch: int):
+        if not callable(map_fn):
+            raise TypeError(
+                f"map_fn must be a function (params, images) -> maps, got {type(map_fn).__name__}"
+            )
+        self.map_fn = map_fn
+        self.params = params
+        self.patch = as_int(patch, "patch")
+
+
+def _map_forward(map_fn: Callable, patch: int, params: Any, images: jax.Array) -> tuple[jax.Array, None]:
+    maps = map_fn(params, images)
+    functional.check_map_shape(map_fn, maps, images, patch)
+    return maps.astype(jnp.float32), None
 
 
 _CACHE_SIZE = 32
@@ -170,11 +216,14 @@ _COMPILED: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
 
 
 def model_key(vit: Any) -> tuple:
-    """What the traced model function depends on: the architecture and the compute dtype.
+    """What the traced model function depends on: the architecture and the compute dtype (a
+    `MapModel`: its function and patch).
 
     Parameters are an argument of the compiled function, never closed over, so two bundles of
     the same architecture and dtype (e.g. other weights or another image size) share it.
     """
+    if isinstance(vit, MapModel):
+        return (MapModel, vit.map_fn, vit.patch)
     missing = [a for a in ("config", "dtype", "module", "params", "image_size") if not hasattr(vit, a)]
     if missing:
         raise TypeError(
@@ -209,9 +258,14 @@ def compiled(vit: Any, opts: ARBOptions, mesh: Mesh | None) -> Callable:
     if fn is not None:
         _COMPILED.move_to_end(cache_key)
         return fn
-    apply_fn = functools.partial(_module_apply, vit.module)
+    if isinstance(vit, MapModel):
+        forward: Callable = functools.partial(_map_forward, vit.map_fn, vit.patch)
+        forward.checks_values = True  # type: ignore[attr-defined]
+        patch = vit.patch
+    else:
+        forward, patch = functools.partial(_module_forward, vit.module), vit.config.patch
     boot = mesh.shape[BOOT] if mesh is not None and BOOT in mesh.axis_names else None
-    local = functools.partial(_local, apply_fn, vit.config.patch, opts, boot)
+    local = functools.partial(_local, forward, patch, opts, boot)
     if mesh is None:
         fn = jax.jit(local)
     else:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
 from arb_jax.checks import as_int
-from arb_jax.core import bootstrap, stats
+from arb_jax.core import bootstrap, functional, stats
 from arb_jax.core.regularize import Percentile
 
 __all__ = [
@@ -32,14 +33,18 @@ __all__ = [
     "PRESETS",
     "PRESET_IMAGES",
     "PVALUE_METHODS",
+    "SAMPLERS",
+    "SCALES",
     "ARBOptions",
     "preset_help",
     "split_options",
 ]
 
+SAMPLERS = bootstrap.SAMPLERS
 PVALUE_METHODS = stats.PVALUE_METHODS
 PI0_METHODS = stats.PI0_METHODS
 LFDR_NULLS = stats.LFDR_NULLS
+SCALES = functional.SCALES
 LFDR_PI0_CHOICES = ("estimate", "shared")  # besides a number in (0, 1]
 
 # What each preset sets (every field it names; the rest keep their defaults).
@@ -146,8 +151,10 @@ class ARBOptions:
     image_chunk : int or None, default None
         Images per step on each device (None: all of a device's images at once); fixing it makes
         results independent of the batch size and the device count, and bounds memory.
-    sampler : {"normal", "pixel", "patch", "uniform"}, default "normal"
-        The bootstrap (docs/method.md §2).
+    sampler : {"normal", "pixel", "patch", "uniform"} or callable, default "normal"
+        The bootstrap (docs/method.md §2), or a function ``(key, image) -> null image``.
+        Wherever a name is accepted (sampler, pvalue, pi0_method, lfdr_null, scale) a function
+        with the registry's signature is too (`arb_jax.core.registry`).
     width : float, default 1.0
         Width of the normal bootstrap (> 0; "normal" only).
     pvalue : {"upper", "plus_one", "two_sided", "attnreg"}, default "upper"
@@ -169,6 +176,9 @@ class ARBOptions:
     percentile_decimals : int or None, default None
         Round ``Percentile`` thresholds of alpha and beta to this many decimals (2 in the
         reference code); None: no rounding.
+    scale : {"log", "identity"} or callable, default "log"
+        The transform before the z-scores: log for attention (scores > 0), identity for signed
+        maps (`arb_jax.core.functional.SCALES`).
     preset : {"paper", "attnreg"}, default "paper"
         Where the fields it sets (`PRESETS`) that are not given take their values from.
     heads : bool, default False
@@ -186,16 +196,17 @@ class ARBOptions:
     n_boot: int = 1
     boot_chunk: int | None = None
     image_chunk: int | None = None
-    sampler: str = "normal"
+    sampler: str | Callable[..., Any] = "normal"
     width: float = 1.0
-    pvalue: str = FROM_PRESET
+    pvalue: str | Callable[..., Any] = FROM_PRESET
     alpha: float | Percentile = 0.3
     beta: float | Percentile = 0.3
     lfdr_pi0: float | str = FROM_PRESET
-    lfdr_null: str = FROM_PRESET
-    pi0_method: str = FROM_PRESET
+    lfdr_null: str | Callable[..., Any] = FROM_PRESET
+    pi0_method: str | Callable[..., Any] = FROM_PRESET
     z_th: float | Percentile = FROM_PRESET
     percentile_decimals: int | None = FROM_PRESET
+    scale: Any = "log"
     heads: bool = False
     return_null: bool = False
     preset: str = dataclasses.field(default="paper", compare=False)
@@ -210,15 +221,19 @@ class ARBOptions:
         put(self, "n_boot", as_int(self.n_boot, "n_boot"))
         put(self, "boot_chunk", as_int(self.boot_chunk, "boot_chunk", allow_none=True))
         put(self, "image_chunk", as_int(self.image_chunk, "image_chunk", allow_none=True))
-        for name, allowed in (
-            ("sampler", tuple(bootstrap.SAMPLERS)),
+        for name, registry in (
+            ("sampler", SAMPLERS),
             ("pvalue", PVALUE_METHODS),
             ("pi0_method", PI0_METHODS),
             ("lfdr_null", LFDR_NULLS),
+            ("scale", SCALES),
         ):
             value = getattr(self, name)
-            if not isinstance(value, str) or value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+            if not (callable(value) or (isinstance(value, str) and value in registry)):
+                raise ValueError(
+                    f"unknown {name} {value!r}; choose one of {', '.join(registry)} (or a function "
+                    f"{registry.contract})"
+                )
         put(self, "width", _check_number(self.width, "width", 0.0))
         if self.width == 0:
             raise ValueError("width must be > 0, got 0.0")

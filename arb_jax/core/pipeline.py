@@ -266,8 +266,10 @@ def regularize_attention(
     images: Any,
     key: Any,
     n_boot: int = 1,
-    sampler: str = "normal",
+    sampler: Any = "normal",
     *,
+    params: Any = None,
+    patch: int | None = None,
     preset: str = "paper",
     mesh: Mesh | None = None,
     **options: Any,
@@ -276,16 +278,24 @@ def regularize_attention(
 
     Parameters
     ----------
-    vit : arb_jax.models.ViT
-        A loaded bundle (``arb_jax.load_vit``).
+    vit : arb_jax.models.ViT or callable
+        A loaded bundle (``arb_jax.load_vit``): ARB on its last block's head-mean CLS
+        attention. Or any map function ``map_fn(params, images (n, H, W, 3)) -> (n, H/patch,
+        W/patch)`` (e.g. `arb_jax.models.rollout_map`, a Flax model of the user's), with
+        ``params`` and ``patch`` given; signed maps need ``scale="identity"``.
     images : array_like, shape (N, H, W, 3), float32
-        ImageNet-normalised images at ``vit.image_size``.
+        ImageNet-normalised images at ``vit.image_size`` (a map function: any size that is a
+        multiple of ``patch``).
     key : jax.Array
         One PRNG key (image i uses ``fold_in(key, i)``) or one key per image, shape (N,).
     n_boot : int, default 1
         Bootstrap images per input (B).
     sampler : {"normal", "pixel", "patch", "uniform"}, default "normal"
         The bootstrap (docs/method.md §2).
+    params : pytree, optional
+        The map function's parameters (not with a bundle).
+    patch : int, optional
+        The map function's pixels per map cell (not with a bundle).
     preset : {"paper", "attnreg"}, default "paper"
         The statistical choices of the paper's equations or of the authors' code
         (`arb_jax.core.options.PRESETS`); options given here override it.
@@ -311,8 +321,19 @@ def regularize_attention(
     can change the attention maps by float32 rounding (bench/README.md gives the measured bound).
     """
     opts = ARBOptions.from_kwargs(n_boot=n_boot, sampler=sampler, preset=preset, **options)
-    engine.model_key(vit)
-    x = _checked_images(images, vit.config.patch, tuple(vit.image_size))
+    if callable(vit) and not hasattr(vit, "config"):
+        if patch is None:
+            raise TypeError("a map function needs patch= (pixels per map cell) and params=")
+        model: Any = engine.MapModel(vit, params, patch)
+        if opts.heads:
+            raise ValueError("heads=True needs a ViT bundle: a map function returns one map per image")
+        x = _checked_images(images, model.patch)
+    else:
+        if params is not None or patch is not None:
+            raise TypeError("params= and patch= are for a map function; a ViT bundle has its own")
+        engine.model_key(vit)
+        model = vit
+        x = _checked_images(images, vit.config.patch, tuple(vit.image_size))
     n = x.shape[0]
     keys = image_keys(key, n)
     if mesh is None and jax.local_device_count() > 1 and n > 1:
@@ -325,13 +346,32 @@ def regularize_attention(
         per_device = math.ceil(per_device / opts.image_chunk) * opts.image_chunk
     x, keys = _pad(x, per_device * n_dev), _pad(keys, per_device * n_dev)
     static, values = split_options(opts)
-    params = engine.device_params(vit, mesh)
+    dev_params = engine.device_params(model, mesh)
     if mesh is not None:
         sharding = NamedSharding(mesh, PartitionSpec(IMAGES))
         x, keys = jax.device_put(x, sharding), jax.device_put(keys, sharding)
     boot = mesh.shape[BOOT] if mesh is not None and BOOT in mesh.axis_names else None
     steps = engine.loop_steps(opts, per_device, boot)
-    out = engine.compiled(vit, static, mesh)(params, x, keys, values, steps)
+    out = engine.compiled(model, static, mesh)(dev_params, x, keys, values, steps)
     if per_device * n_dev != n:
         out = jax.tree.map(lambda a: a[:n], out)
+    if "score_min" in out:
+        _check_scores(vit, opts, out.pop("score_min"), out.pop("score_finite"))
     return ARBResult(**out, options=opts)
+
+
+def _check_scores(map_fn: Any, opts: ARBOptions, score_min: Any, finite: Any) -> None:
+    """One error naming a map function whose scores (observed or null) are not finite, or are
+    negative where the scale is the log."""
+    name = getattr(map_fn, "__qualname__", None) or type(map_fn).__name__
+    finite, score_min = np.asarray(finite), np.asarray(score_min)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"map function {name} returned non-finite scores (NaN or inf) for image(s) {bad.tolist()}"
+        )
+    if opts.scale == "log" and (score_min < 0).any():
+        raise ValueError(
+            f"map function {name} returned negative scores (min {score_min.min():.3g}) and scale='log' "
+            "takes their log: use scale='identity' for a signed map"
+        )

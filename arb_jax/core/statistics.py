@@ -1,8 +1,9 @@
 """Statistics and shrunk maps of one image, from its observed and its null attention maps.
 
 z-scores, empirical p-values, π₀ and the local FDR (docs/method.md §3), then every shrunk map
-(§4), on the (h, w) patch grid with each patch standing for its p² pixels (§1). The runner
-(`arb_jax.core.engine`) vmaps `image_statistics` over the images of a batch.
+(§4), on the (h, w) patch grid with each patch standing for its p² pixels (§1): the functional
+core's `arb_stats` and `shrink` (`arb_jax.core.functional`) with the options of an
+`ARBOptions`. The runner (`arb_jax.core.engine`) vmaps `image_statistics` over the images.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from arb_jax.checks import as_int
-from arb_jax.core import regularize, stats
+from arb_jax.core import functional
 from arb_jax.core.options import ARBOptions, split_options
 
 __all__ = ["arb_statistics", "image_statistics"]
@@ -43,46 +44,29 @@ def image_statistics(
     dict
         As `arb_statistics`.
     """
-    shape = attn.shape
-    z, z_null, mu0, sigma0 = stats.zstat(attn.reshape(-1), attn_null.reshape(attn_null.shape[0], -1))
-    zn = z_null.reshape(-1)
-    p = stats.empirical_pvalues(z, zn, method=opts.pvalue)
-
-    def storey_pi0(p):  # pi0est is already min(·, 1); its smoother can dip below 0
-        return jnp.maximum(stats.pi0est(p, method=opts.pi0_method).pi0, 0)
-
-    pi0 = storey_pi0(p)
-    if opts.lfdr_pi0 == "shared":
-        lfdr_pi0 = pi0
-    elif opts.lfdr_pi0 == "estimate":
-        p_attnreg = p if opts.pvalue == "attnreg" else stats.empirical_pvalues(z, zn, method="attnreg")
-        lfdr_pi0 = storey_pi0(p_attnreg)
-    else:
-        lfdr_pi0 = jnp.asarray(values["lfdr_pi0"], jnp.float32)
-    lfdr = stats.local_fdr(
-        z, pi0=lfdr_pi0, null=opts.lfdr_null, z_null=zn if opts.lfdr_null == "empirical" else None
+    lfdr_pi0 = opts.lfdr_pi0 if isinstance(opts.lfdr_pi0, str) else values["lfdr_pi0"]
+    st = functional.arb_stats(
+        attn,
+        attn_null,
+        pvalue=opts.pvalue,
+        pi0_method=opts.pi0_method,
+        lfdr_pi0=lfdr_pi0,
+        lfdr_null=opts.lfdr_null,
+        scale=opts.scale,
     )
-    maps = regularize.shrink_all(
-        attn.reshape(-1),
-        z,
-        p,
-        lfdr,
-        pi0,
-        alpha=values["alpha"],
-        beta=values["beta"],
-        z_th=values["z_th"],
-        repeat=patch * patch,
+    maps = functional.shrink(
+        attn, st, alpha=values["alpha"], beta=values["beta"], z_th=values["z_th"], patch=patch
     )
     return {
-        "z": z.reshape(shape),
-        "p": p.reshape(shape),
-        "lfdr": lfdr.reshape(shape),
-        "z_null": z_null.reshape(attn_null.shape),
-        "pi0": pi0,
-        "lfdr_pi0": lfdr_pi0,
-        "mu0": mu0,
-        "sigma0": sigma0,
-        "maps": {k: v.reshape(shape) for k, v in maps.items()},
+        "z": st.z,
+        "p": st.p,
+        "lfdr": st.lfdr,
+        "z_null": st.z_null,
+        "pi0": st.pi0,
+        "lfdr_pi0": st.lfdr_pi0,
+        "mu0": st.mu0,
+        "sigma0": st.sigma0,
+        "maps": maps,
     }
 
 

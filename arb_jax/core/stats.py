@@ -38,13 +38,17 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.polynomial import legendre as np_legendre
 
+from arb_jax.core.registry import Registry
+
 __all__ = [
+    "LFDR_NULLS",
     "PVALUE_METHODS",
     "PI0_METHODS",
     "Pi0Estimate",
     "bh_reject",
     "bh_threshold",
     "count_null_geq",
+    "divide",
     "empirical_pvalues",
     "local_fdr",
     "pi0_attnreg",
@@ -56,12 +60,14 @@ __all__ = [
     "zstat",
 ]
 
-PVALUE_METHODS = ("upper", "plus_one", "two_sided", "attnreg")
-PI0_METHODS = ("smoother", "bootstrap", "attnreg")
+PVALUE_METHODS: Registry = Registry("p-value method", "(z (n,), z_null (m,)) -> p (n,) in [0, 1]")
+PI0_METHODS: Registry = Registry(
+    "pi0 method", "(p (n,)) -> pi0 (), the raw estimate (then clamped to [0, 1])"
+)
+LFDR_NULLS: Registry = Registry("local FDR null", "(z (n,), z_null (m,), pi0 ()) -> lfdr (n,) in [0, 1]")
 # The reference code's λ: the last of numpy.arange(0, 0.90, 0.01), in float64 (0.89).
 ATTNREG_LAMBDA = float(np.arange(0, 0.90, 0.01)[-1])
 ATTNREG_MIN_N = 100  # its qvalue() takes π₀ = 1 for fewer p-values
-LFDR_NULLS = ("theoretical", "empirical")
 # R qvalue's default λ grid, seq(0.05, 0.95, 0.05): from + (0:n)·by, then pmin(·, to).
 DEFAULT_LAMBDAS = tuple(float(v) for v in np.minimum(0.05 + np.arange(19) * 0.05, 0.95))
 
@@ -118,7 +124,7 @@ def _require_in_unit_interval(x: jax.Array, name: str) -> None:
 
 def _check_option(value: Any, allowed: Sequence[str], name: str) -> None:
     if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+        raise ValueError(f"unknown {name} {value!r}; known: {', '.join(allowed)}")
 
 
 def _flat_null(obs: jax.Array, null: jax.Array, obs_name: str, null_name: str) -> jax.Array:
@@ -153,6 +159,11 @@ def _div(a: jax.Array, b: Any) -> jax.Array:
     counts/m here equal numpy's (and R's) bit for bit.
     """
     return a / (b + 0 * a)
+
+
+def divide(a: jax.Array, b: Any) -> jax.Array:
+    """``a / b`` computed as a true division (as numpy's), never as a · (1/b) (see ``_div``)."""
+    return _div(a, b)
 
 
 def _batched(fn: Callable, n_batch: int) -> Callable:
@@ -243,19 +254,34 @@ def count_null_geq(null: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.zeros(n, at_least.dtype).at[order].set(at_least[1:]).astype(x.dtype)
 
 
-def _pvalues_1d(z: jax.Array, z_null: jax.Array, method: str) -> jax.Array:
-    m = z_null.shape[0]
-    if method == "upper":
-        return _div(count_null_geq(z_null, z), m)
-    if method == "plus_one":
-        return _div(1 + count_null_geq(z_null, z), 1 + m)
-    if method == "two_sided":
-        return _div(count_null_geq(jnp.abs(z_null), jnp.abs(z)), m)
-    # attnreg: 1 − ECDF(pool)(|z_i|) = #{v in pool: v > |z_i|} / |pool|, pool = |z| ∪ |z⁰|
+@PVALUE_METHODS.register("upper", "eq. 4 of the paper: #{z0 >= z} / (nB) (preset paper)")
+def _p_upper(z: jax.Array, z_null: jax.Array) -> jax.Array:
+    return _div(count_null_geq(z_null, z), z_null.shape[0])
+
+
+@PVALUE_METHODS.register("plus_one", "(1 + #{z0 >= z}) / (1 + nB), never 0 (Phipson & Smyth)")
+def _p_plus_one(z: jax.Array, z_null: jax.Array) -> jax.Array:
+    return _div(1 + count_null_geq(z_null, z), 1 + z_null.shape[0])
+
+
+@PVALUE_METHODS.register("two_sided", "#{|z0| >= |z|} / (nB)")
+def _p_two_sided(z: jax.Array, z_null: jax.Array) -> jax.Array:
+    return _div(count_null_geq(jnp.abs(z_null), jnp.abs(z)), z_null.shape[0])
+
+
+@PVALUE_METHODS.register(
+    "attnreg", "the authors' code: two-sided, with the observed |z| pooled into the null (preset attnreg)"
+)
+def _p_attnreg(z: jax.Array, z_null: jax.Array) -> jax.Array:
+    # 1 − ECDF(pool)(|z_i|) = #{v in pool: v > |z_i|} / |pool|, pool = |z| ∪ |z⁰|
     az = jnp.abs(z)
     pool = jnp.sort(jnp.concatenate([az, jnp.abs(z_null)]))
     n_above = pool.shape[0] - jnp.searchsorted(pool, az, side="right")
     return _div(n_above.astype(z.dtype), pool.shape[0])
+
+
+def _pvalues_1d(z: jax.Array, z_null: jax.Array, method: Any) -> jax.Array:
+    return PVALUE_METHODS.resolve(method)(z, z_null)
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
@@ -289,7 +315,7 @@ def empirical_pvalues(z: Any, z_null: Any, method: str = "upper") -> jax.Array:
     O(n + m) memory per map, never an n × m matrix. The values
     equal the count definitions computed in numpy bit for bit (float32 and float64).
     """
-    _check_option(method, PVALUE_METHODS, "p-value method")
+    PVALUE_METHODS.check(method)
     z = _as_float(z, "z")
     z_null = _as_float(z_null, "z_null")
     _require_nonempty(z, "z")
@@ -421,6 +447,16 @@ def _local_fdr_1d(z, pi0, z_null, *, deg, nbins, n_iter):
     return jnp.clip(pi0 * jnp.exp(log_f0 - log_f), 0, 1)
 
 
+@LFDR_NULLS.register("theoretical", "f0 = N(0, 1), the bootstrap z being standardised (the paper's)")
+def _lfdr_theoretical(z: jax.Array, z_null: Any, pi0: Any) -> jax.Array:
+    return _local_fdr_1d(z, pi0, None, deg=7, nbins=30, n_iter=50)
+
+
+@LFDR_NULLS.register("empirical", "f0 fitted to the bootstrap z like f (beyond the paper)")
+def _lfdr_empirical(z: jax.Array, z_null: Any, pi0: Any) -> jax.Array:
+    return _local_fdr_1d(z, pi0, z_null, deg=7, nbins=30, n_iter=50)
+
+
 @functools.partial(jax.jit, static_argnames=("deg", "nbins", "n_iter"))
 def _local_fdr(z, pi0, z_null, deg, nbins, n_iter):
     fn = functools.partial(_local_fdr_1d, deg=deg, nbins=nbins, n_iter=n_iter)
@@ -483,6 +519,11 @@ def local_fdr(
     bin. The ratio is formed as exp(log f₀ − log f): no overflow, and f → 0 gives lfdr = 1.
     The measured distance to statsmodels is in bench/README.md ("Exactness and accuracy").
     """
+    if callable(null):  # a user's lfdr: one map at a time, vmapped over the batch
+        z = _as_float(z, "z")
+        z_null = None if z_null is None else _flat_null(z, _as_float(z_null, "z_null"), "z", "z_null")
+        pi0 = jnp.broadcast_to(_as_float(pi0, "pi0"), z.shape[:-1])
+        return _batched(null, z.ndim - 1)(z, z_null, pi0)
     _check_option(null, LFDR_NULLS, "local FDR null")
     for value, name in ((deg, "deg"), (nbins, "nbins"), (n_iter, "n_iter")):
         if not isinstance(value, int | np.integer) or isinstance(value, bool):
@@ -768,6 +809,23 @@ def pi0est(p: Any, method: str = "smoother", lambdas: Any = None, smooth_df: flo
             f"max(p) is smaller than the largest lambda {lam[-1]} (R qvalue: change the range of lambda)"
         )
     return pi0est_unchecked(p, lam, method, smooth_df)
+
+
+PI0_METHODS.add(
+    "smoother",
+    lambda p: _pi0est_1d(p, lambdas=DEFAULT_LAMBDAS, method="smoother", smooth_df=3.0).pi0,
+    "R qvalue's cubic smoothing spline of pi0(lambda), read at lambda = 0.95 (preset paper)",
+)
+PI0_METHODS.add(
+    "bootstrap",
+    lambda p: _pi0est_1d(p, lambdas=DEFAULT_LAMBDAS, method="bootstrap", smooth_df=3.0).pi0,
+    "R qvalue's bootstrap choice of lambda (Storey, Taylor & Siegmund 2004)",
+)
+PI0_METHODS.add(
+    "attnreg",
+    lambda p: _pi0_attnreg_1d(p, small_n=False).pi0,
+    "the authors' port of qvalue: #{p > 0.89} / (0.11 n), at most 1 (preset attnreg)",
+)
 
 
 # --------------------------------------------------------------------------------------------
