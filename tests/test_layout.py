@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("arb_jax", "weights_convert", "bench")
 
 # The folders of arb_jax, bottom first: a module may import its own folder and those before it.
-LAYERS = ("checks", "models", "io", "core", "convert", "checkpoints", "study", "demo", "cli")
+LAYERS = ("checks", "registry", "models", "io", "core", "convert", "checkpoints", "study", "demo", "cli")
 # The package's front door and plumbing: they reach everything lazily, nothing imports them back.
 OUTSIDE_LAYERS = {"arb_jax", "arb_jax._moved", "arb_jax.__main__"}
 ENTRY_POINTS = {"arb_jax.__main__"}  # may import the command line

@@ -12,31 +12,17 @@ import argparse
 import math
 from typing import Any
 
-from arb_jax.core.options import LFDR_NULLS, PI0_METHODS, PRESET_IMAGES, PRESETS, PVALUE_METHODS, preset_help
+from arb_jax.core.options import (
+    LFDR_NULLS,
+    PI0_METHODS,
+    PRESET_IMAGES,
+    PRESETS,
+    PVALUE_METHODS,
+    SAMPLERS,
+    preset_help,
+)
 
-__all__ = ["PVALUE_HELP", "SAMPLER_HELP", "add_arb_options", "resolve"]
-
-SAMPLER_HELP = {
-    "normal": "each pixel of channel c iid N(mean_c, (width·std_c)^2) of the image (the paper's)",
-    "pixel": "the image's pixels drawn with replacement, the 3 channels of a pixel together",
-    "patch": "the image's patches shuffled (a permutation)",
-    "uniform": "each pixel of channel c iid U(min_c, max_c) of the image",
-}
-PVALUE_HELP = {
-    "upper": "eq. 4 of the paper: #{z0 >= z} / (nB) (preset paper)",
-    "plus_one": "(1 + #{z0 >= z}) / (1 + nB), never 0 (Phipson & Smyth)",
-    "two_sided": "#{|z0| >= |z|} / (nB)",
-    "attnreg": "the authors' code: two-sided, with the observed |z| pooled into the null (preset attnreg)",
-}
-PI0_HELP = {
-    "smoother": "R qvalue's cubic smoothing spline of pi0(lambda) (preset paper)",
-    "bootstrap": "R qvalue's bootstrap choice of lambda (Storey, Taylor & Siegmund 2004)",
-    "attnreg": "the authors' port of qvalue: #{p > 0.89} / (0.11 n) (preset attnreg)",
-}
-
-
-def _choices(helps: dict[str, str]) -> str:
-    return "; ".join(f"{k}: {v}" for k, v in helps.items())
+__all__ = ["add_arb_options", "preset_image", "resolve"]
 
 
 def _lfdr_pi0(text: str) -> float | str:
@@ -77,20 +63,20 @@ def add_arb_options(p: argparse.ArgumentParser, *, resize: bool = True) -> None:
     p.add_argument(
         "--sampler",
         default="normal",
-        choices=["normal", "pixel", "patch", "uniform"],
-        help="the bootstrap null images (default: normal). " + _choices(SAMPLER_HELP),
+        choices=list(SAMPLERS),
+        help="the bootstrap null images (default: normal). " + SAMPLERS.help(),
     )
     p.add_argument(
         "--pvalue",
         default=None,
         choices=list(PVALUE_METHODS),
-        help="the empirical p-value (default: the preset's). " + _choices(PVALUE_HELP),
+        help="the empirical p-value (default: the preset's). " + PVALUE_METHODS.help(),
     )
     p.add_argument(
         "--pi0-method",
         default=None,
         choices=list(PI0_METHODS),
-        help="the estimator of pi0 (default: the preset's). " + _choices(PI0_HELP),
+        help="the estimator of pi0 (default: the preset's). " + PI0_METHODS.help(),
     )
     p.add_argument(
         "--lfdr-pi0",
@@ -104,8 +90,7 @@ def add_arb_options(p: argparse.ArgumentParser, *, resize: bool = True) -> None:
         "--lfdr-null",
         default=None,
         choices=list(LFDR_NULLS),
-        help="the lfdr's null density (default: theoretical): theoretical: N(0, 1); "
-        "empirical: fitted to the bootstrap z",
+        help="the lfdr's null density (default: the preset's, theoretical). " + LFDR_NULLS.help(),
     )
     p.add_argument(
         "--z-th",

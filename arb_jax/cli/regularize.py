@@ -33,6 +33,7 @@ from arb_jax.cli.common import (
     seed,
 )
 from arb_jax.io.text import escape
+from arb_jax.models.maps import MAPS, SIGNED_MAPS
 from arb_jax.study.sweep import DEFAULT_BOOT_CHUNK
 
 DEFAULT_MODEL = "imgfocus_dinov2_vits14"
@@ -106,6 +107,29 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         f"{DEFAULT_BOOT_CHUNK} at a time: memory stays bounded for any B)",
     )
     add_arb_options(p)
+    p.add_argument(
+        "--map",
+        default="cls_attention",
+        choices=list(MAPS),
+        help="the map ARB tests against its null (default: cls_attention). "
+        + MAPS.help()
+        + ". A signed map (cdam) is standardised without the log (scale identity)",
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=-1,
+        metavar="K",
+        help="--map cls_attention: the block whose attention is used, 0-based, negative from the end",
+    )
+    p.add_argument(
+        "--class-index",
+        type=count("--class-index", 0),
+        default=None,
+        metavar="K",
+        help="--map cdam: the class whose logit is explained (the model needs a linear head, e.g. "
+        "from 'arb finetune'; default: none)",
+    )
     p.add_argument(
         "--width",
         type=positive_float("--width"),
@@ -221,6 +245,32 @@ def _source_stamp(source: str) -> str:
     return f"{Path(source).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def _check_map_flags(args: argparse.Namespace, base: Any) -> None:
+    """One line for --map / --block / --class-index combinations that cannot run."""
+    if args.map != "cls_attention" and args.block != -1:
+        raise CLIError("--block is for --map cls_attention")
+    if args.map != "cdam" and args.class_index is not None:
+        raise CLIError("--class-index is for --map cdam")
+    if args.heads and (args.map != "cls_attention" or args.block != -1):
+        raise CLIError("--heads stores the last block's per-head attention: not with --map or --block")
+    depth = base.config.depth
+    if not -depth <= args.block < depth:
+        raise CLIError(f"--block {args.block} is out of range for a model of {depth} blocks")
+    if args.map == "cdam":
+        if args.class_index is None:
+            raise CLIError("--map cdam needs --class-index K (the class whose logit is explained)")
+        if base.head is None:
+            raise CLIError(
+                f"--map cdam needs a model with a linear head; {args.model} has none "
+                "(train one with 'arb finetune')"
+            )
+        n_classes = base.head["kernel"].shape[-1]
+        if args.class_index >= n_classes:
+            raise CLIError(
+                f"--class-index {args.class_index} is out of range for a head of {n_classes} classes"
+            )
+
+
 def _saved_settings(path: Path) -> dict | None:
     """The settings stored in an output ``.npz`` (None if missing or unreadable)."""
     try:
@@ -250,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
     if base.meta.get("note") and not args.quiet:
         print(f"arb: model {args.model}: {base.meta['note']}")
     patch = base.config.patch
+    _check_map_flags(args, base)
     image = arb_options.preset_image(args)
     resize = args.resize or image["resize"]
     size = args.size or image["size"] or min(base.image_size)
@@ -285,6 +336,9 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
         "alpha": args.alpha,
         "beta": args.beta,
         "heads": args.heads,
+        "map": args.map,
+        "block": args.block,
+        "class_index": args.class_index,
         "inject_noise": args.inject_noise,
         "seed": args.seed,
         "dtype": args.dtype,
@@ -308,6 +362,12 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
         )
     key = jax.random.key(args.seed)
     models: dict[tuple[int, int], object] = {}
+    map_fns: dict[tuple[int, int], object] = {}
+    map_options = {
+        "cls_attention": {"block": args.block},
+        "rollout": {},
+        "cdam": {"class_index": args.class_index},
+    }[args.map]
     failures = len(input_errors)
     said_crop = False
     bar = tqdm(total=len(todo), desc="images", unit="img", disable=args.quiet)
@@ -328,11 +388,21 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
             if hw not in models:
                 models[hw] = base.at_size(hw)
             vit = models[hw]
+            if args.map == "cls_attention" and args.block == -1:
+                model, extra = vit, {}  # the bundle itself: the fused last-block path
+            else:
+                if hw not in map_fns:
+                    map_fns[hw] = MAPS[args.map](vit, **map_options)
+                model = map_fns[hw]
+                extra = {"params": vit.params, "patch": patch}
+                if args.map in SIGNED_MAPS:
+                    extra["scale"] = "identity"
             res = pipeline.regularize_attention(
-                vit,
+                model,
                 x,
                 jnp.stack([job.key for job in batch]),
                 n_boot=args.n_boot,
+                **extra,
                 **arb,
                 width=args.width,
                 alpha=args.alpha,

@@ -10,7 +10,7 @@ Every sampler maps one normalised image ``(H, W, C)`` float to ``n`` null images
 - ``patch``: the p×p patches of the image shuffled (a permutation, no replacement).
 - ``uniform``: channel c iid U(min_c, max_c) of the image.
 
-The samplers are registered in ``SAMPLERS`` (`arb_jax.core.registry.Registry`) as one-sample
+The samplers are registered in ``SAMPLERS`` (`arb_jax.registry.Registry`) as one-sample
 functions ``(key, image, *, width, patch) -> null image``; wherever a sampler name is accepted, a
 function ``(key, image (H, W, C)) -> null image (H, W, C)`` of the user's is accepted too.
 
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from arb_jax.checks import as_int, one_image, one_key
-from arb_jax.core.registry import Registry
+from arb_jax.registry import Registry
 
 __all__ = [
     "SAMPLERS",

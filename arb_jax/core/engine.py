@@ -208,7 +208,7 @@ class MapModel:
 def _map_forward(map_fn: Callable, patch: int, params: Any, images: jax.Array) -> tuple[jax.Array, None]:
     maps = map_fn(params, images)
     functional.check_map_shape(map_fn, maps, images, patch)
-    return maps.astype(jnp.float32), None
+    return maps, None
 
 
 _CACHE_SIZE = 32

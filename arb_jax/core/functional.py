@@ -10,7 +10,7 @@ The three pieces compose the way optax's do, and each is usable alone inside a c
 A map function is ``map_fn(params, images (n, H, W, 3)) -> scores (n, h, w)``: attention (the
 default scale, ``"log"``, needs scores > 0), or any signed map with ``scale="identity"``. The
 named choices (samplers, p-value and π₀ methods, lfdr nulls, scales) are registries
-(`arb_jax.core.registry`); a function is accepted wherever a name is. `regularize_attention`
+(`arb_jax.registry`); a function is accepted wherever a name is. `regularize_attention`
 (`arb_jax.core.pipeline`) runs these same functions, fused in one compiled program, over meshes,
 chunks and padding.
 
@@ -31,7 +31,8 @@ import numpy as np
 
 from arb_jax.checks import as_int
 from arb_jax.core import bootstrap, regularize, stats
-from arb_jax.core.registry import Registry
+from arb_jax.models.maps import check_map_output
+from arb_jax.registry import Registry
 
 __all__ = ["SCALES", "ARBStats", "arb_stats", "chunked_null_maps", "null_maps", "shrink"]
 
@@ -87,16 +88,9 @@ def _is_concrete(x: Any) -> bool:
 
 
 def check_map_shape(map_fn: Callable, scores: Any, images: Any, patch: int) -> None:
-    """One ValueError naming ``map_fn`` when its scores are not (n, H/patch, W/patch) float."""
-    n, H, W = images.shape[:3]
-    want = (n, H // patch, W // patch)
-    shape = tuple(getattr(scores, "shape", ()))
-    dtype = getattr(scores, "dtype", None)
-    if shape != want or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(
-            f"map function {_fn_name(map_fn)} returned {dtype}{shape} for images of shape "
-            f"{tuple(images.shape)}: expected float scores of shape {want} (n, H/{patch}, W/{patch})"
-        )
+    """One ValueError naming ``map_fn`` when its scores are not (n, H/patch, W/patch) float32
+    (`arb_jax.models.check_map_output`, at trace time)."""
+    check_map_output(_fn_name(map_fn), scores, images, patch)
 
 
 def chunked_null_maps(

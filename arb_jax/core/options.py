@@ -154,7 +154,7 @@ class ARBOptions:
     sampler : {"normal", "pixel", "patch", "uniform"} or callable, default "normal"
         The bootstrap (docs/method.md §2), or a function ``(key, image) -> null image``.
         Wherever a name is accepted (sampler, pvalue, pi0_method, lfdr_null, scale) a function
-        with the registry's signature is too (`arb_jax.core.registry`).
+        with the registry's signature is too (`arb_jax.registry`).
     width : float, default 1.0
         Width of the normal bootstrap (> 0; "normal" only).
     pvalue : {"upper", "plus_one", "two_sided", "attnreg"}, default "upper"

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.polynomial import legendre as np_legendre
 
-from arb_jax.core.registry import Registry
+from arb_jax.registry import Registry
 
 __all__ = [
     "LFDR_NULLS",

@@ -2,12 +2,22 @@
 
 from arb_jax.models.bundle import ViT, build_vit, random_params
 from arb_jax.models.config import CONFIGS, ViTConfig, get_config
-from arb_jax.models.maps import MapFn, cdam_map, check_map_output, cls_attention_map, rollout_map
+from arb_jax.models.maps import (
+    MAPS,
+    SIGNED_MAPS,
+    MapFn,
+    cdam_map,
+    check_map_output,
+    cls_attention_map,
+    rollout_map,
+)
 from arb_jax.models.posembed import bicubic_matrix, interpolate_pos_embed
 from arb_jax.models.vit import VisionTransformer, check_images
 
 __all__ = [
     "CONFIGS",
+    "MAPS",
+    "SIGNED_MAPS",
     "MapFn",
     "ViT",
     "ViTConfig",

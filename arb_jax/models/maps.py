@@ -37,8 +37,9 @@ import numpy as np
 from arb_jax.models.bundle import ViT
 from arb_jax.models.config import ViTConfig, get_config
 from arb_jax.models.vit import ROLLOUT_FUSIONS, VisionTransformer, check_images
+from arb_jax.registry import Registry
 
-__all__ = ["MapFn", "cdam_map", "check_map_output", "cls_attention_map", "rollout_map"]
+__all__ = ["MAPS", "SIGNED_MAPS", "MapFn", "cdam_map", "check_map_output", "cls_attention_map", "rollout_map"]
 
 MapFn = Callable[[Any, jax.Array], jax.Array]
 """``map_fn(params, images (n, H, W, 3)) -> scores (n, h, w)`` float32."""
@@ -351,3 +352,20 @@ def check_map_output(
             f"shape {shape} for images of shape {tuple(images.shape)}"
         )
     return finite
+
+
+MAPS: Registry = Registry("map", "(model, **options) -> map_fn(params, images (n, H, W, 3)) -> (n, h, w)")
+MAPS.add(
+    "cls_attention",
+    cls_attention_map,
+    "the CLS query's attention over the patches, head mean, of the last block or any `block` (the default)",
+)
+MAPS.add("rollout", rollout_map, "attention rollout over all blocks (Abnar & Zuidema 2020)")
+MAPS.add(
+    "cdam",
+    cdam_map,
+    "CDAM (Brocki & Chung 2023), signed: gradient of a class logit (`class_index`, a linear head) or of a "
+    "concept similarity (`concept`) times the last block's normed tokens",
+)
+SIGNED_MAPS = frozenset({"cdam"})
+"""Maps with signed scores: ARB on them takes ``scale="identity"``."""

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from arb_jax.checkpoints import loading
-from arb_jax.core import pipeline
+from arb_jax.core import options, pipeline
 from arb_jax.core.options import PRESET_IMAGES, ARBOptions
 from arb_jax.io import images
 from arb_jax.io.files import folder_lock, remove_stale_temporaries, write_text_atomic
@@ -88,8 +88,8 @@ DEFAULT_BOOT_CHUNK = 64
 before), at most 64 beyond, so that memory stays bounded for any B."""
 
 NOISES = ("square", "diffuse")
-SAMPLERS = ("normal", "pixel", "patch", "uniform")
-PVALUES = ("upper", "plus_one", "two_sided", "attnreg")
+SAMPLERS = tuple(options.SAMPLERS)  # the registries' names
+PVALUES = tuple(options.PVALUE_METHODS)
 STAT_OPTIONS = ("pvalue", "pi0_method", "lfdr_pi0", "lfdr_null", "z_th")  # None: the preset's
 CONFIG_FILE = "sweep.json"
 CHECKED_CONFIG = (

@@ -105,6 +105,6 @@ def markdown(registries: Mapping[str, Registry]) -> str:
     ]
     for title, reg in registries.items():
         lines += [f"## {title}", "", f"A function {reg.contract}.", "", "| name | what it is |", "|---|---|"]
-        lines += [f"| `{name}` | {reg.doc(name)} |" for name in reg]
+        lines += [f"| `{name}` | {reg.doc(name).replace('|', chr(92) + '|')} |" for name in reg]
         lines.append("")
     return "\n".join(lines)
