@@ -193,10 +193,12 @@ def run(args: argparse.Namespace) -> int:
         if cfg.z_filter is None:
             kept = "the mean-z filter is off (--z-filter none)"
         else:
+            run = summary.filter_run
+            at = f" at B = {run[0]}, width {run[1]:g}" if run else ""
             kept = (
                 f"the mean-z filter (|mean z in ROI| <= {cfg.z_filter:g}) drops {summary.filtered} of "
-                f"the {summary.scored} images in {summary.rows_path.name} (arb report leaves them out; "
-                "--all keeps them)"
+                f"the {summary.scored} images in {summary.rows_path.name}{at} (arb report leaves them "
+                "out; --all keeps them)"
             )
         print(
             f"arb: sweep: {summary.written} rows written to {summary.rows_path} "

@@ -254,6 +254,10 @@ def _class_colors(classes: Sequence[str]) -> dict[str, Any]:
     return {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
 
 
+def _images(n: int) -> str:
+    return f"{n} image" + ("" if n == 1 else "s")
+
+
 def _legend_outside(ax: Any, fig_legend_title: str | None = None, **kw: Any) -> None:
     """A legend right of the axes, outside the data."""
     handles, labels = ax.get_legend_handles_labels()
@@ -354,8 +358,8 @@ def plot_suppression(
     ax.set_ylabel("suppression factor D\n(0: ROI attention removed, 1: unchanged)")
     ax.set_title(
         f"Fig. 4: D per class and method ({_point_text(pt)})\n"
-        "error bars: ± the reference code's error (needs n ≥ 2), cut at 0\n"
-        "dropped: images the mean-z filter left out",
+        "error bars: ± the reference code's error (needs n ≥ 2), cut at 0"
+        + ("\ndropped: images the mean-z filter left out" if total else ""),
         fontsize=9,
     )
     _legend_outside(ax, "method")
@@ -413,7 +417,7 @@ def plot_before_after(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         else "bottom: non-zero share of the ROI"
     )
     fig.suptitle(
-        f"Fig. 3: the noise ROI before and after regularisation ({len(rows)} images; one dot each)\n"
+        f"Fig. 3: the noise ROI before and after regularisation ({_images(len(rows))}; one dot each)\n"
         "top: mean percentile of the ROI's attention among the rest of the map (lower: less "
         f"attention on the noise)\n{note}",
         fontsize=9,
@@ -432,7 +436,7 @@ def plot_sens_spec(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     by_image: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_image[(r["image_id"], r["seed"])].append(r)
-    fig, axes = subplots(1, 2, layout="constrained", figsize=(10.0, 4.4))
+    fig, axes = subplots(1, 2, layout="constrained", figsize=(11.0, 4.6))
     for ax, m, th, sym in ((axes[0], "p", "alpha", "α"), (axes[1], "lfdr", "beta", "β")):
         per_t: dict[float, list[tuple[float, float]]] = defaultdict(list)
         for img_rows in by_image.values():
@@ -456,12 +460,12 @@ def plot_sens_spec(rows: Sequence[dict[str, Any]], path: Path) -> Path:
             "-" if len(ts) > 1 else "",
             color="k",
             marker="D",
-            ms=6,
+            ms=6 if len(ts) <= 8 else 3.5,
             mfc="k",
             mec="white",
             lw=2,
             zorder=6,
-            label=f"median over images ({sym} = {', '.join(f'{t:g}' for t in ts)})",
+            label="median over the images, per threshold",
         )
         ax.plot([0, 1], [1, 0], "b--", lw=1, label="uniform shrinkage")
         ax.scatter([], [], s=22, facecolors="none", edgecolors="0.3", label="π₀ map (one per image)")
@@ -472,12 +476,17 @@ def plot_sens_spec(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("specificity (share of the rest's attention kept)")
         ax.set_ylabel("sensitivity (share of the ROI's attention removed)")
         ax.set_title(
-            f"{METHOD_LABELS[m]} map: {len(ts)} threshold{'s' if len(ts) > 1 else ''} {sym} "
-            f"(a line per image{' over them' if len(ts) > 1 else ''})",
+            f"{METHOD_LABELS[m]} map\nat {sym} = "
+            + (
+                ", ".join(f"{t:g}" for t in ts)
+                if len(ts) <= 4
+                else f"{ts[0]:g} … {ts[-1]:g} ({len(ts)} values)"
+            )
+            + ("; a line per image" if len(ts) > 1 else "; a dot per image"),
             fontsize=9,
         )
     _legend_outside(axes[1])
-    fig.suptitle(f"Fig. 5: sensitivity against specificity ({len(by_image)} images)", fontsize=10)
+    fig.suptitle(f"Fig. 5: sensitivity against specificity ({_images(len(by_image))})", fontsize=10)
     fig.savefig(path, dpi=110)
     return path
 
@@ -497,10 +506,11 @@ def plot_srmsd(rows: Sequence[dict[str, Any]], path: Path) -> Path:
             label=_class_name(c),
         )
     ax.axhline(0.0, color="gray", lw=0.8, ls="--", label="0: uniform p-values")
+    ax.set_xlim(-2, 102)  # percentiles: the whole range, also for one image
     ax.set_xlabel("mean percentile in ROI before regularisation")
     ax.set_ylabel("sRMSD of the ROI's p-values")
     ax.set_title(
-        f"Fig. S7: are the noise ROI's p-values uniform? ({len(rows)} images)\n"
+        f"Fig. S7: are the noise ROI's p-values uniform? ({_images(len(rows))})\n"
         "sRMSD = √mean((u_k − p_(k))²) of the sorted p-values from uniform u_k;\n"
         "negative when their median exceeds 0.5 (Yao & Ochoa 2023)",
         fontsize=8,
@@ -553,6 +563,9 @@ def plot_grid(
         )
         if key == "n_boot":
             ax.set_xscale("log", base=2)
+        values = sorted({t[key] for t in sel if t[fixed[0]] == fixed[1]})
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, dpi=110)
     return path

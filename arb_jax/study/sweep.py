@@ -170,9 +170,10 @@ class SweepConfig:
 @dataclasses.dataclass(frozen=True)
 class SweepSummary:
     """What a sweep did: rows path, rows written now, rows already there, images failed, images
-    seen; the images (× seeds) in the rows file (``scored``, earlier runs' too) and how many of
-    them the mean-z filter drops (``filtered``: some row with ``passed`` false; ``arb report``
-    leaves those rows out unless ``--all``)."""
+    seen; at ``filter_run``, the (n_boot, width) of the rows file closest to (1, 1) (the filter
+    depends on the run, not on α, β), the images (× seeds) in the file (``scored``, earlier runs'
+    too) and how many of them the mean-z filter drops (``filtered``; ``arb report`` leaves those
+    rows out unless ``--all``)."""
 
     rows_path: Path
     written: int
@@ -181,6 +182,7 @@ class SweepSummary:
     images: int
     scored: int = 0
     filtered: int = 0
+    filter_run: tuple[int, float] | None = None
 
 
 def _config_record(cfg: SweepConfig, size: int, noise_size: int) -> dict[str, Any]:
@@ -352,12 +354,16 @@ def _sweep_locked(
                 bar.update(len(chunk))
         finally:
             bar.close()
+    every = read_rows(rows_path)  # every row of this file, also those of earlier runs
+    runs = {(int(r["n_boot"]), float(r["width"])) for r in every}
+    run = _gallery_run(runs) if runs else None
     scored, filtered = set(), set()
-    for r in read_rows(rows_path):  # every row of this file, also those of earlier runs
-        scored.add((r["image_id"], r["seed"]))
-        if r["passed"] != "1":
-            filtered.add((r["image_id"], r["seed"]))
-    return SweepSummary(rows_path, written, before, failed, seen[0], len(scored), len(filtered))
+    for r in every:
+        if (int(r["n_boot"]), float(r["width"])) == run:
+            scored.add((r["image_id"], r["seed"]))
+            if r["passed"] != "1":
+                filtered.add((r["image_id"], r["seed"]))
+    return SweepSummary(rows_path, written, before, failed, seen[0], len(scored), len(filtered), run)
 
 
 def sweep_batch(
