@@ -667,7 +667,8 @@ FIGURE_CAPTIONS = {
 
 def _write_gallery(results: Path, out: Path) -> list[tuple[Path, dict[str, Any]]]:
     """Before/after maps of the images the sweep kept (``RESULTS/gallery/*.npz``, `plot_batch`
-    rows) as ``OUT/gallery/*.png``; returns ``[(png, meta)]`` sorted by image id."""
+    rows) as ``OUT/gallery/*.png`` (one drawn before from the same file is kept); returns
+    ``[(png, meta)]`` sorted by image id."""
     import json
 
     from arb_jax.io.images import normalize
@@ -682,17 +683,20 @@ def _write_gallery(results: Path, out: Path) -> list[tuple[Path, dict[str, Any]]
                 rec["image"] = normalize(f["image_rgb"].astype(np.float32) / 255.0)
         except (OSError, KeyError, ValueError) as e:
             raise ValueError(f"cannot read the gallery file {npz}: {e}") from None
-        found.append((meta, rec, npz.stem))
+        found.append((meta, rec, npz.stem, npz))
     found.sort(key=lambda t: (t[0]["image_id"], t[0]["seed"]))
     written = []
     if found:
         (out / "gallery").mkdir(exist_ok=True)
-    for meta, rec, stem in found:
+    for meta, rec, stem, npz in found:
+        png = out / "gallery" / f"{stem}.png"
+        if png.exists() and png.stat().st_mtime_ns >= npz.stat().st_mtime_ns:  # drawn before
+            written.append((png, meta))
+            continue
         rec.update({k: meta[k] for k in ("n_boot", "width", "sampler", "pvalue", "alpha", "beta")})
         rec["name"] = f"{meta['image_id']}"
         status = "passes the mean-z filter" if meta["passed"] else "DROPPED by the mean-z filter"
         fig = plot_batch([rec], title=f"{meta['image_id']} (class {_class_name(meta['class'])}; {status})")
-        png = out / "gallery" / f"{stem}.png"
         fig.savefig(png, dpi=80)
         written.append((png, meta))
     return written
