@@ -108,7 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         type=count("--gallery", 0, 10_000),
         default=12,
         metavar="N",
-        help="keep the maps of the first N images (per host) for the report's gallery (default 12; 0: none)",
+        help="keep the maps of the first N images in OUT/gallery, for the report (default 12; 0: none)",
     )
     p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1 (default 0)")
     p.add_argument(

@@ -20,7 +20,15 @@ from matplotlib.figure import Figure
 
 from arb_jax.io.images import denormalize
 
-__all__ = ["METHOD_TITLES", "model_label", "plot_batch", "plot_result", "result_records", "subplots"]
+__all__ = [
+    "ATTN_UNIT",
+    "METHOD_TITLES",
+    "model_label",
+    "plot_batch",
+    "plot_result",
+    "result_records",
+    "subplots",
+]
 
 
 def subplots(*args: Any, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:

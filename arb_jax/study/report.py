@@ -676,6 +676,8 @@ def _write_gallery(results: Path, out: Path) -> list[tuple[Path, dict[str, Any]]
 
     found = []
     for npz in sorted((results / "gallery").glob("*.npz")):
+        if npz.name.startswith("."):  # a temporary file of a write cut short
+            continue
         try:
             with np.load(npz, allow_pickle=False) as f:
                 rec = {k: f[k] for k in f.files if k not in ("meta", "image_rgb")}

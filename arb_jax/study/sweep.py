@@ -119,8 +119,9 @@ class SweepConfig:
     n_hosts: this host's share ``ids[host::n_hosts]``; distributed: take them from
     ``jax.distributed.initialize()``. workers: loader threads. boot_chunk: null forwards per
     step (None: all). placements: K noise placements per image (`placements_of`), each a row
-    of its own with its own key. gallery: the first this many images (per host) also keep their
-    maps before and after, at the grid's run closest to B = 1, width 1 and α = β = 0.3, in
+    of its own with its own key. gallery: the first this many images (over all hosts sharing
+    ``OUT``, roughly: each host stops when it sees that many files) also keep their maps before
+    and after, at the grid's run closest to B = 1, width 1 and α = β = 0.3, in
     ``OUT/gallery/*.npz`` for the report's gallery (0: none).
     """
 
@@ -514,7 +515,7 @@ def _save_gallery(
 
     folder = Path(cfg.out).expanduser() / GALLERY_DIR
     folder.mkdir(exist_ok=True)
-    have = {p.name for p in folder.glob("*.npz")}
+    have = {p.name for p in folder.glob("*.npz") if not p.name.startswith(".")}
     arrays = res.to_numpy()
     for i, (item, _) in enumerate(good):
         if len(have) >= cfg.gallery:
