@@ -31,6 +31,7 @@ _EXPORTS = {
     "load_vit": "arb_jax.checkpoints.loading",
     "known_models": "arb_jax.checkpoints.loading",
     "load_images": "arb_jax.io.images",
+    "plot_batch": "arb_jax.io.plotting",
     "plot_result": "arb_jax.io.plotting",
 }
 

@@ -193,8 +193,9 @@ def test_rerun_resumes_and_reruns_what_changed(capsys, tmp_path, photos):
     assert rc == 0 and stdout.count("zeroed") == 3
     first = _mtimes(out)
     assert sorted(first) == sorted(
-        f"{n}.{e}" for n in ("chelsea", "coffee", "rocket") for e in ("npz", "png")
+        [f"{n}.{e}" for n in ("chelsea", "coffee", "rocket") for e in ("npz", "png")] + ["batch_figure.png"]
     )
+    assert "3 images in one figure (a row each)" in stdout
     settings = json.loads(str(np.load(out / "coffee.npz")["settings"]))
     assert settings["n_boot"] == 2 and settings["index"] == 1 and settings["size"] == SIZE
 

@@ -108,7 +108,7 @@ def _summary_cell(text: str, section: str, cls: str, method_index: int) -> str:
 
 def test_report_files_and_the_d_values_by_hand(results, tmp_path):
     files = report.make_report(results, tmp_path / "rep")
-    assert set(files) == {"summary", "suppression_csv", "fig3", "fig4", "fig5", "figS7", "figS11"}
+    assert set(files) == {"summary", "suppression_csv", "fig3", "fig4", "fig5", "figS7", "figS11", "html"}
     import matplotlib.image as mpimg
 
     for name in ("fig3", "fig4", "fig5", "figS7", "figS11"):
@@ -172,7 +172,11 @@ def test_main_point_and_single_image_classes(tmp_path):
     path = _write(tmp_path / "rows.csv", [_row(*IMAGES[0]), _row(*IMAGES[3]), _row(*IMAGES[4])])
     files = report.make_report(path, tmp_path / "rep")
     text = files["summary"].read_text()
-    assert "| a | 1 | n/a (n=1) |" in text  # D needs two images
+    # one image: D (its own after / before), no error (that needs a sample variance)
+    assert f"| a | 1 | {10.0 / 60.0:.3f} (n=1: no error) |" in text
+    table = {(t["class"], t["method"]): t for t in report.suppression_table(report.read_results(path)[0])}
+    assert table[("a", "p")]["D"] == pytest.approx(10.0 / 60.0) and math.isnan(table[("a", "p")]["err"])
+    assert table[("all", "p")]["n"] == 3 and math.isfinite(table[("all", "p")]["err"])
     assert "figS11" not in files  # no B or width to vary
 
 
@@ -196,7 +200,7 @@ def test_cli(results, tmp_path, capsys):
     args = parser.parse_args(["report", str(results), "--out", str(tmp_path / "r")])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "# Suppression factor D" in out and "7 files in" in out
+    assert "# Suppression factor D" in out and "8 files in" in out and "index.html" in out
     args = parser.parse_args(["report", str(results), "--quiet"])
     assert args.func(args) == 0
     assert (results / "report" / "summary.md").exists()
@@ -233,3 +237,19 @@ def test_fig_s11_draws_a_panel_only_for_what_the_grid_varies(tmp_path):
     )
     w1, w2 = mpimg.imread(one).shape[1], mpimg.imread(two).shape[1]
     assert 1.8 < w2 / w1 < 2.2
+
+
+def test_one_class_emptied_by_the_filter_and_error_bars_cut_at_zero(tmp_path):
+    """A class whose only image failed the filter still gets its place in Fig. 4 (with a note);
+    the lower error bars never run below D = 0."""
+    import matplotlib.image as mpimg
+
+    rows = [_row(*IMAGES[0]), _row(*IMAGES[1]), _row(*IMAGES[5])]  # class b: its one image filtered
+    files = report.make_report(_write(tmp_path / "rows.csv", rows), tmp_path / "rep")
+    for name in ("fig3", "fig4", "fig5", "figS7"):
+        assert mpimg.imread(files[name]).std() > 0.01, name
+    assert "1 of 2 images pass" not in files["summary"].read_text()  # 2 of 3 pass
+    assert "2 of 3 images pass" in files["summary"].read_text()
+    lower, upper = report.error_bars(np.array([0.1, 0.5, 0.0, 0.4]), np.array([0.3, 0.2, np.nan, 0.1]))
+    assert lower.tolist() == pytest.approx([0.1, 0.2, 0.0, 0.1])
+    assert upper.tolist() == pytest.approx([0.3, 0.2, 0.0, 0.1])

@@ -55,9 +55,11 @@ NOT DINO). The ARB key of image i is fold_in(key(SEED), i), as in the Python API
 noise square of --inject-noise uses split(fold_in(key(SEED), i))[1].
 
 OUT/NAME.npz holds every array and the settings it was made with; it is written (after the
-figure) as each image finishes. Run the same command again to resume: images whose .npz (and
-.png) exist with the same settings and the same input file are skipped. With --batch N, images
-of one size run N at a time (one call; results equal --batch 1's up to float32 rounding).
+figure) as each image finishes. With several images, OUT/batch_figure.png shows them all, a row
+each (photo, attention, the p-value, LFDR and pi0 maps). Run the same command again to resume:
+images whose .npz (and .png) exist with the same settings and the same input file are skipped.
+With --batch N, images of one size run N at a time (one call; results equal --batch 1's up to
+float32 rounding).
 """
 
 
@@ -324,6 +326,7 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
     from arb_jax.study import simulate
 
     patch = base.config.patch
+    model_name = base.meta.get("name") or args.model
     model_id = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     arb = arb_options.resolve(args)
     common = {
@@ -429,10 +432,10 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
                 npz = out_dir / f"{inp.name}.npz"
                 if args.figures:
                     title = (
-                        f"{inp.name} — {vit.meta.get('name', args.model)}, B={args.n_boot}, "
-                        f"{args.sampler} bootstrap, preset {args.preset}, π₀={pi0:.2f}"
+                        f"{inp.name} — {plotting.model_label(model_name)}, B = {args.n_boot}, "
+                        f"{args.sampler} bootstrap, preset {args.preset}, π₀ = {pi0:.2f}"
                     )
-                    fig = plotting.plot_result(res, images=x, index=j, roi=roi, title=title)
+                    fig = plotting.plot_result(res, images=x, index=j, roi=roi, title=title, model=model_name)
                     files.write_atomic(npz.with_suffix(".png"), lambda t, f=fig: f.savefig(t, dpi=110))
                 files.write_atomic(npz, lambda t, a=arrays: np.savez_compressed(t, **a))
             except Exception as exc:  # a figure or archive that cannot be written: this image only
@@ -503,9 +506,40 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
             run(group)
     finally:
         bar.close()
+    if args.figures and len(inputs) > 1 and (todo or not (out_dir / BATCH_FIGURE).exists()):
+        _batch_figure(out_dir, inputs, common, model_name, args.quiet)
     if not args.quiet and len(inputs) > 1:
         print(
             f"arb: {len(todo) - (failures - len(input_errors))} image(s) done, "
             f"{len(inputs) - len(todo)} already done before, {failures} failed -> {out_dir}"
         )
     return 1 if failures else 0
+
+
+BATCH_FIGURE = "batch_figure.png"
+
+
+def _batch_figure(out_dir: Path, inputs: Sequence[_Input], common: dict, model: str, quiet: bool) -> None:
+    """``OUT/batch_figure.png``: one row per image done with these settings (read back from the
+    .npz archives, so images done before a resume are in it too)."""
+    from arb_jax.io import files, plotting
+
+    records = []
+    for inp in inputs:
+        path = out_dir / f"{inp.name}.npz"
+        saved = _saved_settings(path)
+        if saved is None or any(saved.get(k) != v for k, v in common.items()):
+            continue
+        with np.load(path, allow_pickle=False) as f:
+            rec = {k: f[k] for k in f.files if k != "settings"}
+        rec.update(name=inp.name, **{k: common[k] for k in ("alpha", "beta", "n_boot", "sampler", "width")})
+        rec["pvalue"] = common["pvalue"]
+        records.append(rec)
+    if not records:
+        return
+    fig = plotting.plot_batch(records, model=model)
+    dpi = 100 if len(records) <= 12 else 72
+    target = out_dir / BATCH_FIGURE
+    files.write_atomic(target, lambda t: fig.savefig(t, dpi=dpi))
+    if not quiet:
+        print(f"arb: {len(records)} images in one figure (a row each) -> {target}")

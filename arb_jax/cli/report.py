@@ -14,8 +14,10 @@ EPILOG = """examples:
   arb report results/nofilter --all      # also rows failing the mean-z filter
 
 RESULTS is the --out folder of 'arb sweep' (every rows*.csv in it is merged) or one rows CSV.
-Writes summary.md (D ± error per class and method), suppression.csv, and the figures
-fig3_before_after, fig4_suppression, fig5_sens_spec, figS7_srmsd, figS11_grid (.png).
+Writes summary.md (D ± error per class and method), suppression.csv, the figures
+fig3_before_after, fig4_suppression, fig5_sens_spec, figS7_srmsd (.png), figS11_grid.png
+(only after a --grid sweep that varies n_boot or width), gallery/*.png (the maps the sweep kept,
+see 'arb sweep --gallery'), and index.html: all of it on one static page (open it in a browser).
 """
 
 
@@ -47,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
     files = make_report(results, out, include_filtered=args.include_filtered)
     if not getattr(args, "quiet", False):
         print(files["summary"].read_text(encoding="utf-8"))
-        print(f"arb: report: {len(files)} files in {out}")
+        print(f"arb: report: {len(files)} files in {out}; open {out / 'index.html'} in a browser")
     return 0

@@ -115,6 +115,13 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         metavar="K",
         help="noise placements per image, each a row with its own key (default 1)",
     )
+    p.add_argument(
+        "--gallery",
+        type=count("--gallery", 0, 10_000),
+        default=12,
+        metavar="N",
+        help="keep the maps of the first N images in OUT/gallery, for the report (default 12; 0: none)",
+    )
     p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1")
     p.add_argument(
         "--batch",
@@ -191,6 +198,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         workers=args.workers,
         boot_chunk=args.boot_chunk,
         placements=args.placements,
+        gallery=args.gallery,
     )
 
 
@@ -207,9 +215,19 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_sweep(cfg, progress=not quiet, log=log)
     if not quiet:
+        if cfg.z_filter is None:
+            kept = "the mean-z filter is off (--z-filter none)"
+        else:
+            run = summary.filter_run
+            at = f" at B = {run[0]}, width {run[1]:g}" if run else ""
+            kept = (
+                f"the mean-z filter (|mean z in ROI| <= {cfg.z_filter:g}) drops {summary.filtered} of "
+                f"the {summary.scored} images in {summary.rows_path.name}{at} (arb report leaves them "
+                "out; --all keeps them)"
+            )
         print(
             f"arb: sweep: {summary.written} rows written to {summary.rows_path} "
-            f"({summary.skipped} already there, {summary.failed} images failed)"
+            f"({summary.skipped} already there, {summary.failed} images failed); {kept}"
         )
     if summary.failed:
         print(f"arb: error: {summary.failed} images could not be read (see above)", file=sys.stderr)

@@ -12,7 +12,10 @@ file per host), drops rows that failed the mean-z filter (Appendix B; rows of a 
 - ``fig5_sens_spec.png``: sensitivity against specificity per image over the grid's thresholds,
   with the median curve and the diagonal of uniform shrinkage;
 - ``figS7_srmsd.png``: sRMSD of the ROI's p-values against the mean percentile before;
-- ``figS11_grid.png``: D against B and against the bootstrap width (when the grid varies them).
+- ``figS11_grid.png``: D against B and against the bootstrap width (only when the grid varies
+  them: a ``--grid`` sweep);
+- ``gallery/*.png``: maps before and after of the images the sweep kept (``arb sweep --gallery``);
+- ``index.html``: a static page of the table, every figure and the gallery (no server needed).
 
 Figures 3-5 and S7 use the main grid point: the one closest to the paper's (B = 1, width 1,
 α = β = 0.3); Fig. 5 uses every (α, β) of the main (B, width).
@@ -36,12 +39,14 @@ from arb_jax.study.rows import COLUMNS, METHODS, read_rows, row_key
 
 __all__ = [
     "PAPER_POINT",
+    "error_bars",
     "grid_points",
     "main_point",
     "make_report",
     "read_results",
     "suppression_table",
     "summary_markdown",
+    "write_html",
 ]
 
 PAPER_POINT = (1, 1.0, 0.3, 0.3)
@@ -132,13 +137,16 @@ def main_point(points: Sequence[Point]) -> Point:
 
 
 def _d(rows: Sequence[dict[str, Any]], method: str) -> tuple[float, float, int]:
-    """(D, err, n) over the rows with finite percentiles; NaN D and err if n < 2."""
+    """(D, err, n) over the rows with finite percentiles: D where n >= 1 (NaN for n = 0 or a zero
+    sum before), its error where n >= 2 (it needs a sample variance; NaN otherwise)."""
     b = np.array([r["perc_before"] for r in rows], np.float64)
     a = np.array([r[f"perc_after_{method}"] for r in rows], np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
     n = int(ok.sum())
-    if n < 2 or b[ok].sum() == 0:
+    if n == 0 or b[ok].sum() == 0:
         return math.nan, math.nan, n
+    if n == 1:
+        return float(a[ok].sum() / b[ok].sum()), math.nan, n
     d, err = metrics.suppression_factor(b[ok], a[ok])
     return d, err, n
 
@@ -149,7 +157,7 @@ def suppression_table(
     """D ± error (eq. 8) per grid point, class (and ``"all"`` classes pooled) and method.
 
     Returns one dict per (point, class, method): ``n_boot``, ``width``, ``alpha``, ``beta``,
-    ``class``, ``method``, ``n`` (images used), ``D``, ``err`` (NaN when n < 2).
+    ``class``, ``method``, ``n`` (images used), ``D`` (NaN when n = 0), ``err`` (NaN when n < 2).
     """
     groups: dict[tuple[Point, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -178,7 +186,9 @@ def suppression_table(
 
 
 def _fmt_d(d: float, err: float, n: int) -> str:
-    return f"n/a (n={n})" if not math.isfinite(d) else f"{d:.3f} ± {err:.3f}"
+    if not math.isfinite(d):
+        return "no images" if n == 0 else f"n/a (n={n}, no ROI attention before)"
+    return f"{d:.3f} ± {err:.3f}" if math.isfinite(err) else f"{d:.3f} (n=1: no error)"
 
 
 def _class_name(c: str) -> str:
@@ -201,7 +211,7 @@ def summary_markdown(table: Sequence[dict[str, Any]], *, header: str = "") -> st
         lines += [header, ""]
     lines += [
         "D = Σ mean percentile in ROI after / Σ before, over the images (1: no effect, "
-        "0: noise fully suppressed); ± the reference code's error.",
+        "0: noise fully suppressed); ± the reference code's error, which needs n ≥ 2 images.",
         "",
     ]
     cols = "| class | n | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |"
@@ -244,104 +254,239 @@ def _class_colors(classes: Sequence[str]) -> dict[str, Any]:
     return {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
 
 
+def _images(n: int) -> str:
+    return f"{n} image" + ("" if n == 1 else "s")
+
+
+def _legend_outside(ax: Any, fig_legend_title: str | None = None, **kw: Any) -> None:
+    """A legend right of the axes, outside the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(
+            handles,
+            labels,
+            fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0.0,
+            title=fig_legend_title,
+            title_fontsize=7,
+            **kw,
+        )
+
+
+def error_bars(d: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) error-bar lengths of D ± err, the lower cut at D = 0 (D is never negative).
+
+    Parameters
+    ----------
+    d, err : (k,) float arrays
+        D and its error (NaN where there is none: n < 2).
+
+    Returns
+    -------
+    (k,) float arrays
+        ``min(err, D)`` and ``err``; 0 where ``err`` is NaN.
+    """
+    d, err = np.asarray(d, float), np.asarray(err, float)
+    ok = np.isfinite(err) & np.isfinite(d)
+    lower = np.where(ok, np.minimum(np.where(ok, err, 0.0), np.maximum(np.nan_to_num(d), 0.0)), 0.0)
+    return lower, np.where(ok, err, 0.0)
+
+
 def plot_suppression(
-    table: Sequence[dict[str, Any]], pt: Point, path: Path, methods: Sequence[str] = METHODS
+    table: Sequence[dict[str, Any]],
+    pt: Point,
+    path: Path,
+    methods: Sequence[str] = METHODS,
+    dropped: dict[str, int] | None = None,
 ) -> Path:
-    """Fig. 4: bars of D ± err per class (and all classes), one colour per method."""
+    """Fig. 4: bars of D ± err per class (and all classes), one colour per method.
+
+    Error bars are the reference code's ± error, cut at D = 0 below (drawn asymmetrically there);
+    a class of one image has a bar and no error bar (the error needs n >= 2), and a class whose
+    images were all dropped by the mean-z filter (``dropped``: class → images dropped) is named
+    with a note instead of a bar.
+    """
     sel = [t for t in table if (t["n_boot"], t["width"], t["alpha"], t["beta"]) == pt]
-    classes = list(dict.fromkeys(t["class"] for t in sel))
-    fig, ax = subplots(layout="tight", figsize=(max(5.0, 1.0 + 0.9 * len(classes)), 3.6))
+    classes = [c for c in dict.fromkeys(t["class"] for t in sel) if c != ALL]
+    empty = sorted(c for c in (dropped or {}) if c not in classes and c != ALL)
+    classes = sorted(classes + empty) + [ALL]
+    fig, ax = subplots(layout="constrained", figsize=(max(6.0, 2.4 + 0.9 * len(classes)), 4.2))
     width = 0.8 / len(methods)
     x = np.arange(len(classes))
+    ns = {}
     for k, m in enumerate(methods):
         cells = {t["class"]: t for t in sel if t["method"] == m}
-        d = [cells[c]["D"] for c in classes]
-        e = [cells[c]["err"] for c in classes]
-        ax.bar(
-            x + (k - (len(methods) - 1) / 2) * width,
-            d,
-            width,
-            yerr=e,
-            capsize=2,
-            label=METHOD_LABELS.get(m, m),
-        )
-    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_xticks(x, [_class_name(c) for c in classes], rotation=30, ha="right")
-    ax.set_ylabel("suppression factor D")
-    ax.set_title(f"D per class ({_point_text(pt)})", fontsize=9)
-    ax.legend(fontsize=8)
+        d = np.array([cells[c]["D"] if c in cells else np.nan for c in classes], float)
+        e = np.array([cells[c]["err"] if c in cells else np.nan for c in classes], float)
+        for c in classes:
+            if c in cells:
+                ns[c] = max(ns.get(c, 0), cells[c]["n"])
+        xs = x + (k - (len(methods) - 1) / 2) * width
+        bars = ax.bar(xs, np.nan_to_num(d, nan=0.0), width, label=METHOD_LABELS.get(m, m))
+        has = np.isfinite(e) & np.isfinite(d)
+        if has.any():
+            ax.errorbar(
+                xs[has],
+                d[has],
+                yerr=error_bars(d[has], e[has]),
+                fmt="none",
+                ecolor="k",
+                capsize=2,
+                lw=1,
+            )
+        for xi, di in zip(xs, d, strict=True):
+            if di == 0:  # a bar of height 0 is invisible: say it
+                ax.text(xi, 0.01, "0", ha="center", va="bottom", fontsize=7, color=bars.patches[0].get_fc())
+    top = max(1.1, float(np.nanmax([t["D"] + np.nan_to_num(t["err"]) for t in sel] or [1.0])) * 1.12)
+    ax.set_ylim(0, top)
+    for i, c in enumerate(classes):
+        if ns.get(c, 0) == 0:
+            lost = (dropped or {}).get(c)
+            why = f"{lost} dropped\nby the mean-z filter" if lost else "no images"
+            ax.text(i, top * 0.5, why, ha="center", va="center", fontsize=7, rotation=90, color="0.3")
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--", label="D = 1: no effect")
+    drops = dropped or {}
+    total = sum(drops.values())
+    lost = {**drops, ALL: total}
+    ticks = [
+        f"{_class_name(c)}\n(n = {ns.get(c, 0)}" + (f", {lost[c]} dropped)" if lost.get(c) else ")")
+        for c in classes
+    ]
+    ax.set_xticks(x, ticks, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("suppression factor D\n(0: ROI attention removed, 1: unchanged)")
+    ax.set_title(
+        f"Fig. 4: D per class and method ({_point_text(pt)})\n"
+        "error bars: ± the reference code's error (needs n ≥ 2), cut at 0"
+        + ("\ndropped: images the mean-z filter left out" if total else ""),
+        fontsize=9,
+    )
+    _legend_outside(ax, "method")
     fig.savefig(path, dpi=120)
     return path
 
 
 def plot_before_after(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Fig. 3: mean percentile (top) and non-zero % (bottom) in the ROI, after vs before."""
+    """Fig. 3: the mean percentile in the ROI after against before (top), and the non-zero share
+    of the ROI after against before (bottom) — or, when every image's ROI is fully non-zero
+    before (the usual case: attention is positive everywhere), against the mean percentile
+    before, which then says more than a column of dots at 100 %."""
     classes = sorted({r["class"] for r in rows})
     colors = _class_colors(classes)
-    fig, axes = subplots(2, len(METHODS), layout="tight", figsize=(3.0 * len(METHODS), 6.0), squeeze=False)
+    nz_before = np.array([r["nonzero_before"] for r in rows], float)
+    constant = nz_before.size > 0 and np.allclose(nz_before, nz_before[0])
+    fig, axes = subplots(
+        2, len(METHODS), layout="constrained", figsize=(3.0 * len(METHODS) + 1.6, 6.6), squeeze=False
+    )
     for k, m in enumerate(METHODS):
-        for i, (stat, label) in enumerate(
-            (("perc", "mean percentile in ROI"), ("nonzero", "non-zero % in ROI"))
+        for i, (x_key, y_key, x_label, y_label) in enumerate(
+            (
+                ("perc_before", f"perc_after_{m}", "mean percentile in ROI, before", "mean percentile after"),
+                (
+                    "perc_before" if constant else "nonzero_before",
+                    f"nonzero_after_{m}",
+                    "mean percentile in ROI, before" if constant else "non-zero % of ROI, before",
+                    "non-zero % of ROI, after",
+                ),
+            )
         ):
             ax = axes[i, k]
             for c in classes:
                 sub = [r for r in rows if r["class"] == c]
                 ax.scatter(
-                    [r[f"{stat}_before"] for r in sub],
-                    [r[f"{stat}_after_{m}"] for r in sub],
-                    s=8,
-                    alpha=0.7,
+                    [r[x_key] for r in sub],
+                    [r[y_key] for r in sub],
+                    s=10,
+                    alpha=0.75,
                     color=colors[c],
                     label=_class_name(c),
                 )
-            ax.plot([0, 100], [0, 100], color="gray", lw=0.8, ls="--")
+            if i == 0 or not constant:
+                ax.plot([0, 100], [0, 100], color="gray", lw=0.8, ls="--", label="after = before")
             ax.set_xlim(-2, 102)
             ax.set_ylim(-2, 102)
-            ax.set_xlabel(f"{label}, before", fontsize=8)
-            ax.set_ylabel("after", fontsize=8)
-            ax.set_title(METHOD_LABELS.get(m, m), fontsize=9)
-    if len(classes) > 1:
-        axes[0, -1].legend(fontsize=6, markerscale=1.5)
+            ax.set_xlabel(x_label, fontsize=8)
+            ax.set_ylabel(y_label, fontsize=8)
+            ax.set_title(f"{METHOD_LABELS.get(m, m)} map", fontsize=9)
+    _legend_outside(axes[0, -1], "class")
+    note = (
+        f"bottom: every ROI was {nz_before[0]:.0f} % non-zero before, so the share after is drawn "
+        "against the mean percentile before"
+        if constant
+        else "bottom: non-zero share of the ROI"
+    )
+    fig.suptitle(
+        f"Fig. 3: the noise ROI before and after regularisation ({_images(len(rows))}; one dot each)\n"
+        "top: mean percentile of the ROI's attention among the rest of the map (lower: less "
+        f"attention on the noise)\n{note}",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=110)
     return path
 
 
 def plot_sens_spec(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Fig. 5: per image, sensitivity against specificity over the thresholds (α for p, β for
-    LFDR); black: the median over images at each threshold; dots: π₀-thresholding; dashed:
-    uniform shrinkage (sensitivity = 1 − specificity)."""
+    """Fig. 5: per image, sensitivity against specificity over the grid's thresholds (α for the
+    p-value map, β for the LFDR map), a line per image coloured by class; black diamonds: the
+    median over the images at each threshold (drawn on top); open circles: the π₀ map, which
+    has no threshold to choose; dashed: uniform shrinkage (sensitivity = 1 − specificity)."""
     classes = sorted({r["class"] for r in rows})
     colors = _class_colors(classes)
     by_image: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_image[(r["image_id"], r["seed"])].append(r)
-    fig, axes = subplots(1, 2, layout="tight", figsize=(8.0, 4.0))
-    for ax, m, th in ((axes[0], "p", "alpha"), (axes[1], "lfdr", "beta")):
+    fig, axes = subplots(1, 2, layout="constrained", figsize=(11.0, 4.6))
+    for ax, m, th, sym in ((axes[0], "p", "alpha", "α"), (axes[1], "lfdr", "beta", "β")):
         per_t: dict[float, list[tuple[float, float]]] = defaultdict(list)
         for img_rows in by_image.values():
             pts = sorted({(r[th], r[f"spec_{m}"], r[f"sens_{m}"]) for r in img_rows})
             for t, sp, se in pts:
                 per_t[t].append((sp, se))
+            color = colors[img_rows[0]["class"]]
             if len(pts) > 1:
-                ax.plot(
-                    [p[1] for p in pts],
-                    [p[2] for p in pts],
-                    lw=0.6,
-                    alpha=0.5,
-                    color=colors[img_rows[0]["class"]],
-                )
+                ax.plot([p[1] for p in pts], [p[2] for p in pts], lw=0.7, alpha=0.6, color=color)
+            else:
+                ax.scatter([pts[0][1]], [pts[0][2]], s=14, color=color, alpha=0.8, zorder=3)
             r0 = img_rows[0]
-            ax.scatter([r0["spec_pi0"]], [r0["sens_pi0"]], s=10, color=colors[r0["class"]], zorder=3)
+            ax.scatter(
+                [r0["spec_pi0"]], [r0["sens_pi0"]], s=22, facecolors="none", edgecolors=color, lw=1, zorder=4
+            )
         ts = sorted(per_t)
         med = np.array([np.nanmedian(np.array(per_t[t]), axis=0) for t in ts])
-        ax.plot(med[:, 0], med[:, 1], "k-o" if len(ts) > 1 else "ko", lw=2, ms=3, label="median")
+        ax.plot(
+            med[:, 0],
+            med[:, 1],
+            "-" if len(ts) > 1 else "",
+            color="k",
+            marker="D",
+            ms=6 if len(ts) <= 8 else 3.5,
+            mfc="k",
+            mec="white",
+            lw=2,
+            zorder=6,
+            label="median over the images, per threshold",
+        )
         ax.plot([0, 1], [1, 0], "b--", lw=1, label="uniform shrinkage")
+        ax.scatter([], [], s=22, facecolors="none", edgecolors="0.3", label="π₀ map (one per image)")
+        for c in classes:
+            ax.plot([], [], color=colors[c], lw=2, label=f"class {_class_name(c)}")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("specificity")
-        ax.set_ylabel("sensitivity")
-        ax.set_title(f"{METHOD_LABELS[m]} thresholding ({len(ts)} thresholds; dots: π₀)", fontsize=9)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.set_xlabel("specificity (share of the rest's attention kept)")
+        ax.set_ylabel("sensitivity (share of the ROI's attention removed)")
+        ax.set_title(
+            f"{METHOD_LABELS[m]} map\nat {sym} = "
+            + (
+                ", ".join(f"{t:g}" for t in ts)
+                if len(ts) <= 4
+                else f"{ts[0]:g} … {ts[-1]:g} ({len(ts)} values)"
+            )
+            + ("; a line per image" if len(ts) > 1 else "; a dot per image"),
+            fontsize=9,
+        )
+    _legend_outside(axes[1])
+    fig.suptitle(f"Fig. 5: sensitivity against specificity ({_images(len(by_image))})", fontsize=10)
     fig.savefig(path, dpi=110)
     return path
 
@@ -350,21 +495,27 @@ def plot_srmsd(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Fig. S7: sRMSD of the ROI's p-values against the mean percentile in ROI before."""
     classes = sorted({r["class"] for r in rows})
     colors = _class_colors(classes)
-    fig, ax = subplots(layout="tight", figsize=(5.0, 3.8))
+    fig, ax = subplots(layout="constrained", figsize=(6.6, 4.2))
     for c in classes:
         sub = [r for r in rows if r["class"] == c]
         ax.scatter(
             [r["perc_before"] for r in sub],
             [r["srmsd_roi"] for r in sub],
-            s=8,
+            s=10,
             color=colors[c],
             label=_class_name(c),
         )
-    ax.axhline(0.0, color="gray", lw=0.8, ls="--")
+    ax.axhline(0.0, color="gray", lw=0.8, ls="--", label="0: uniform p-values")
+    ax.set_xlim(-2, 102)  # percentiles: the whole range, also for one image
     ax.set_xlabel("mean percentile in ROI before regularisation")
-    ax.set_ylabel("sRMSD of p-values in ROI")
-    if len(classes) > 1:
-        ax.legend(fontsize=6)
+    ax.set_ylabel("sRMSD of the ROI's p-values")
+    ax.set_title(
+        f"Fig. S7: are the noise ROI's p-values uniform? ({_images(len(rows))})\n"
+        "sRMSD = √mean((u_k − p_(k))²) of the sorted p-values from uniform u_k;\n"
+        "negative when their median exceeds 0.5 (Yao & Ochoa 2023)",
+        fontsize=8,
+    )
+    _legend_outside(ax, "class")
     fig.savefig(path, dpi=110)
     return path
 
@@ -396,7 +547,7 @@ def plot_grid(
                 ax.errorbar(
                     x,
                     d,
-                    yerr=[np.minimum(e, np.maximum(d, 0)), e],
+                    yerr=error_bars(d, e),
                     marker="o",
                     capsize=2,
                     label=METHOD_LABELS.get(m, m),
@@ -406,11 +557,15 @@ def plot_grid(
         ax.set_ylim(bottom=0)
         other = "width" if key == "n_boot" else "B"
         ax.set_title(
-            f"D against {label.split(' (')[0]} ({other} = {fixed[1]:g}, α = {pt[2]:g}, β = {pt[3]:g})",
+            f"Fig. S11: D against {label.split(' (')[0]}\n"
+            f"({other} = {fixed[1]:g}, α = {pt[2]:g}, β = {pt[3]:g})",
             fontsize=9,
         )
         if key == "n_boot":
             ax.set_xscale("log", base=2)
+        values = sorted({t[key] for t in sel if t[fixed[0]] == fixed[1]})
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, dpi=110)
     return path
@@ -445,7 +600,8 @@ def make_report(results: str | Path, out: str | Path, *, include_filtered: bool 
     -------
     dict[str, Path]
         ``{name: path}`` of the files written (``summary``, ``suppression_csv``, ``fig3``,
-        ``fig4``, ``fig5``, ``figS7`` and, when the grid varies B or the width, ``figS11``).
+        ``fig4``, ``fig5``, ``figS7``, ``html`` and, when the grid varies B or the width,
+        ``figS11``).
     """
     rows, dups = read_results(results)
     kept = rows if include_filtered else [r for r in rows if r["passed"]]
@@ -480,10 +636,155 @@ def make_report(results: str | Path, out: str | Path, *, include_filtered: bool 
     files["summary"].write_text(summary_markdown(table, header=header), encoding="utf-8")
     files["suppression_csv"] = _write_table_csv(table, out / "suppression.csv")
     main_rows = [r for r in kept if _point(r) == pt]
+    dropped: dict[str, int] = defaultdict(int)
+    if not include_filtered:
+        for r in rows:
+            if _point(r) == pt and not r["passed"]:
+                dropped[r["class"]] += 1
     files["fig3"] = plot_before_after(main_rows, out / "fig3_before_after.png")
-    files["fig4"] = plot_suppression(table, pt, out / "fig4_suppression.png")
+    files["fig4"] = plot_suppression(table, pt, out / "fig4_suppression.png", dropped=dict(dropped))
     files["fig5"] = plot_sens_spec([r for r in kept if _point(r)[:2] == pt[:2]], out / "fig5_sens_spec.png")
     files["figS7"] = plot_srmsd(main_rows, out / "figS7_srmsd.png")
     if len({p[0] for p in points}) > 1 or len({p[1] for p in points}) > 1:
         files["figS11"] = plot_grid(table, pt, out / "figS11_grid.png")
+    results_dir = Path(results).expanduser()
+    gallery = _write_gallery(results_dir if results_dir.is_dir() else results_dir.parent, out)
+    files["html"] = write_html(out, table, header, files, gallery)
     return files
+
+
+# ============================================================================ HTML
+
+
+FIGURE_CAPTIONS = {
+    "fig3": "Fig. 3: the noise ROI's mean percentile and non-zero share, after against before.",
+    "fig4": "Fig. 4: the suppression factor D per class and method.",
+    "fig5": "Fig. 5: sensitivity against specificity over the thresholds; π₀ maps as open circles.",
+    "figS7": "Fig. S7: sRMSD of the ROI's p-values (0: uniform) against the mean percentile before.",
+    "figS11": "Fig. S11: D against the number of bootstrap images B and the bootstrap width.",
+}
+
+
+def _write_gallery(results: Path, out: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Before/after maps of the images the sweep kept (``RESULTS/gallery/*.npz``, `plot_batch`
+    rows) as ``OUT/gallery/*.png`` (one drawn before from the same file is kept); returns
+    ``[(png, meta)]`` sorted by image id."""
+    import json
+
+    from arb_jax.io.images import normalize
+    from arb_jax.io.plotting import plot_batch
+
+    found = []
+    for npz in sorted((results / "gallery").glob("*.npz")):
+        if npz.name.startswith("."):  # a temporary file of a write cut short
+            continue
+        try:
+            with np.load(npz, allow_pickle=False) as f:
+                rec = {k: f[k] for k in f.files if k not in ("meta", "image_rgb")}
+                meta = json.loads(str(f["meta"]))
+                rec["image"] = normalize(f["image_rgb"].astype(np.float32) / 255.0)
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"cannot read the gallery file {npz}: {e}") from None
+        found.append((meta, rec, npz.stem, npz))
+    found.sort(key=lambda t: (t[0]["image_id"], t[0]["seed"]))
+    written = []
+    if found:
+        (out / "gallery").mkdir(exist_ok=True)
+    for meta, rec, stem, npz in found:
+        png = out / "gallery" / f"{stem}.png"
+        if png.exists() and png.stat().st_mtime_ns >= npz.stat().st_mtime_ns:  # drawn before
+            written.append((png, meta))
+            continue
+        rec.update({k: meta[k] for k in ("n_boot", "width", "sampler", "pvalue", "alpha", "beta")})
+        rec["name"] = f"{meta['image_id']}"
+        status = "passes the mean-z filter" if meta["passed"] else "DROPPED by the mean-z filter"
+        fig = plot_batch([rec], title=f"{meta['image_id']} (class {_class_name(meta['class'])}; {status})")
+        fig.savefig(png, dpi=80)
+        written.append((png, meta))
+    return written
+
+
+def _html_table(table: Sequence[dict[str, Any]]) -> str:
+    import html
+
+    methods = list(dict.fromkeys(t["method"] for t in table))
+    by_point: dict[Point, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for t in table:
+        by_point[(t["n_boot"], t["width"], t["alpha"], t["beta"])][t["class"]][t["method"]] = t
+    parts = []
+    for pt, classes in by_point.items():
+        head = "".join(f"<th>{html.escape(METHOD_LABELS.get(m, m))}</th>" for m in methods)
+        body = []
+        for cls, cells in classes.items():
+            n = max(c["n"] for c in cells.values())
+            name = f"<b>{ALL}</b>" if cls == ALL else html.escape(_class_name(cls))
+            tds = "".join(
+                f"<td>{html.escape(_fmt_d(cells[m]['D'], cells[m]['err'], cells[m]['n']))}</td>"
+                for m in methods
+            )
+            body.append(f"<tr><td>{name}</td><td>{n}</td>{tds}</tr>")
+        parts.append(
+            f"<h3>{html.escape(_point_text(pt))}</h3>\n<table><tr><th>class</th><th>n</th>{head}</tr>\n"
+            + "\n".join(body)
+            + "\n</table>"
+        )
+    return "\n".join(parts)
+
+
+def write_html(
+    out: Path,
+    table: Sequence[dict[str, Any]],
+    header: str,
+    files: dict[str, Path],
+    gallery: Sequence[tuple[Path, dict[str, Any]]] = (),
+) -> Path:
+    """``OUT/index.html``: a static page (no server, no script) with the summary table, every
+    figure of ``files`` and the gallery, all by relative paths (the folder can be moved)."""
+    import html
+
+    figs = "\n".join(
+        f'<figure><img src="{html.escape(files[k].name)}" alt="{html.escape(cap)}">'
+        f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+        for k, cap in FIGURE_CAPTIONS.items()
+        if k in files
+    )
+    if gallery:
+        items = "\n".join(
+            f'<figure><img src="gallery/{html.escape(p.name)}" alt="{html.escape(m["image_id"])}">'
+            f"<figcaption>{html.escape(m['image_id'])} — class {html.escape(_class_name(m['class']))}"
+            f"{'' if m['passed'] else ' — dropped by the mean-z filter'}</figcaption></figure>"
+            for p, m in gallery
+        )
+        gal = (
+            "<h2>Gallery: maps before and after</h2>\n<p>The first images of the sweep (its "
+            "<code>--gallery</code> option), at the run closest to B = 1, width 1; each row: the "
+            "noised photo (ROI in red), the attention before, and the p-value, LFDR and π₀ maps "
+            "after (α = β = 0.3), over the dimmed photo.</p>\n" + items
+        )
+    else:
+        gal = "<h2>Gallery</h2>\n<p>No maps were kept by the sweep (<code>--gallery 0</code>).</p>"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ARB simulation study report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1500px; }}
+table {{ border-collapse: collapse; margin-bottom: 1em; }}
+td, th {{ border: 1px solid #999; padding: 0.2em 0.6em; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
+figcaption {{ font-size: 0.9em; color: #333; }}
+</style></head>
+<body>
+<h1>ARB simulation study report</h1>
+<p>{html.escape(header)}</p>
+<h2>Suppression factor D (eq. 8)</h2>
+<p>D = Σ mean percentile in the ROI after / Σ before, over the images (1: no effect, 0: the
+noise's attention removed); ± the reference code's error, which needs n ≥ 2 images.</p>
+{_html_table(table)}
+<h2>Figures</h2>
+{figs}
+{gal}
+</body></html>
+"""
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -128,6 +129,9 @@ def tfds_items(spec: str, data_dir: str | None = None) -> Iterator[Item]:
     ``tfds:imagenette`` validation, 3925 images). The id of an image is its ``file_name`` feature
     when the data set has one, else ``"SPLIT/INDEX"``; its class the label's name (``""`` if the
     data set has no ``label``). tfds downloads and prepares the data set on first use.
+    ``data_dir``: where tfds keeps its data sets (None: ``$TFDS_DATA_DIR``, read at each call,
+    else tfds's default ``~/tensorflow_datasets``); a data set written there in TFDS's format
+    (e.g. by ``tfds.dataset_builders.store_as_tfds_dataset``) is read by its name.
 
     Raises
     ------
@@ -140,6 +144,7 @@ def tfds_items(spec: str, data_dir: str | None = None) -> Iterator[Item]:
         import tensorflow_datasets as tfds
     except ImportError:
         raise SourceError(TFDS_INSTALL.format(spec=spec)) from None
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
     try:
         ds, info = tfds.load(name, split=split, shuffle_files=False, with_info=True, data_dir=data_dir)
     except Exception as e:  # tfds raises many types (DatasetNotFoundError, ValueError, ...)

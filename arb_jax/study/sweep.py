@@ -128,7 +128,10 @@ class SweepConfig:
     n_hosts: this host's share ``ids[host::n_hosts]``; distributed: take them from
     ``jax.distributed.initialize()``. workers: loader threads. boot_chunk: null forwards per
     step (None: all). placements: K noise placements per image (`placements_of`), each a row
-    of its own with its own key.
+    of its own with its own key. gallery: the first this many images (over all hosts sharing
+    ``OUT``, roughly: each host stops when it sees that many files) also keep their maps before
+    and after, at the grid's run closest to B = 1, width 1 and α = β = 0.3, in
+    ``OUT/gallery/*.npz`` for the report's gallery (0: none).
     """
 
     data: str
@@ -156,6 +159,7 @@ class SweepConfig:
     workers: int | None = None
     boot_chunk: int | None = None
     placements: int = 1
+    gallery: int = 12
 
     def __post_init__(self):
         if self.noise not in NOISES:
@@ -193,13 +197,20 @@ class SweepConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SweepSummary:
-    """What a sweep did: rows path, rows written now, rows already there, images failed."""
+    """What a sweep did: rows path, rows written now, rows already there, images failed, images
+    seen; at ``filter_run``, the (n_boot, width) of the rows file closest to (1, 1) (the filter
+    depends on the run, not on α, β), the images (× seeds) in the file (``scored``, earlier runs'
+    too) and how many of them the mean-z filter drops (``filtered``; ``arb report`` leaves those
+    rows out unless ``--all``)."""
 
     rows_path: Path
     written: int
     skipped: int
     failed: int
     images: int
+    scored: int = 0
+    filtered: int = 0
+    filter_run: tuple[int, float] | None = None
 
 
 def _config_record(cfg: SweepConfig, size: int, noise_size: int) -> dict[str, Any]:
@@ -368,10 +379,20 @@ def _sweep_locked(
                         rows = []
                     writer.write(rows)
                     written += len(rows)
+
                 bar.update(len(chunk))
         finally:
             bar.close()
-    return SweepSummary(rows_path, written, before, failed, seen[0])
+    every = read_rows(rows_path)  # every row of this file, also those of earlier runs
+    runs = {(int(r["n_boot"]), float(r["width"])) for r in every}
+    run = _gallery_run(runs) if runs else None
+    scored, filtered = set(), set()
+    for r in every:
+        if (int(r["n_boot"]), float(r["width"])) == run:
+            scored.add((r["image_id"], r["seed"]))
+            if r["passed"] != "1":
+                filtered.add((r["image_id"], r["seed"]))
+    return SweepSummary(rows_path, written, before, failed, seen[0], len(scored), len(filtered), run)
 
 
 def sweep_batch(
@@ -462,6 +483,8 @@ def sweep_batch(
         )
         passed = np.asarray(simulate.passes_z_filter(ev["mean_z_roi"], cfg.z_filter))
         pi0 = np.asarray(res.pi0)
+        if cfg.gallery and (n_boot, width) == _gallery_run(cfg.grid.runs):
+            _save_gallery(cfg, good, noisy, rois, res, passed, n_boot, width)
         for i, (item, _) in enumerate(good):
             for j, (alpha, beta) in enumerate(thresholds):
                 if not wanted[i][j]:
@@ -490,3 +513,62 @@ def sweep_batch(
                         row[f"{name}_{m}"] = ev[f"{name}_{m}"][i, j]
                 rows.append(row)
     return rows
+
+
+GALLERY_DIR = "gallery"
+
+
+def _gallery_run(runs: Any) -> tuple[int, float]:
+    """The (n_boot, width) run whose maps the gallery keeps: the one closest to (1, 1.0)."""
+    return min(runs, key=lambda r: (abs(r[0] - 1), abs(r[1] - 1.0), r))
+
+
+def _save_gallery(
+    cfg: SweepConfig,
+    good: list[tuple[Item, np.ndarray]],
+    noisy: list[Any],
+    rois: np.ndarray,
+    res: Any,
+    passed: np.ndarray,
+    n_boot: int,
+    width: float,
+) -> None:
+    """``OUT/gallery/<hash of the id>.npz`` for the batch's images while fewer than
+    ``cfg.gallery`` are there: the noised image (uint8), the ROI, attention, p, lfdr, z and the
+    p / lfdr / π₀ maps (their default α = β = 0.3), π₀, μ₀, σ₀, and the row's labels."""
+    import hashlib
+
+    from arb_jax.io.files import write_atomic
+
+    folder = Path(cfg.out).expanduser() / GALLERY_DIR
+    folder.mkdir(exist_ok=True)
+    have = {p.name for p in folder.glob("*.npz") if not p.name.startswith(".")}
+    arrays = res.to_numpy()
+    for i, (item, _) in enumerate(good):
+        if len(have) >= cfg.gallery:
+            return
+        name = hashlib.sha256(f"{item.image_id}|{cfg.seed}".encode()).hexdigest()[:16] + ".npz"
+        if name in have:
+            continue
+        rgb = np.round(images.denormalize(np.asarray(noisy[i])) * 255).astype(np.uint8)
+        rec = {k: arrays[k][i] for k in ("attn", "z", "p", "lfdr", "pi0", "mu0", "sigma0")}
+        rec.update({f"map_{m}": arrays[f"map_{m}"][i] for m in ("p", "lfdr", "pi0")})
+        meta = {
+            "image_id": item.image_id,
+            "class": item.label,
+            "seed": cfg.seed,
+            "n_boot": int(n_boot),
+            "width": float(width),
+            "sampler": cfg.sampler,
+            "pvalue": cfg.pvalue,
+            "alpha": 0.3,
+            "beta": 0.3,
+            "passed": bool(passed[i]),
+        }
+        write_atomic(
+            folder / name,
+            lambda t, r=rec, m=meta, g=rgb, roi=rois[i]: np.savez_compressed(
+                t, image_rgb=g, roi=np.asarray(roi, bool), meta=np.array(json.dumps(m)), **r
+            ),
+        )
+        have.add(name)
