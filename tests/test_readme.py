@@ -71,3 +71,17 @@ def test_python_example_runs(tmp_path, monkeypatch):
     res = scope["res"]
     assert res.z.shape == (1, 8, 8) and np.all((np.asarray(res.p) >= 0) & (np.asarray(res.p) <= 1))
     assert (tmp_path / "cat_arb.png").exists()
+
+
+@pytest.mark.slow
+def test_your_own_model_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's "Your own model" example, unchanged: a user's Flax model in the pipeline."""
+    code = next(b for b in _blocks("python") if "class PatchScorer" in b)
+    assert len(code.strip().splitlines()) < 20
+    Image.fromarray(images.sample_images()["chelsea"]).save(tmp_path / "cat.jpg")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    res = scope["res"]
+    assert res.z.shape == (1, 14, 14) and res.options.n_boot == 8
+    assert np.all((np.asarray(res.lfdr) >= 0) & (np.asarray(res.lfdr) <= 1))

@@ -19,8 +19,10 @@ from arb_jax.core.options import (
     PRESETS,
     PVALUE_METHODS,
     SAMPLERS,
+    SCALES,
     preset_help,
 )
+from arb_jax.io.options import count
 
 __all__ = ["add_arb_options", "preset_image", "resolve"]
 
@@ -93,6 +95,21 @@ def add_arb_options(p: argparse.ArgumentParser, *, resize: bool = True) -> None:
         help="the lfdr's null density (default: the preset's, theoretical). " + LFDR_NULLS.help(),
     )
     p.add_argument(
+        "--percentile-decimals",
+        type=count("--percentile-decimals", 0, 12),
+        default=None,
+        metavar="K",
+        help="round percentile thresholds (--p-percentile, --lfdr-percentile) to K decimals "
+        "(default: the preset's; paper: none, attnreg: 2)",
+    )
+    p.add_argument(
+        "--scale",
+        default=None,
+        choices=list(SCALES),
+        help="the transform before the z-scores (default: log; identity for a signed --map). "
+        + SCALES.help(),
+    )
+    p.add_argument(
         "--z-th",
         type=_finite,
         default=None,
@@ -107,7 +124,10 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("pvalue", "pi0_method", "lfdr_pi0", "lfdr_null", "z_th"):
         value = getattr(args, name)
         out[name] = PRESETS[args.preset][name] if value is None else value
-    out["percentile_decimals"] = PRESETS[args.preset]["percentile_decimals"]
+    decimals = getattr(args, "percentile_decimals", None)
+    out["percentile_decimals"] = PRESETS[args.preset]["percentile_decimals"] if decimals is None else decimals
+    if getattr(args, "scale", None) is not None:
+        out["scale"] = args.scale
     return out
 
 

@@ -140,6 +140,20 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--p", dest="alpha", type=fraction("--p"), default=0.3, help="p-value threshold alpha")
     p.add_argument("--lfdr", dest="beta", type=fraction("--lfdr"), default=0.3, help="LFDR threshold beta")
+    p.add_argument(
+        "--p-percentile",
+        type=_percent("--p-percentile"),
+        default=None,
+        metavar="Q",
+        help="instead of --p: alpha = the Q-th percentile (0-100) of each image's p-values (default: none)",
+    )
+    p.add_argument(
+        "--lfdr-percentile",
+        type=_percent("--lfdr-percentile"),
+        default=None,
+        metavar="Q",
+        help="instead of --lfdr: beta = the Q-th percentile (0-100) of each image's lfdr (default: none)",
+    )
     p.add_argument("--heads", action="store_true", help="also store per-head maps")
     p.add_argument(
         "--inject-noise",
@@ -247,6 +261,16 @@ def _source_stamp(source: str) -> str:
     return f"{Path(source).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def _percent(option: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = positive_float(option)(text) if text.strip() not in ("0", "0.0") else 0.0
+        if value > 100:
+            raise argparse.ArgumentTypeError(f"must lie in [0, 100], got {text}")
+        return value
+
+    return parse
+
+
 def _check_map_flags(args: argparse.Namespace, base: Any) -> None:
     """One line for --map / --block / --class-index combinations that cannot run."""
     if args.map != "cls_attention" and args.block != -1:
@@ -322,6 +346,7 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
     from tqdm import tqdm
 
     from arb_jax.core import pipeline
+    from arb_jax.core.regularize import Percentile
     from arb_jax.io import files, images, plotting
     from arb_jax.study import simulate
 
@@ -329,6 +354,8 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
     model_name = base.meta.get("name") or args.model
     model_id = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     arb = arb_options.resolve(args)
+    alpha = args.alpha if args.p_percentile is None else Percentile(args.p_percentile)
+    beta = args.beta if args.lfdr_percentile is None else Percentile(args.lfdr_percentile)
     common = {
         "model": model_id,
         "size": size,
@@ -336,8 +363,8 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
         "n_boot": args.n_boot,
         **arb,
         "width": args.width,
-        "alpha": args.alpha,
-        "beta": args.beta,
+        "alpha": args.alpha if args.p_percentile is None else f"percentile {args.p_percentile}",
+        "beta": args.beta if args.lfdr_percentile is None else f"percentile {args.lfdr_percentile}",
         "heads": args.heads,
         "map": args.map,
         "block": args.block,
@@ -398,7 +425,7 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
                     map_fns[hw] = MAPS[args.map](vit, **map_options)
                 model = map_fns[hw]
                 extra = {"params": vit.params, "patch": patch}
-                if args.map in SIGNED_MAPS:
+                if args.map in SIGNED_MAPS and args.scale is None:
                     extra["scale"] = "identity"
             res = pipeline.regularize_attention(
                 model,
@@ -408,8 +435,8 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
                 **extra,
                 **arb,
                 width=args.width,
-                alpha=args.alpha,
-                beta=args.beta,
+                alpha=alpha,
+                beta=beta,
                 heads=args.heads,
                 return_null=True,
                 boot_chunk=args.boot_chunk or DEFAULT_BOOT_CHUNK,
@@ -435,7 +462,9 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
                         f"{inp.name} — {plotting.model_label(model_name)}, B = {args.n_boot}, "
                         f"{args.sampler} bootstrap, preset {args.preset}, π₀ = {pi0:.2f}"
                     )
-                    fig = plotting.plot_result(res, images=x, index=j, roi=roi, title=title, model=model_name)
+                    fig = plotting.plot_result(
+                        res, images=x, index=j, roi=roi, title=title, model=model_name, map_name=args.map
+                    )
                     files.write_atomic(npz.with_suffix(".png"), lambda t, f=fig: f.savefig(t, dpi=110))
                 files.write_atomic(npz, lambda t, a=arrays: np.savez_compressed(t, **a))
             except Exception as exc:  # a figure or archive that cannot be written: this image only

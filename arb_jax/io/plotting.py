@@ -134,8 +134,21 @@ def _threshold(value: Any, stat: np.ndarray, repeat: int) -> tuple[float, str]:
     q = getattr(value, "q", None)
     if q is not None:
         q = float(np.asarray(q))
-        return float(np.percentile(np.repeat(np.ravel(stat), repeat), q)), f"P{q:g}"
+        t = float(np.percentile(np.repeat(np.ravel(stat), repeat), q))
+        decimals = getattr(value, "decimals", None)
+        if decimals is not None:  # as the pipeline cut the map: the rounded percentile
+            return round(t, decimals), f"P{q:g}, {decimals} dp"
+        return t, f"P{q:g}"
     return float(value), ""
+
+
+def _pvalue_kind(rec: Mapping[str, Any]) -> str:
+    """How the p-values were computed, for the p histogram's axis."""
+    method = rec.get("pvalue", "upper")
+    kinds = {"upper": "one-sided", "plus_one": "one-sided, plus one", "two_sided": "two-sided"}
+    if isinstance(method, str):
+        return kinds.get(method, "two-sided, pooled" if method == "attnreg" else method)
+    return getattr(method, "__name__", "a user's p-value")
 
 
 def _thresholds(rec: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
@@ -169,8 +182,8 @@ def _rules(rec: Mapping[str, Any]) -> dict[str, str]:
     th = _thresholds(rec)
     a, a_how = th["alpha"]
     b, b_how = th["beta"]
-    a_txt = f"α = {a:.3g}" + (f" ({a_how} of p)" if a_how else "")
-    b_txt = f"β = {b:.3g}" + (f" ({b_how} of lfdr)" if b_how else "")
+    a_txt = f"α = {a:.3g}" + (f" ({a_how})" if a_how else "")
+    b_txt = f"β = {b:.3g}" + (f" ({b_how})" if b_how else "")
     return {
         "p": f"z ≥ 0 and p ≤ {a_txt}",
         "lfdr": f"z ≥ 0 and lfdr ≤ {b_txt}",
@@ -247,8 +260,12 @@ def _map_row(fig: Any, axes: Sequence[Any], rec: Mapping[str, Any], *, long: boo
     roi_note = " (noise ROI in red)" if rec.get("roi") is not None else ""
     axes[0].set_title("photo" + roi_note, fontsize=fs)
     im = _draw_map(axes[1], rec, attn, vmax, zeroed_clear=False)
-    axes[1].set_title("attention (before)", fontsize=fs)
-    axes[1].set_xlabel(f"max {vmax:.3g}, sum 1 over {attn.size} patches", fontsize=fs - 1)
+    map_name = rec.get("map", "cls_attention")
+    axes[1].set_title(
+        "attention (before)" if map_name == "cls_attention" else f"{map_name} (before)", fontsize=fs
+    )
+    total = f"sum 1 over {attn.size} patches" if map_name == "cls_attention" else f"over {attn.size} patches"
+    axes[1].set_xlabel(f"max {vmax:.3g}, {total}", fontsize=fs - 1)
     rules = _rules(rec)
     for ax, method in zip(axes[2:5], ("p", "lfdr", "pi0"), strict=True):
         m = np.asarray(rec[f"map_{method}"])
@@ -257,7 +274,8 @@ def _map_row(fig: Any, axes: Sequence[Any], rec: Mapping[str, Any], *, long: boo
         ax.set_title(f"{title}\nkeeps {rules[method]}" if long else title, fontsize=fs)
         ax.set_xlabel(_share(m), fontsize=fs - 1)
     cb = fig.colorbar(im, cax=axes[5])
-    cb.set_label(ATTN_UNIT if long else "attention", fontsize=fs - 1)
+    unit = ATTN_UNIT if map_name == "cls_attention" else f"{map_name} score per patch"
+    cb.set_label(unit if long else map_name.replace("cls_attention", "attention"), fontsize=fs - 1)
     cb.ax.tick_params(labelsize=fs - 2)
     cb.solids.set_alpha(1.0)
 
@@ -294,7 +312,8 @@ def _z_hist(ax: Any, rec: Mapping[str, Any], fs: float) -> None:
         )
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
     ax.set_title("z-scores of the patches", fontsize=fs)
-    ax.set_xlabel("z (log attention, standardised by the bootstrap null)", fontsize=fs - 1)
+    what = "log attention" if rec.get("map", "cls_attention") == "cls_attention" else f"{rec['map']} scores"
+    ax.set_xlabel(f"z ({what}, standardised by the bootstrap null)", fontsize=fs - 1)
     ax.set_ylabel("density", fontsize=fs - 1)
     ax.legend(fontsize=fs - 2, loc="upper right")
 
@@ -317,7 +336,7 @@ def _p_hist(ax: Any, rec: Mapping[str, Any], fs: float) -> None:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # the legend above the bars
     ax.set_title("p-values (kept: p ≤ threshold)", fontsize=fs)
-    ax.set_xlabel("p (bootstrap, one-sided)", fontsize=fs - 1)
+    ax.set_xlabel(f"p (bootstrap, {_pvalue_kind(rec)})", fontsize=fs - 1)
     ax.set_ylabel("patches", fontsize=fs - 1)
     ax.legend(fontsize=fs - 2, loc="upper center")
 
@@ -348,7 +367,8 @@ def _settings_text(rec: Mapping[str, Any], model: str) -> str:
         f"p-value: {rec.get('pvalue', '?')};  π₀ = {float(np.asarray(rec['pi0'])):.3f}",
         f"α = {th['alpha'][0]:.3g} (p-value map),  β = {th['beta'][0]:.3g} (LFDR map)",
         f"t = {th['t'][0]:.3g}: the 100·(1 − π₀) percentile of p",
-        f"null of log attention: μ₀ = {float(np.asarray(rec['mu0'])):.3g}, "
+        f"null of {'log attention' if rec.get('map', 'cls_attention') == 'cls_attention' else rec['map']}: "
+        f"μ₀ = {float(np.asarray(rec['mu0'])):.3g}, "
         f"σ₀ = {float(np.asarray(rec['sigma0'])):.3g}",
         "",
         "Every map keeps a patch's attention or zeroes it;",
@@ -381,6 +401,7 @@ def plot_result(
     roi: np.ndarray | None = None,
     title: str | None = None,
     model: Any = None,
+    map_name: str = "cls_attention",
 ) -> Figure:
     """Figure of one image's ARB result (like the paper's Fig. 2); saved to ``path`` if given.
 
@@ -407,12 +428,15 @@ def plot_result(
         The figure's title (default: "ARB — model — B — π₀").
     model : str or arb_jax.models.ViT or None
         The model, named in the title and the settings (`model_label`: a toy is flagged).
+    map_name : str, default "cls_attention"
+        The map ARB ran on (`arb_jax.models.MAPS`), named in the panels and the colour bar.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
     rec = result_records(res, images)[index]
+    rec["map"] = map_name
     if roi is not None:
         rec["roi"] = np.asarray(roi)
     rec["name"] = ""
