@@ -177,3 +177,35 @@ def test_sweep_preset_sets_size_and_statistics_and_records_them(tmp_path):
 
     with pytest.raises(ValueError, match="preset: 'attnreg' there, 'paper' now"):
         sweep.run_sweep(dataclasses.replace(cfg, preset="paper"), log=lambda s: None)
+
+
+def test_regularize_map_flags_and_percentile_thresholds(tmp_path, capsys):
+    base = ["regularize", "skimage:astronaut", "--model", "demo", "--size", "48", "--no-figures"]
+    out = tmp_path / "roll"
+    assert cli.main([*base, "--map", "rollout", "--n-boot", "2", "--out", str(out)]) == 0
+    saved = np.load(out / "astronaut.npz")
+    assert json.loads(str(saved["settings"]))["map"] == "rollout"
+    vit = load_vit("demo")
+    x = images.prepare(images.sample_images()["astronaut"], 48, 8)
+    from arb_jax.models import rollout_map
+
+    expected = rollout_map(vit.at_size(x.shape[:2]))(vit.at_size(x.shape[:2]).params, x[None])[0]
+    np.testing.assert_allclose(saved["attn"], expected, rtol=1e-5, atol=1e-7)
+    pct = tmp_path / "pct"
+    assert cli.main([*base, "--preset", "attnreg", "--p-percentile", "10", "--out", str(pct)]) == 0
+    saved = np.load(pct / "astronaut.npz")
+    p = np.repeat(np.repeat(saved["p"], 8, 0), 8, 1).astype(np.float64)
+    alpha = round(float(np.percentile(p, 10)), 2)
+    kept = (saved["map_p"] > 0) == ((saved["p"] <= np.float32(alpha)) & (saved["z"] >= 0))
+    assert kept.all() and json.loads(str(saved["settings"]))["alpha"] == "percentile 10.0"
+    capsys.readouterr()
+    for bad, message in (
+        (["--map", "cdam"], "--map cdam needs --class-index K"),
+        (["--block", "9"], "--block 9 is out of range for a model of 4 blocks"),
+        (["--map", "rollout", "--block", "1"], "--block is for --map cls_attention"),
+        (["--map", "rollout", "--heads"], "--heads stores the last block's per-head attention"),
+        (["--p-percentile", "101"], "must lie in [0, 100]"),
+    ):
+        assert cli.main([*base, *bad, "--out", str(tmp_path / "bad")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (bad, err)

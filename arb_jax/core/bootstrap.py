@@ -257,7 +257,12 @@ def uniform(key: jax.Array, image: jax.Array, n: int) -> jax.Array:
     return sample_range("uniform", key, image, 0, n)
 
 
-_N_SAMPLE = {"normal": normal, "pixel": pixel, "patch": patch, "uniform": uniform}
+_N_SAMPLE: dict[str, Callable[..., jax.Array]] = {
+    "normal": normal,
+    "pixel": pixel,
+    "patch": patch,
+    "uniform": uniform,
+}
 
 
 def get_sampler(name: str) -> Callable[..., jax.Array]:

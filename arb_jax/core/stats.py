@@ -122,7 +122,7 @@ def _require_in_unit_interval(x: jax.Array, name: str) -> None:
             raise ValueError(f"{name} must lie in [0, 1], got values in [{v.min()}, {v.max()}]")
 
 
-def _check_option(value: Any, allowed: Sequence[str], name: str) -> None:
+def _check_option(value: Any, allowed: Sequence[str] | Registry, name: str) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; known: {', '.join(allowed)}")
 
