@@ -28,6 +28,9 @@ class Case:
     to the baseline's first (with ``check_boot`` bootstrap images, default B; in float32 when
     ``dtype`` is bfloat16).
     baseline_batch: HF forwards per call (None: 1 on a CPU, as many as fit on a GPU).
+    peers: also time the best peers (``bench/peers.py``: PyTorch done well, ONNX Runtime),
+    interleaved with ours, after checking their maps equal to ours. peer_warmup: one untimed
+    peer run first (False: the check run is the first timed run, for the long cases).
     """
 
     name: str
@@ -45,6 +48,8 @@ class Case:
     check: bool = True
     check_boot: int | None = None
     budget_s: float = 60.0
+    peers: bool = True
+    peer_warmup: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
