@@ -472,8 +472,6 @@ def _check_case(run: CaseRun) -> None:
         return
     b_check = case.check_boot or B
     ours0 = run.ours_float32(b_check)
-    if case.dtype != "float32" and b_check == B:
-        run.rec["low_precision_vs_float32"] = mask_changes(_image0(run.first), ours0)
     nulls = np.asarray(null_images(run.key, run.images[:1], b_check)[0])  # image 0's, as ours
     ctx.log(f"  check: baseline on image 0 with our {b_check} null images")
     bar = ctx.progress(1 + b_check, "baseline (check)")
@@ -524,6 +522,8 @@ def _load_peers(run: CaseRun) -> None:
 
     case, ctx, B = run.case, run.ctx, run.case.n_boot
     run.rec.update(peer_info={}, peer_errors={}, peer_check={})
+    if case.dtype != "float32":  # what the low precision changes, against float32 (same nulls)
+        run.rec["low_precision_vs_float32"] = mask_changes(_image0(run.first), run.ours_float32(B))
     if not case.peers:
         return
     gpu = ctx.torch_device != "cpu"
