@@ -266,6 +266,13 @@ def run_peer(
     return PeerRun(maps[0], maps[1:], stats, seconds)
 
 
+def ort_has_cuda() -> bool:
+    """Whether the installed onnxruntime has its CUDA execution provider."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def build_peers(
     config: ViTConfig,
     params: Mapping[str, Any],
@@ -293,6 +300,8 @@ def build_peers(
     if "ort" in which:
         if not ok["ort"]:
             errors["ort"] = "onnxruntime (or onnx) is not installed"
+        elif device.startswith("cuda") and not ort_has_cuda():
+            errors["ort"] = "this onnxruntime has no CUDAExecutionProvider (a CPU run is no GPU peer)"
         else:
             try:
                 cpu_module = torch_vit(config, params, image_size, "cpu")

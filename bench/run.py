@@ -289,6 +289,9 @@ def measure_peaks(preset: Preset, ctx: Context) -> dict[str, Any]:
                 continue
             if lib == "ort" and dtype != "float32":
                 continue  # ONNX Runtime's CPU MatMul has no bfloat16 kernel
+            if lib == "ort" and ctx.torch_device != "cpu" and not pr.ort_has_cuda():
+                peaks[lib][dtype] = {"error": "no CUDAExecutionProvider: not a GPU peak"}
+                continue
             try:
                 peaks[lib][dtype] = measure(dtype, preset.peak_n, device=ctx.torch_device)
             except Exception as e:  # a peer's peak must not stop the run
