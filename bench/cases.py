@@ -21,13 +21,16 @@ class Case:
     """One benchmark setting.
 
     name: record name. group: "paper" (the paper's setting), "headline", "real" (the real
-    pretrained ViT, with its weights), "scale-B", "scale-size" or "smoke". n_images: images per
+    pretrained ViT, with its weights), "scale-B", "scale-size", "bfloat16" or "smoke". n_images: images per
     ``regularize_attention`` call (on a GPU, enough to fill it). repeats / baseline_repeats:
     timed runs (after the compile and warm-up call), cut short by ``budget_s`` (at least one
     always runs). baseline: also time the PyTorch baseline. check: check our statistics equal
     to the baseline's first (with ``check_boot`` bootstrap images, default B; in float32 when
     ``dtype`` is bfloat16).
     baseline_batch: HF forwards per call (None: 1 on a CPU, as many as fit on a GPU).
+    peers: also time the best peers (``bench/peers.py``: PyTorch done well, ONNX Runtime),
+    interleaved with ours, after checking their maps equal to ours. peer_warmup: one untimed
+    peer run first (False: the check run is the first timed run, for the long cases).
     """
 
     name: str
@@ -45,6 +48,8 @@ class Case:
     check: bool = True
     check_boot: int | None = None
     budget_s: float = 60.0
+    peers: bool = True
+    peer_warmup: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,7 @@ def _cpu_cases(full: bool) -> tuple[Case, ...]:
             repeats=3 if full else 1,
             baseline_repeats=3 if full else 1,
             budget_s=90,
+            peer_warmup=full,
         ),
         Case(
             "paper_vits8_488_B16",
@@ -96,6 +102,7 @@ def _cpu_cases(full: bool) -> tuple[Case, ...]:
             repeats=r,
             baseline_repeats=r,
             budget_s=240 if full else 30,
+            peer_warmup=False,  # the peers' check run (≈ 1 min each) is their first timed run
         ),
     )
     scale_b = tuple(
@@ -110,7 +117,21 @@ def _cpu_cases(full: bool) -> tuple[Case, ...]:
             check=False,
             budget_s=30,
         )
-        for b in ((1, 2, 4, 8, 16, 32) if full else (1, 4, 16, 32))
+        for b in ((1, 2, 4, 8, 16, 32) if full else (1, 16))  # cpu-quick: B = 4, 32 dropped (time)
+    )
+    bf16 = (
+        Case(
+            "bf16_vits16_224_B16",
+            "dino_vits16",
+            224,
+            16,
+            "bfloat16",
+            dtype="bfloat16",
+            repeats=5 if full else 3,
+            baseline=False,
+            check=False,
+            budget_s=30,
+        ),
     )
     scale_size = tuple(
         Case(
@@ -137,11 +158,12 @@ def _cpu_cases(full: bool) -> tuple[Case, ...]:
             repeats=3 if full else 1,
             baseline_repeats=3 if full else 1,
             budget_s=60 if s == 518 else 20,
+            peer_warmup=full or s != 518 or b == 1,
         )
         for s in (224, 518)
         for b in (1, 16)
     )
-    return paper + real + scale_b + scale_size
+    return paper + real + scale_b + bf16 + scale_size
 
 
 def _cpu_ablations(full: bool) -> tuple[Ablation, ...]:

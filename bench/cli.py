@@ -28,6 +28,11 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated case-name prefixes to run (default: all of the preset)",
     )
     ap.add_argument("--no-ablations", action="store_true", help="skip the what-each-change-bought runs")
+    ap.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="ours against the peers only: no HF reference baseline (nor its check) in any case",
+    )
     ap.add_argument("--list", action="store_true", help="list the preset's cases and exit")
     ap.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     ap.add_argument(
@@ -62,11 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = select(preset, args.cases)
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    if args.no_baseline:
+        import dataclasses
+
+        cases = tuple(dataclasses.replace(c, baseline=False, check=False) for c in cases)
     if args.list:
         for c in cases:
             print(
                 f"{c.name}: {c.model} @ {c.image_size}, B={c.n_boot}, {c.n_images} image(s), "
-                f"{c.dtype}, baseline={c.baseline}, check={c.check}"
+                f"{c.dtype}, baseline={c.baseline}, check={c.check}, peers={c.peers}"
             )
         return 0
 

@@ -126,3 +126,47 @@ def torch_matmul_peak(
         "flops_best": flops / best,
         "seconds": med,
     }
+
+
+def ort_matmul_peak(
+    dtype: str = "float32", n: int = 4096, repeats: int = 5, device: str = "cpu"
+) -> dict[str, Any]:
+    """FLOP/s of an n×n×n ONNX Runtime ``MatMul`` (float32; its CUDA provider on a GPU, where
+    installed), every graph optimisation on, as many threads as cores."""
+    import os
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if dtype != "float32":
+        raise ValueError(f"the ONNX Runtime peak is measured in float32 only, got {dtype!r}")
+    t = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [helper.make_tensor_value_info("a", t, [n, n]), helper.make_tensor_value_info("b", t, [n, n])],
+        [helper.make_tensor_value_info("c", t, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = os.cpu_count() or 1
+    providers = ["CPUExecutionProvider"]
+    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), np.float32) for _ in range(2))
+    run = lambda: sess.run(None, {"a": a, "b": b})  # noqa: E731
+    run()
+    med, best = _median_time(run, repeats)
+    flops = 2.0 * n**3
+    return {
+        "library": f"onnxruntime {ort.__version__} ({sess.get_providers()[0]})",
+        "dtype": dtype,
+        "n": n,
+        "flops": flops / med,
+        "flops_best": flops / best,
+        "seconds": med,
+    }

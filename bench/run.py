@@ -25,6 +25,7 @@ import numpy as np
 from bench import baseline as bl
 from bench import flops as fl
 from bench import machine
+from bench import peers as pr
 from bench.cases import Ablation, Case, Preset, as_dict
 
 WEIGHTS = "random-init fixture (build_vit(name, None), seed 0): real architecture, not pretrained"
@@ -271,21 +272,52 @@ def bench_images(n: int, size: int, patch: int) -> np.ndarray:
 
 
 def measure_peaks(preset: Preset, ctx: Context) -> dict[str, Any]:
-    """Peak FLOP/s by dtype from a large JAX matmul (the MFU denominators), torch's for reference."""
-    peaks: dict[str, Any] = {"jax": {}, "torch": {}}
+    """Peak FLOP/s by dtype from large matmuls of JAX, PyTorch and ONNX Runtime (float32), in
+    this run; ``peaks["best"][dtype]`` is the fastest of them, the MFU denominator."""
+    peaks: dict[str, Any] = {"jax": {}, "torch": {}, "ort": {}}
+    avail = pr.available()
     for dtype in preset.peak_dtypes:
-        ctx.log(f"peak: {dtype} {preset.peak_n}³ matmul")
+        ctx.log(f"peak: {dtype} {preset.peak_n}³ matmul (jax, torch, onnxruntime)")
         peaks["jax"][dtype] = fl.jax_matmul_peak(dtype, preset.peak_n)
-        try:
-            peaks["torch"][dtype] = fl.torch_matmul_peak(dtype, preset.peak_n, device=ctx.torch_device)
-        except Exception as e:  # torch is only a reference here
-            peaks["torch"][dtype] = {"error": repr(e)}
+        measures = {
+            "torch": (avail["torch"], fl.torch_matmul_peak),
+            "ort": (avail["ort"], fl.ort_matmul_peak),
+        }
+        for lib, (ok, measure) in measures.items():
+            if not ok:
+                peaks[lib][dtype] = {"error": "not installed"}
+                continue
+            if lib == "ort" and dtype != "float32":
+                continue  # ONNX Runtime's CPU MatMul has no bfloat16 kernel
+            if lib == "ort" and ctx.torch_device != "cpu" and not pr.ort_has_cuda():
+                peaks[lib][dtype] = {"error": "no CUDAExecutionProvider: not a GPU peak"}
+                continue
+            try:
+                peaks[lib][dtype] = measure(dtype, preset.peak_n, device=ctx.torch_device)
+            except Exception as e:  # a peer's peak must not stop the run
+                peaks[lib][dtype] = {"error": repr(e)}
+    peaks["best"] = {}
+    for dtype in preset.peak_dtypes:
+        got = [
+            (peaks[lib][dtype]["flops"], lib)
+            for lib in ("jax", "torch", "ort")
+            if "flops" in peaks[lib].get(dtype, {})
+        ]
+        flops, lib = max(got)
+        peaks["best"][dtype] = {"flops": flops, "library": lib, "dtype": dtype}
     return peaks
 
 
-def _peak_for(ctx: Context, dtype: str) -> float | None:
-    rec = ctx.peaks.get("jax", {}).get(dtype) or ctx.peaks.get("jax", {}).get("float32")
-    return None if rec is None else rec["flops"]
+def _peak_for(ctx: Context, dtype: str) -> tuple[float | None, str]:
+    """The MFU denominator for ``dtype`` (its own peak, else float32's) and where it comes from."""
+    best = ctx.peaks.get("best", {})
+    rec = best.get(dtype) or best.get("float32")
+    if rec is None:  # peaks of an older result: JAX's only
+        rec = ctx.peaks.get("jax", {}).get(dtype) or ctx.peaks.get("jax", {}).get("float32")
+        return (None, "none") if rec is None else (rec["flops"], "jax matmul, measured in this run")
+    return rec["flops"], (
+        f"best of the jax, torch and onnxruntime {rec['dtype']} matmuls in this run ({rec['library']})"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,6 +380,22 @@ class CaseRun:
     base_runs: list[bl.BaselineRun] = dataclasses.field(default_factory=list)
     base_peak: int = 0
     ours_s: float = math.nan
+    peers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    peer_runs: dict[str, list] = dataclasses.field(default_factory=dict)
+    ours_f32: dict[int, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    def ours_float32(self, n_boot: int) -> dict[str, np.ndarray]:
+        """Ours on image 0 in float32 with ``n_boot`` null images (the first call's when it is one)."""
+        from arb_jax.core.pipeline import regularize_attention
+
+        if n_boot not in self.ours_f32:
+            if self.case.dtype == "float32" and n_boot == self.case.n_boot:
+                self.ours_f32[n_boot] = _image0(self.first)
+            else:
+                vit32, _ = bench_vit(self.case.model, self.case.image_size, "float32")
+                out = regularize_attention(vit32, self.images[:1], self.key, n_boot, **self.opts)
+                self.ours_f32[n_boot] = _image0(out)
+        return self.ours_f32[n_boot]
 
     def ours_call(self) -> Any:
         """One timed call of ours: ARB of all the case's images."""
@@ -419,18 +467,14 @@ def _load_baseline(run: CaseRun) -> None:
 
 def _check_case(run: CaseRun) -> None:
     """Step 2: ours against the baseline on image 0 with the same null images, before timing."""
-    from arb_jax.core.pipeline import null_images, regularize_attention
+    from arb_jax.core.pipeline import null_images
 
     case, ctx, B = run.case, run.ctx, run.case.n_boot
     if not case.check:
         run.rec["check"] = None
         return
     b_check = case.check_boot or B
-    if case.dtype == "float32" and b_check == B:
-        ours0 = _image0(run.first)
-    else:
-        vit32, _ = bench_vit(case.model, case.image_size, "float32")
-        ours0 = _image0(regularize_attention(vit32, run.images[:1], run.key, b_check, **run.opts))
+    ours0 = run.ours_float32(b_check)
     nulls = np.asarray(null_images(run.key, run.images[:1], b_check)[0])  # image 0's, as ours
     ctx.log(f"  check: baseline on image 0 with our {b_check} null images")
     bar = ctx.progress(1 + b_check, "baseline (check)")
@@ -452,25 +496,139 @@ def _check_case(run: CaseRun) -> None:
         run.base_peak = check_mem.peak
 
 
+MAPS = ("z", "p", "lfdr", "pi0")
+"""The thresholded maps (masks: an entry kept or zeroed) ``mask_changes`` counts."""
+
+
+def mask_changes(low: dict[str, np.ndarray], f32: dict[str, np.ndarray]) -> dict[str, Any]:
+    """How a low-precision run of image 0 differs from float32's (same null images): entries of
+    each thresholded map kept in one and zeroed in the other, and the largest differences."""
+    amax = float(np.max(f32["attn"]))
+    return {
+        "mask_changes": {k: int(np.sum((low[f"map_{k}"] != 0) != (f32[f"map_{k}"] != 0))) for k in MAPS},
+        "entries": int(np.size(f32["attn"])),
+        "attn_rel": float(np.max(np.abs(low["attn"] - f32["attn"]))) / amax,
+        "z": float(np.max(np.abs(low["z"] - f32["z"]))),
+        "lfdr": float(np.max(np.abs(low["lfdr"] - f32["lfdr"]))),
+        "pi0": abs(float(low["pi0"]) - float(f32["pi0"])),
+    }
+
+
+PEER_ATTN_TOL = 1e-5
+"""Largest |Δ| of a float32 peer's head-mean CLS attention from ours (maps sum to ≤ 1)."""
+
+
+def _load_peers(run: CaseRun) -> None:
+    """Build the peers (``bench/peers.py``) with our weights and check them on image 0 with our
+    null images: attention within ``PEER_ATTN_TOL``, statistics within ``TOLERANCES``."""
+    from arb_jax.core.pipeline import null_images
+
+    case, ctx, B = run.case, run.ctx, run.case.n_boot
+    run.rec.update(peer_info={}, peer_errors={}, peer_check={})
+    if case.dtype != "float32":  # what the low precision changes, against float32 (same nulls)
+        run.rec["low_precision_vs_float32"] = mask_changes(_image0(run.first), run.ours_float32(B))
+    if not case.peers:
+        return
+    gpu = ctx.torch_device != "cpu"
+    ctx.log(f"  peers: torch{' (+ bf16 autocast)' if gpu else ''}, onnxruntime; batch 1 + {B}")
+    peers, errors = pr.build_peers(
+        run.config, run.vit.params, case.image_size, 1 + B, ctx.torch_device, bf16_row=gpu
+    )
+    run.rec["peer_errors"] = errors
+    ours0 = run.ours_float32(B)
+    nulls = np.asarray(null_images(run.key, run.images[:1], B)[0])
+    for name, peer in peers.items():
+        run.rec["peer_info"][name] = peer.info
+        first = pr.run_peer(peer, run.images_np[0], B, null_images=nulls)
+        check = compare(ours0, first, 1)
+        attn_abs = float(np.max(np.abs(first.attn - ours0["attn"])))
+        check.update(attn_abs=attn_abs, attn_abs_tolerance=PEER_ATTN_TOL, n_boot=B)
+        if name.endswith("bf16"):  # a low-precision row: its differences are recorded, not checked
+            check.update(
+                passed=None,
+                failed=[],
+                low_precision_vs_float32=mask_changes(
+                    {
+                        "attn": first.attn,
+                        "z": first.stats["z"],
+                        "lfdr": first.stats["lfdr"],
+                        "pi0": first.stats["pi0"],
+                        **{f"map_{k}": v for k, v in first.stats["maps"].items()},
+                    },
+                    ours0,
+                ),
+            )
+        elif attn_abs > PEER_ATTN_TOL:
+            check.update(passed=False, failed=sorted({*check["failed"], "attn_abs"}))
+        run.rec["peer_check"][name] = check
+        if check["passed"] is False:
+            raise CheckFailedError(
+                f"{case.name}: peer {name} vs ours differ in {check['failed']}: {check['max_diff']}, "
+                f"|Δ attn| {attn_abs:.3g} (tolerance {PEER_ATTN_TOL})"
+            )
+        run.peers[name] = peer
+        run.peer_runs[name] = [] if case.peer_warmup else [first]
+
+
 def _time_ours(run: CaseRun) -> None:
-    """Step 3: ours, timed (seconds per image, per forward; peak memory)."""
+    """Step: ours, timed (seconds per image, per forward; peak memory), interleaved call by call
+    with the peers (each round: ours, then each peer on one image), so that load from other
+    processes falls on all of them alike."""
     import jax
 
-    case = run.case
-    run.ctx.log(f"  ours: timing up to {case.repeats} run(s)")
+    case, B, N = run.case, run.case.n_boot, run.case.n_images
+    run.ctx.log(f"  ours{' and peers' if run.peers else ''}: timing up to {case.repeats} run(s)")
     kind = "jax" if jax.default_backend() != "cpu" else "rss"
-    with PeakMemory(kind) as mem:
-        times = time_calls(run.ours_call, case.repeats, case.budget_s)
-    run.ours_s = ours_s = _median(times) / case.n_images
+    times: list[float] = []
+    peak_mem = 0
+    start = time.perf_counter()
+    for r in range(max(1, case.repeats)):
+        with PeakMemory(kind) as mem:
+            t0 = time.perf_counter()
+            run.ours_call()
+            times.append(time.perf_counter() - t0)
+        peak_mem = max(peak_mem, mem.peak)
+        for name, peer in run.peers.items():
+            if len(run.peer_runs[name]) < max(1, case.repeats):
+                run.peer_runs[name].append(pr.run_peer(peer, run.images_np[r % N], B, seed=r))
+        if time.perf_counter() - start + times[-1] > case.budget_s:
+            break
+    run.ours_s = ours_s = _median(times) / N
     run.rec.update(
         ours_s_per_image=ours_s,
         ours_times_s=times,
         ours_repeats=len(times),
         ours_first_call_s=run.rec.pop("ours_first_call_s"),
         ours_images_per_s=1.0 / ours_s,
-        ours_s_per_forward=ours_s / (1 + case.n_boot),
-        peak_memory_bytes=mem.peak,
+        ours_s_per_forward=ours_s / (1 + B),
+        peak_memory_bytes=peak_mem,
     )
+    _peer_record(run)
+
+
+def _peer_record(run: CaseRun) -> None:
+    """The peers' fields of the record: s/image (median), stages, our speed-up over each and
+    over the best (for a float32 case the float32 peers; the bf16 autocast row counts for a
+    bfloat16 case)."""
+    rec, ours_s = run.rec, run.ours_s
+    rec["peer_times_s"], rec["peer_stage_s"] = {}, {}
+    per_image: dict[str, float] = {}
+    for name, runs in run.peer_runs.items():
+        totals = [r.seconds["total"] for r in runs]
+        rec["peer_times_s"][name] = totals
+        rec["peer_stage_s"][name] = {
+            k: _median([r.seconds[k] for r in runs]) for k in ("sample", "forward", "stats")
+        }
+        per_image[name] = _median(totals)
+    for name in ("torch", "ort", "torch_bf16"):
+        s = per_image.get(name)
+        rec[f"peer_{name}_s_per_image"] = s
+        rec[f"speedup_vs_{name}"] = None if s is None else s / ours_s
+    eligible = {k: v for k, v in per_image.items() if run.case.dtype != "float32" or not k.endswith("bf16")}
+    best = min(eligible, key=eligible.get) if eligible else None
+    rec["best_peer"] = best
+    rec["best_peer_s_per_image"] = None if best is None else eligible[best]
+    rec["speedup_vs_best_peer"] = None if best is None else eligible[best] / ours_s
 
 
 def _time_baseline(run: CaseRun) -> None:
@@ -553,7 +711,7 @@ def _flops_and_mfu(run: CaseRun) -> None:
     """Step 6: FLOPs (docs/method.md §6) and the model FLOP utilisation."""
     case, ctx, config, rec = run.case, run.ctx, run.config, run.rec
     flops = fl.arb_flops_per_image(config, case.image_size, case.n_boot)
-    peak = _peak_for(ctx, case.dtype)
+    peak, source = _peak_for(ctx, case.dtype)
     achieved = flops / run.ours_s
     rec.update(
         flops_per_image=flops,
@@ -561,10 +719,7 @@ def _flops_and_mfu(run: CaseRun) -> None:
         attention_flop_share=fl.attention_share(config, case.image_size),
         achieved_flops=achieved,
         peak_flops=peak,
-        peak_flops_source=(
-            f"jax {case.dtype if case.dtype in ctx.peaks.get('jax', {}) else 'float32'}"
-            f" matmul, measured in this run"
-        ),
+        peak_flops_source=source,
         mfu=None if not peak else achieved / peak,
     )
     if rec["speedup"] is not None:
@@ -575,6 +730,7 @@ CASE_STEPS = (
     _compile_ours,
     _load_baseline,
     _check_case,
+    _load_peers,
     _time_ours,
     _time_baseline,
     _time_statistics,
@@ -978,6 +1134,9 @@ def _summary(rec: dict[str, Any]) -> str:
     s = f"  ours {rec['ours_s_per_image']:.4g} s/image"
     if rec.get("speedup"):
         s += f", baseline {rec['baseline_s_per_image']:.4g} s/image, speedup {rec['speedup']:.3g}×"
+    if rec.get("speedup_vs_best_peer"):
+        s += f", best peer ({rec['best_peer']}) {rec['best_peer_s_per_image']:.4g} s/image, "
+        s += f"{rec['speedup_vs_best_peer']:.3g}×"
     if rec.get("stats_speedup"):
         s += f", stats {rec['stats_speedup']:.3g}×"
     if rec.get("mfu") is not None:

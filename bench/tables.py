@@ -43,7 +43,7 @@ def machine_table(result: dict[str, Any]) -> str:
         ("libraries", ", ".join(f"{k} {val}" for k, val in v.items())),
         ("torch threads / device", f"{m.get('torch_threads')} / {m.get('torch_device', 'cpu')}"),
     ]
-    for lib in ("jax", "torch"):
+    for lib in ("jax", "torch", "ort"):
         for dtype, p in peaks.get(lib, {}).items():
             if "flops" in p:
                 rows.append(
@@ -52,6 +52,8 @@ def machine_table(result: dict[str, Any]) -> str:
                         f"{p['flops'] / 1e12:.4g} TFLOP/s (median; best {p['flops_best'] / 1e12:.4g})",
                     )
                 )
+    for dtype, p in peaks.get("best", {}).items():
+        rows.append((f"peak {dtype} (MFU denominator)", f"{p['flops'] / 1e12:.4g} TFLOP/s ({p['library']})"))
     rows.append(("total wall time", _num(result.get("wall_s"), ".0f", suffix=" s")))
     out = ["| | |", "|---|---|"] + [f"| {k} | {val} |" for k, val in rows]
     return "\n".join(out)
@@ -69,6 +71,9 @@ CASE_COLUMNS = (
     "compile s",
     "baseline s/img",
     "speedup",
+    "torch peer s/img",
+    "ORT peer s/img",
+    "vs best peer",
     "stats ours s",
     "stats baseline s",
     "stats speedup",
@@ -95,6 +100,9 @@ def case_row(r: dict[str, Any]) -> list[str]:
         _num(r.get("ours_compile_s"), ".3g"),
         _num(r.get("baseline_s_per_image"), ".4g"),
         _num(r.get("speedup"), ".3g", suffix="×"),
+        _num(r.get("peer_torch_s_per_image"), ".4g"),
+        _num(r.get("peer_ort_s_per_image"), ".4g"),
+        _num(r.get("speedup_vs_best_peer"), ".3g", suffix="×"),
         _num(r.get("ours_stats_s_per_image"), ".3g"),
         _num(r.get("baseline_stats_s_per_image"), ".3g"),
         _num(r.get("stats_speedup"), ".3g", suffix="×"),

@@ -22,8 +22,9 @@ from arb_jax.models import vit as vit_module
 from bench import baseline as bl
 from bench import cases as bc
 from bench import flops as fl
+from bench import peers as pr
 from bench.cli import main
-from bench.run import TOLERANCES, compare, jsonable, time_calls
+from bench.run import PEER_ATTN_TOL, TOLERANCES, compare, jsonable, mask_changes, time_calls
 from bench.tables import to_markdown
 
 RECORD_FIELDS = (
@@ -46,6 +47,10 @@ RECORD_FIELDS = (
     "ours_compile_s",
     "ours_repeats",
     "check",
+    "peer_torch_s_per_image",
+    "peer_ort_s_per_image",
+    "speedup_vs_best_peer",
+    "peer_check",
 )
 
 
@@ -84,6 +89,12 @@ def test_smoke_preset_records(smoke):
     m = result["machine"]
     assert m["cpu_cores"] >= 1 and m["versions"]["jax"] == jax.__version__
     assert result["peaks"]["jax"]["float32"]["flops"] > 0
+    best = result["peaks"]["best"]["float32"]  # the MFU denominator: the fastest library's
+    libs = {
+        lib: p["float32"]["flops"] for lib, p in result["peaks"].items() if "flops" in p.get("float32", {})
+    }
+    assert {"jax", "torch", "ort"} <= set(libs) and best["flops"] == max(libs.values())
+    assert all(r["peak_flops"] == best["flops"] for r in result["records"] if r["dtype"] == "float32")
     assert {a["change"] for a in result["ablations"]} == {
         "profile",
         "attention",
@@ -106,6 +117,20 @@ def test_smoke_check_ran_and_passed(smoke):
         assert all(c["max_diff"][k] <= TOLERANCES[k] for k in TOLERANCES)
     bf16 = next(r for r in checked if r["dtype"] == "bfloat16")
     assert bf16["check"]["n_boot"] == 2  # checked in float32 with check_boot null images
+
+
+@pytest.mark.slow
+def test_smoke_peers_checked_equal_and_timed(smoke):
+    _, result, _ = smoke
+    for r in result["records"]:
+        assert set(r["peer_check"]) == {"torch", "ort"} and r["peer_errors"] == {}
+        for c in r["peer_check"].values():
+            assert c["passed"] and c["attn_abs"] <= PEER_ATTN_TOL and c["n_boot"] == r["n_boot"]
+        best = min(r["peer_torch_s_per_image"], r["peer_ort_s_per_image"])
+        assert r["best_peer_s_per_image"] == best
+        assert r["speedup_vs_best_peer"] == pytest.approx(best / r["ours_s_per_image"])
+        assert r["speedup_vs_torch"] == pytest.approx(r["peer_torch_s_per_image"] / r["ours_s_per_image"])
+        assert r["peer_stage_s"]["ort"].keys() == {"sample", "forward", "stats"}
 
 
 @pytest.mark.slow
@@ -161,6 +186,47 @@ def test_hf_baseline_model_has_our_weights():
         bl.hf_vit(v2.config, v2.params, 56), torch.from_numpy(x2.transpose(0, 3, 1, 2))
     ).numpy()
     np.testing.assert_allclose(theirs2, np.asarray(v2.cls_attention(x2)).mean(1), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "size"), [("test_tiny8", 48), ("test_tiny14_reg", 56)])
+def test_peers_compute_our_maps(name, size):
+    # The torch peer (SDPA, CLS-only last block) and its ONNX Runtime export hold our weights and
+    # compute our head-mean CLS attention; test_tiny14_reg has LayerScale and register tokens.
+    vit = build_vit(name, None, image_size=size, seed=5)
+    x = np.random.default_rng(2).standard_normal((3, size, size, 3)).astype(np.float32)
+    ours = np.asarray(vit.cls_attention(x)).mean(1)
+    peers, errors = pr.build_peers(vit.config, vit.params, size, 3)
+    assert errors == {} and set(peers) == {"torch", "ort"}
+    for peer in peers.values():
+        np.testing.assert_allclose(peer.forward(x.transpose(0, 3, 1, 2)), ours, rtol=0, atol=1e-6)
+    assert peers["ort"].info["optimisation"] == "ORT_ENABLE_ALL"
+    with pytest.raises(ValueError, match="pos_embed has"):
+        pr.torch_vit(vit.config, vit.params, size + vit.config.patch)
+
+
+def test_peer_run_uses_given_null_images_and_numpy_statistics():
+    vit = build_vit("test_tiny8", None, image_size=64, seed=6)
+    peers, _ = pr.build_peers(vit.config, vit.params, 64, 4, which=("torch",))
+    rng = np.random.default_rng(3)
+    image, nulls = (
+        rng.standard_normal((64, 64, 3), np.float32),
+        rng.standard_normal((3, 64, 64, 3), np.float32),
+    )
+    run = pr.run_peer(peers["torch"], image, 3, null_images=nulls)
+    maps = np.asarray(vit.cls_attention(np.concatenate([image[None], nulls]))).mean(1)
+    np.testing.assert_allclose(run.attn, maps[0], atol=1e-6)
+    np.testing.assert_allclose(run.null, maps[1:], atol=1e-6)
+    assert set(run.seconds) == {"sample", "forward", "stats", "total"}
+    np.testing.assert_array_equal(run.stats["p"], bl.numpy_statistics(run.attn, run.null)["p"])
+
+
+def test_mask_changes_counts_flipped_entries():
+    a = {"attn": np.ones((2, 2)), "z": np.zeros((2, 2)), "lfdr": np.zeros((2, 2)), "pi0": 0.5}
+    a.update({f"map_{k}": np.ones((2, 2)) for k in ("z", "p", "lfdr", "pi0")})
+    b = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in a.items()}
+    b["map_p"][0, 0] = 0.0
+    out = mask_changes(b, a)
+    assert out["mask_changes"] == {"z": 0, "p": 1, "lfdr": 0, "pi0": 0} and out["entries"] == 4
 
 
 def test_numpy_statistics_equal_ours_on_patches():

