@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from _hf import hf_model, perturb  # tests/_hf.py
+from _hf import hf_model, perturb, torch_single_thread  # noqa: F401 (an autouse fixture)
 
 from arb_jax.convert import read_checkpoint
 from arb_jax.models import (
@@ -41,14 +41,6 @@ CASES = {
     "vit_p8": ("vit", 8, 32, 2, 4, 0),
     "dinov2_reg": ("dinov2", 14, 32, 4, 3, 2),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _last_norm1(model):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from _hf import attention_keys  # tests/_hf.py
+from _hf import attention_keys, torch_single_thread  # noqa: F401 (an autouse fixture)
 from scipy.special import erf
 from torch.nn.functional import interpolate as torch_interpolate
 
@@ -30,16 +30,6 @@ from arb_jax.models import (
 from arb_jax.models.vit import Block, ClsBlock
 
 PARITY_ATOL = 1e-5  # float32, max abs difference of attention probabilities and CLS features
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    # On a small shared CPU, torch's thread pool contends with XLA's: one thread is ~10x
-    # faster for these small models. Restored after this module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- HF references
