@@ -43,8 +43,8 @@ import numpy as np
 
 from arb_jax.convert.errors import (
     CheckpointArchitectureError,
-    CheckpointIntegrityError,
     CheckpointKeysError,
+    check_conversion,
 )
 from arb_jax.convert.formats import Conversion, canonical_shapes
 from arb_jax.io.text import escape
@@ -257,19 +257,9 @@ def big_vision_to_canonical(arrays: Mapping[str, np.ndarray], *, heads: int | No
         put(("head", "kernel"), take("head/kernel", (D, config.n_classes)))
         put(("head", "bias"), take("head/bias", (config.n_classes,)))
     unexpected = sorted(keys - used)
-    if missing or unexpected or misshaped:
-        raise CheckpointKeysError(
-            f"checkpoint does not match the inferred big_vision ViT (dim={D}, depth={depth}, patch={p})",
-            missing=missing,
-            unexpected=unexpected,
-            misshaped=misshaped,
-        )
-    if nonfinite:
-        raise CheckpointIntegrityError(
-            f"non-finite weights (NaN or ±inf) in {len(nonfinite)} tensor(s): "
-            + ", ".join(map(escape, nonfinite[:20])),
-            tensors=nonfinite,
-        )
+    check_conversion(
+        f"big_vision ViT (dim={D}, depth={depth}, patch={p})", missing, unexpected, misshaped, nonfinite
+    )
     assert set(flat) == set(canonical_shapes(config)), "big_vision mapping incomplete"
     tree: dict[str, Any] = {}
     for path, leaf in flat.items():

@@ -146,6 +146,44 @@ class CheckpointIntegrityError(CheckpointKeysError):
         super().__init__(message)
 
 
+def check_conversion(
+    what: str,
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    misshaped: Sequence[str],
+    nonfinite: Sequence[str],
+    labels: Sequence[str] | None = None,
+) -> None:
+    """Raise what a conversion found wrong, in one place for every layout.
+
+    ``what``: the inferred model, e.g. "big_vision ViT (dim=384, depth=12, patch=16)".
+    ``nonfinite``: the source names with NaN or ±inf values; ``labels`` how to show each (default
+    the escaped name), the first 20 listed.
+
+    Raises
+    ------
+    CheckpointKeysError
+        Parameters missing, unexpected or of the wrong shape.
+    CheckpointIntegrityError
+        Non-finite weights.
+    """
+    if missing or unexpected or misshaped:
+        raise CheckpointKeysError(
+            f"checkpoint does not match the inferred {what}",
+            missing=missing,
+            unexpected=unexpected,
+            misshaped=misshaped,
+        )
+    if nonfinite:
+        shown = list(labels) if labels is not None else [escape(n) for n in nonfinite]
+        raise CheckpointIntegrityError(
+            f"non-finite weights (NaN or ±inf) in {len(nonfinite)} tensor(s): "
+            + ", ".join(shown[:20])
+            + (f", … ({len(nonfinite)} in all)" if len(nonfinite) > 20 else ""),
+            tensors=nonfinite,
+        )
+
+
 class CheckpointArchitectureError(CheckpointError, ValueError):
     """The tensors describe no buildable ViT: heads not inferable, or an invalid architecture."""
 

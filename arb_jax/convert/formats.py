@@ -50,6 +50,7 @@ from arb_jax.convert.errors import (
     CheckpointFormatError,
     CheckpointIntegrityError,
     CheckpointKeysError,
+    check_conversion,
 )
 from arb_jax.io.text import brief, escape
 from arb_jax.models.config import CONFIGS, ViTConfig
@@ -748,21 +749,14 @@ def to_canonical(
                     if (counts := _nonfinite_counts(x))
                 ]
     unexpected = backbone.unexpected + head.unexpected + sorted(origin[k] for k in pool if k not in used)
-    if missing or unexpected or misshaped:
-        raise CheckpointKeysError(
-            f"checkpoint does not match the inferred {names.layout} ViT "
-            f"(dim={config.dim}, depth={config.depth}, patch={config.patch})",
-            missing=missing,
-            unexpected=unexpected,
-            misshaped=misshaped,
-        )
-    if nonfinite:
-        raise CheckpointIntegrityError(
-            f"non-finite weights (NaN or ±inf) in {len(nonfinite)} tensor(s): "
-            + ", ".join(f"{escape(name)} ({counts})" for name, counts in nonfinite[:20])
-            + (f", … ({len(nonfinite)} in all)" if len(nonfinite) > 20 else ""),
-            tensors=[name for name, _ in nonfinite],
-        )
+    check_conversion(
+        f"{names.layout} ViT (dim={config.dim}, depth={config.depth}, patch={config.patch})",
+        missing,
+        unexpected,
+        misshaped,
+        [name for name, _ in nonfinite],
+        labels=[f"{escape(name)} ({counts})" for name, counts in nonfinite],
+    )
     dtypes = sorted({str(a.dtype) for a in pool.values()})
     notes = (
         backbone.notes
