@@ -9,7 +9,6 @@ preset.
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 from arb_jax.core.options import (
@@ -21,34 +20,12 @@ from arb_jax.core.options import (
     SAMPLERS,
     SCALES,
     preset_help,
+    preset_options,
 )
-from arb_jax.io.options import count
+from arb_jax.io.options import MAX_N_BOOT, count, number, number_or
+from arb_jax.study.sweep import DEFAULT_BOOT_CHUNK
 
-__all__ = ["add_arb_options", "preset_image", "resolve"]
-
-
-def _lfdr_pi0(text: str) -> float | str:
-    if text in ("estimate", "shared"):
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number in (0, 1], 'estimate' or 'shared', got {text!r}"
-        ) from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
-    return value
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+__all__ = ["add_arb_options", "add_compute_options", "preset_image", "resolve"]
 
 
 def add_arb_options(p: argparse.ArgumentParser, *, resize: bool = True) -> None:
@@ -82,7 +59,7 @@ def add_arb_options(p: argparse.ArgumentParser, *, resize: bool = True) -> None:
     )
     p.add_argument(
         "--lfdr-pi0",
-        type=_lfdr_pi0,
+        type=number_or("--lfdr-pi0", ("estimate", "shared"), 0.0, 1.0, lo_open=True),
         default=None,
         metavar="PI0|estimate|shared",
         help="pi0 in the lfdr (default: the preset's; paper: 1, attnreg: shared): a number in (0, 1]; "
@@ -111,24 +88,35 @@ def add_arb_options(p: argparse.ArgumentParser, *, resize: bool = True) -> None:
     )
     p.add_argument(
         "--z-th",
-        type=_finite,
+        type=number("--z-th"),
         default=None,
         metavar="Z",
         help="z-threshold every rule starts from (default: the preset's, 0)",
     )
 
 
+def add_compute_options(p: argparse.ArgumentParser) -> None:
+    """Add --dtype and --boot-chunk: how the forwards run (the statistics do not change with
+    --boot-chunk; --dtype changes the attention by bfloat16 rounding)."""
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="matmul precision of the ViT forward (the statistics are always float32)",
+    )
+    p.add_argument(
+        "--boot-chunk",
+        type=count("--boot-chunk", 1, MAX_N_BOOT),
+        default=None,
+        help=f"null forwards run at once (default: all up to {DEFAULT_BOOT_CHUNK}, then "
+        f"{DEFAULT_BOOT_CHUNK} at a time: memory stays bounded for any B)",
+    )
+
+
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
     """ARBOptions keyword arguments from parsed flags: the preset, then every flag given."""
-    out: dict[str, Any] = {"preset": args.preset, "sampler": args.sampler}
-    for name in ("pvalue", "pi0_method", "lfdr_pi0", "lfdr_null", "z_th"):
-        value = getattr(args, name)
-        out[name] = PRESETS[args.preset][name] if value is None else value
-    decimals = getattr(args, "percentile_decimals", None)
-    out["percentile_decimals"] = PRESETS[args.preset]["percentile_decimals"] if decimals is None else decimals
-    if getattr(args, "scale", None) is not None:
-        out["scale"] = args.scale
-    return out
+    names = ("pvalue", "pi0_method", "lfdr_pi0", "lfdr_null", "z_th", "percentile_decimals", "scale")
+    return preset_options(args.preset, sampler=args.sampler, **{k: getattr(args, k, None) for k in names})
 
 
 def preset_image(args: argparse.Namespace) -> dict[str, Any]:

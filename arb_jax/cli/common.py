@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from arb_jax.io.options import MAX_N_BOOT, MAX_SEED, MAX_SIDE, count, fraction, positive_float, seed
+from arb_jax.io.options import MAX_N_BOOT, MAX_SEED, MAX_SIDE, count, fraction, number, positive_float, seed
 
 __all__ = [
     "MAX_N_BOOT",
@@ -15,6 +15,7 @@ __all__ = [
     "HelpFormatter",
     "count",
     "fraction",
+    "number",
     "positive_float",
     "seed",
 ]

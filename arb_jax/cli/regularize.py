@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from arb_jax.cli import arb_options
-from arb_jax.cli.arb_options import add_arb_options
+from arb_jax.cli.arb_options import add_arb_options, add_compute_options
 from arb_jax.cli.common import (
     MAX_N_BOOT,
     MAX_SIDE,
@@ -29,6 +29,7 @@ from arb_jax.cli.common import (
     HelpFormatter,
     count,
     fraction,
+    number,
     positive_float,
     seed,
 )
@@ -101,14 +102,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         default=1,
         help=f"bootstrap images per input B, at most {MAX_N_BOOT}",
     )
-    p.add_argument(
-        "--boot-chunk",
-        type=count("--boot-chunk", 1, MAX_N_BOOT),
-        default=None,
-        help=f"null forwards run at once (default: all up to {DEFAULT_BOOT_CHUNK}, then "
-        f"{DEFAULT_BOOT_CHUNK} at a time: memory stays bounded for any B)",
-    )
     add_arb_options(p)
+    add_compute_options(p)
     p.add_argument(
         "--map",
         default="cls_attention",
@@ -142,14 +137,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--lfdr", dest="beta", type=fraction("--lfdr"), default=0.3, help="LFDR threshold beta")
     p.add_argument(
         "--p-percentile",
-        type=_percent("--p-percentile"),
+        type=number("--p-percentile", 0.0, 100.0),
         default=None,
         metavar="Q",
         help="instead of --p: alpha = the Q-th percentile (0-100) of each image's p-values (default: none)",
     )
     p.add_argument(
         "--lfdr-percentile",
-        type=_percent("--lfdr-percentile"),
+        type=number("--lfdr-percentile", 0.0, 100.0),
         default=None,
         metavar="Q",
         help="instead of --lfdr: beta = the Q-th percentile (0-100) of each image's lfdr (default: none)",
@@ -164,12 +159,6 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--out", default="arb_out", help="output folder (default: arb_out)")
     p.add_argument("--seed", type=seed, default=0, help="base seed, 0 … 2**63 - 1")
-    p.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16"],
-        help="matmul precision of the ViT forward (the statistics are always float32)",
-    )
     p.add_argument(
         "--batch",
         type=count("--batch", 1, 4096),
@@ -259,16 +248,6 @@ def _source_stamp(source: str) -> str:
     except OSError:
         return str(Path(source).resolve())
     return f"{Path(source).resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def _percent(option: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = positive_float(option)(text) if text.strip() not in ("0", "0.0") else 0.0
-        if value > 100:
-            raise argparse.ArgumentTypeError(f"must lie in [0, 100], got {text}")
-        return value
-
-    return parse
 
 
 def _check_map_flags(args: argparse.Namespace, base: Any) -> None:
@@ -548,6 +527,15 @@ def _run_locked(args, inputs, input_errors, base, size: int, resize: str, out_di
 BATCH_FIGURE = "batch_figure.png"
 
 
+def _recorded_threshold(value: Any, decimals: int | None) -> Any:
+    """A threshold as the settings record it: a number, or "percentile Q" for a Percentile."""
+    from arb_jax.core.regularize import Percentile
+
+    if isinstance(value, str) and value.startswith("percentile "):
+        return Percentile(float(value.split()[1]), decimals)
+    return value
+
+
 def _batch_figure(out_dir: Path, inputs: Sequence[_Input], common: dict, model: str, quiet: bool) -> None:
     """``OUT/batch_figure.png``: one row per image done with these settings (read back from the
     .npz archives, so images done before a resume are in it too)."""
@@ -561,8 +549,10 @@ def _batch_figure(out_dir: Path, inputs: Sequence[_Input], common: dict, model: 
             continue
         with np.load(path, allow_pickle=False) as f:
             rec = {k: f[k] for k in f.files if k != "settings"}
-        rec.update(name=inp.name, **{k: common[k] for k in ("alpha", "beta", "n_boot", "sampler", "width")})
-        rec["pvalue"] = common["pvalue"]
+        rec.update(name=inp.name, **{k: common[k] for k in ("n_boot", "sampler", "width", "pvalue")})
+        rec.update(
+            {k: _recorded_threshold(common[k], common["percentile_decimals"]) for k in ("alpha", "beta")}
+        )
         records.append(rec)
     if not records:
         return

@@ -7,10 +7,10 @@ import math
 import re
 import sys
 
-from arb_jax.cli.arb_options import add_arb_options
+from arb_jax.cli.arb_options import add_arb_options, add_compute_options
 from arb_jax.cli.common import MAX_N_BOOT, MAX_SIDE, HelpFormatter, count, fraction, positive_float, seed
 from arb_jax.study.grid import parse_grid
-from arb_jax.study.sweep import DEFAULT_BOOT_CHUNK, NOISES, SweepConfig, run_sweep
+from arb_jax.study.sweep import NOISES, SweepConfig, run_sweep
 
 EPILOG = """examples:
   arb sweep imagenette2/val --model dino_vits8 --size 488 --out results/square
@@ -88,6 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         help="width w of the normal bootstrap (default 1)",
     )
     add_arb_options(p, resize=False)
+    add_compute_options(p)
     p.add_argument(
         "--p", dest="alpha", type=fraction("--p"), default=None, help="p-value threshold alpha (default 0.3)"
     )
@@ -138,19 +139,6 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         help="the short side in pixels: images are resized to PX x PX (the aspect ratio is not kept, "
         "as in the paper's study), then centre-cropped to multiples of the patch (default: the "
         "preset's, 488 for attnreg, else the model's size)",
-    )
-    p.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16"],
-        help="matmul precision of the ViT forward (the statistics are always float32)",
-    )
-    p.add_argument(
-        "--boot-chunk",
-        type=count("--boot-chunk", 1, MAX_N_BOOT),
-        default=None,
-        help=f"null forwards run at once (default: all up to {DEFAULT_BOOT_CHUNK}, then "
-        f"{DEFAULT_BOOT_CHUNK} at a time)",
     )
     p.add_argument("--workers", type=count("--workers", 1, 256), default=None, help="image loading threads")
     p.add_argument(

@@ -81,6 +81,7 @@ def _loop(fn: Callable[[jax.Array], Any], n: int, n_traced: jax.Array) -> Any:
 def _group(
     forward: Callable,
     patch: int,
+    score_range: bool,
     opts: ARBOptions,
     params: Any,
     images: jax.Array,
@@ -95,7 +96,9 @@ def _group(
     the G images, then on G·chunk null images per step of a loop over the chunks
     (`functional.chunked_null_maps`). ``boot``: the size of the "boot" mesh axis (None: no such
     axis); this device then computes its share of the chunks (padded to a multiple of ``boot``;
-    samples past B are dropped) and all-gathers the null maps over "boot".
+    samples past B are dropped) and all-gathers the null maps over "boot". ``score_range``: also
+    return each image's smallest score and whether all are finite (a user's map function, checked
+    by the caller once the result is concrete).
     """
     G = images.shape[0]
     attn, heads_obs = forward(params, images)  # (G, h, w), (G, heads, h, w) or None
@@ -123,7 +126,7 @@ def _group(
     out["attn_heads"] = heads_obs if opts.heads else None
     if not opts.return_null:
         out["z_null"] = None
-    if getattr(forward, "checks_values", False):  # a user's map: its scores' range, checked after
+    if score_range:
         both = jnp.concatenate([attn.reshape(G, -1), null.reshape(G, -1)], axis=1)
         out["score_min"] = jnp.min(jnp.where(jnp.isnan(both), jnp.inf, both), axis=1)
         out["score_finite"] = jnp.all(jnp.isfinite(both), axis=1)
@@ -133,6 +136,7 @@ def _group(
 def _local(
     forward: Callable,
     patch: int,
+    score_range: bool,
     opts: ARBOptions,
     boot: int | None,
     params: Any,
@@ -146,13 +150,13 @@ def _local(
     _N_TRACES += 1
     G = opts.image_chunk
     if G is None:
-        return _group(forward, patch, opts, params, images, keys, values, steps, boot)
+        return _group(forward, patch, score_range, opts, params, images, keys, values, steps, boot)
     n = images.shape[0] // G
 
     def group(i):
         x = jax.lax.dynamic_slice_in_dim(images, i * G, G)
         k = jax.lax.dynamic_slice_in_dim(keys, i * G, G)
-        return _group(forward, patch, opts, params, x, k, values, steps, boot)
+        return _group(forward, patch, score_range, opts, params, x, k, values, steps, boot)
 
     out = _loop(group, n, steps["groups"])
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
@@ -258,14 +262,14 @@ def compiled(vit: Any, opts: ARBOptions, mesh: Mesh | None) -> Callable:
     if fn is not None:
         _COMPILED.move_to_end(cache_key)
         return fn
-    if isinstance(vit, MapModel):
+    user_map = isinstance(vit, MapModel)
+    if user_map:
         forward: Callable = functools.partial(_map_forward, vit.map_fn, vit.patch)
-        forward.checks_values = True  # type: ignore[attr-defined]
         patch = vit.patch
     else:
         forward, patch = functools.partial(_module_forward, vit.module), vit.config.patch
     boot = mesh.shape[BOOT] if mesh is not None and BOOT in mesh.axis_names else None
-    local = functools.partial(_local, forward, patch, opts, boot)
+    local = functools.partial(_local, forward, patch, user_map, opts, boot)
     if mesh is None:
         fn = jax.jit(local)
     else:

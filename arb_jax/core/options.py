@@ -37,6 +37,7 @@ __all__ = [
     "SCALES",
     "ARBOptions",
     "preset_help",
+    "preset_options",
     "split_options",
 ]
 
@@ -269,6 +270,16 @@ class ARBOptions:
         if unknown:
             raise TypeError(f"unknown ARB option(s) {unknown}; known: {sorted(known)}")
         return cls(**options)
+
+
+def preset_options(preset: str = "paper", **given: Any) -> dict[str, Any]:
+    """The keyword arguments of a run with a preset: ``preset``, the options given (those not
+    None), and every option the preset sets, with what was given in its place (checked by
+    `ARBOptions`). For a command line, whose unset flags are None, and for records of a run.
+    """
+    given = {k: v for k, v in given.items() if v is not None}
+    opts = ARBOptions(preset=preset, **given)
+    return {"preset": preset, **given, **{k: getattr(opts, k) for k in PRESETS[preset]}}
 
 
 DYNAMIC = ("width", "alpha", "beta", "z_th", "lfdr_pi0")

@@ -178,6 +178,17 @@ def _share(m: np.ndarray) -> str:
     return f"kept {kept}/{n} ({pct(kept)}), zeroed {n - kept} ({pct(n - kept)})"
 
 
+def _batch_rule(value: Any, symbol: str, stat: str) -> str:
+    """A threshold for a whole batch: its number, or which percentile of each image's statistic."""
+    q = getattr(value, "q", None)
+    if q is None:
+        return f"{symbol} = {float(value):.3g}"
+    decimals = getattr(value, "decimals", None)
+    return f"{symbol} = P{float(np.asarray(q)):g} of each image's {stat}" + (
+        f" ({decimals} dp)" if decimals is not None else ""
+    )
+
+
 def _rules(rec: Mapping[str, Any]) -> dict[str, str]:
     th = _thresholds(rec)
     a, a_how = th["alpha"]
@@ -260,11 +271,9 @@ def _map_row(fig: Any, axes: Sequence[Any], rec: Mapping[str, Any], *, long: boo
     roi_note = " (noise ROI in red)" if rec.get("roi") is not None else ""
     axes[0].set_title("photo" + roi_note, fontsize=fs)
     im = _draw_map(axes[1], rec, attn, vmax, zeroed_clear=False)
-    map_name = rec.get("map", "cls_attention")
-    axes[1].set_title(
-        "attention (before)" if map_name == "cls_attention" else f"{map_name} (before)", fontsize=fs
-    )
-    total = f"sum 1 over {attn.size} patches" if map_name == "cls_attention" else f"over {attn.size} patches"
+    words = _map_words(rec)
+    axes[1].set_title(f"{words['title']} (before)", fontsize=fs)
+    total = f"sum 1 over {attn.size} patches" if words["unit"] == ATTN_UNIT else f"over {attn.size} patches"
     axes[1].set_xlabel(f"max {vmax:.3g}, {total}", fontsize=fs - 1)
     rules = _rules(rec)
     for ax, method in zip(axes[2:5], ("p", "lfdr", "pi0"), strict=True):
@@ -274,10 +283,17 @@ def _map_row(fig: Any, axes: Sequence[Any], rec: Mapping[str, Any], *, long: boo
         ax.set_title(f"{title}\nkeeps {rules[method]}" if long else title, fontsize=fs)
         ax.set_xlabel(_share(m), fontsize=fs - 1)
     cb = fig.colorbar(im, cax=axes[5])
-    unit = ATTN_UNIT if map_name == "cls_attention" else f"{map_name} score per patch"
-    cb.set_label(unit if long else map_name.replace("cls_attention", "attention"), fontsize=fs - 1)
+    cb.set_label(words["unit"] if long else words["short"], fontsize=fs - 1)
     cb.ax.tick_params(labelsize=fs - 2)
     cb.solids.set_alpha(1.0)
+
+
+def _map_words(rec: Mapping[str, Any]) -> dict[str, str]:
+    """How the panels name the record's map: the default CLS attention, or another map by name."""
+    name = rec.get("map", "cls_attention")
+    if name == "cls_attention":
+        return {"title": "attention", "unit": ATTN_UNIT, "short": "attention", "scaled": "log attention"}
+    return {"title": name, "unit": f"{name} score per patch", "short": name, "scaled": f"{name} scores"}
 
 
 def _bins(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -312,8 +328,7 @@ def _z_hist(ax: Any, rec: Mapping[str, Any], fs: float) -> None:
         )
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
     ax.set_title("z-scores of the patches", fontsize=fs)
-    what = "log attention" if rec.get("map", "cls_attention") == "cls_attention" else f"{rec['map']} scores"
-    ax.set_xlabel(f"z ({what}, standardised by the bootstrap null)", fontsize=fs - 1)
+    ax.set_xlabel(f"z ({_map_words(rec)['scaled']}, standardised by the bootstrap null)", fontsize=fs - 1)
     ax.set_ylabel("density", fontsize=fs - 1)
     ax.legend(fontsize=fs - 2, loc="upper right")
 
@@ -367,7 +382,7 @@ def _settings_text(rec: Mapping[str, Any], model: str) -> str:
         f"p-value: {rec.get('pvalue', '?')};  π₀ = {float(np.asarray(rec['pi0'])):.3f}",
         f"α = {th['alpha'][0]:.3g} (p-value map),  β = {th['beta'][0]:.3g} (LFDR map)",
         f"t = {th['t'][0]:.3g}: the 100·(1 − π₀) percentile of p",
-        f"null of {'log attention' if rec.get('map', 'cls_attention') == 'cls_attention' else rec['map']}: "
+        f"null of {_map_words(rec)['scaled']}: "
         f"μ₀ = {float(np.asarray(rec['mu0'])):.3g}, "
         f"σ₀ = {float(np.asarray(rec['sigma0'])):.3g}",
         "",
@@ -510,13 +525,15 @@ def plot_batch(
         if i:
             for ax in axes[i, :5]:
                 ax.set_title("")
-    rules = _rules(records[0])
+    first = records[0]
+    alpha = _batch_rule(first.get("alpha", 0.3), "α", "p")
+    beta = _batch_rule(first.get("beta", 0.3), "β", "lfdr")
     head = f"ARB on {n} image{'s' if n > 1 else ''}" + (f" — {label}" if label else "")
     keep = (
-        f"p-value map keeps {rules['p']}; LFDR map keeps {rules['lfdr']}; π₀ map keeps z ≥ 0 and p ≤ t "
+        f"p-value map keeps z ≥ 0 and p ≤ {alpha}; LFDR map keeps z ≥ 0 and lfdr ≤ {beta}; "
+        "π₀ map keeps z ≥ 0 and p ≤ t "
         "(t from each image's π₀); zeroed patches show the grey photo"
     )
-    first = records[0]
     head += f" — B = {first.get('n_boot', '?')}, {first.get('sampler', '?')} bootstrap"
     fig.suptitle(f"{title or head}\n{keep}", fontsize=10)
     _save(fig, path, 100 if n <= 12 else 72)

@@ -40,7 +40,7 @@ import numpy as np
 
 from arb_jax.checkpoints import loading
 from arb_jax.core import options, pipeline
-from arb_jax.core.options import PRESET_IMAGES, ARBOptions
+from arb_jax.core.options import PRESET_IMAGES
 from arb_jax.io import images
 from arb_jax.io.files import folder_lock, remove_stale_temporaries, write_text_atomic
 from arb_jax.io.text import escape
@@ -184,15 +184,10 @@ class SweepConfig:
 
     def arb_options(self) -> dict[str, Any]:
         """The `ARBOptions` keywords of this sweep's statistics: the preset, then those given."""
-        out: dict[str, Any] = {"preset": self.preset, "sampler": self.sampler}
-        for name in STAT_OPTIONS:
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        opts = ARBOptions(**out)
-        return {
-            **out,
-            **{k: getattr(opts, k) for k in STAT_OPTIONS},
-        }
+        resolved = options.preset_options(
+            self.preset, sampler=self.sampler, **{k: getattr(self, k) for k in STAT_OPTIONS}
+        )
+        return {k: resolved[k] for k in ("preset", "sampler", *STAT_OPTIONS)}
 
 
 @dataclasses.dataclass(frozen=True)
