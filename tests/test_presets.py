@@ -209,3 +209,11 @@ def test_regularize_map_flags_and_percentile_thresholds(tmp_path, capsys):
         assert cli.main([*base, *bad, "--out", str(tmp_path / "bad")]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (bad, err)
+
+
+def test_batch_figure_with_percentile_thresholds(tmp_path):
+    """Recorded "percentile Q" thresholds are read back for the batch figure (it used to fail)."""
+    out = tmp_path / "batch"
+    argv = ["regularize", "skimage:astronaut", "skimage:coffee", "--model", "demo", "--size", "48"]
+    assert cli.main([*argv, "--p-percentile", "10", "--lfdr-percentile", "20", "--out", str(out)]) == 0
+    assert Image.open(out / "batch_figure.png").size[0] > 800
