@@ -908,8 +908,8 @@ def _ablate_boot_chunk(b: AblationBench) -> list[dict[str, Any]]:
         before,
         after,
         n_boot=B,
-        before="bootstrap forwards one at a time (boot_chunk=1)",
-        after=f"all {B} bootstrap images in one batch",
+        before="one image per forward (boot_chunk=1: the image, then each null image)",
+        after=f"the image and its {B} null images in one batch",
         what="ARB of one image",
     )
 

@@ -287,9 +287,32 @@ def test_blocked_attention_equals_xla():
     rng = np.random.default_rng(6)
     q, k, v = (jnp.asarray(rng.standard_normal((2, 37, 3, 8)), jnp.float32) for _ in range(3))
     ref = jax.nn.dot_product_attention(q, k, v, implementation="xla")
-    for block in (5, 16, 37, 64):  # padded last block, exact fit, one block
+    for block in (5, 16, 37, 64, None):  # padded last block, exact fit, one block, the default
         out = jax.jit(lambda a, b, c, n=block: vit_module.blocked_attention(a, b, c, n))(q, k, v)
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
+    # tiles of 4 (image, head) pairs (6 pairs: a remainder of 2) and of 1 pair, 2 blocks of 19
+    for tile in (4 * 19 * 37 * 4, 19 * 37 * 4):
+        out = jax.jit(lambda a, b, c, t=tile: vit_module.blocked_attention(a, b, c, 19, t))(q, k, v)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
+    assert vit_module.attention_tiling(6, 37, 37, 19, 4 * 19 * 37 * 4) == (4, 19)
+    assert vit_module.attention_tiling(6, 37, 37, 19, 1) == (1, 19)
+
+
+def test_attention_tiling():
+    """Short sequences: one block, pairs batched; long ones: the fewest equal blocks (>= 2) whose
+    scores fit the tile; a step never holds more than the tile unless one block row must."""
+    tile = vit_module.ATTENTION_TILE_BYTES
+    assert vit_module.attention_tiling(102, 197, 197) == (102, 197)  # ViT-S/16 @ 224, 17 images
+    assert vit_module.attention_tiling(102, 257, 257) == (102, 129)  # DINOv2 @ 224: 2 blocks
+    assert vit_module.attention_tiling(6, 3722, 3722) == (1, 931)  # ViT-S/8 @ 488: 4 blocks
+    for pairs, t, s in [(1, 1, 1), (7, 256, 256), (102, 1370, 1370), (6, 20000, 20000), (3, 300, 50)]:
+        group, block = vit_module.attention_tiling(pairs, t, s)
+        assert 1 <= group <= pairs and 1 <= block <= t
+        assert group * block * s * 4 <= max(tile, block * s * 4)
+        if t > vit_module.ATTENTION_BLOCK:  # >= 2 equal blocks, each within a row of the tile
+            assert -(-t // block) >= 2 and block * s * 4 <= tile + s * 4
+        else:
+            assert block == t
     assert vit_module.attention_impl("auto") == ("blocked" if jax.default_backend() == "cpu" else "xla")
     with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
         vit_module.attention_impl("flash")

@@ -196,7 +196,8 @@ def test_bad_map_functions_and_samplers_fail_in_one_line(vit, x):
     def wrong_shape(p, imgs):
         return jnp.ones((imgs.shape[0], 3, 3))
 
-    with pytest.raises(ValueError, match=r"map function .*wrong_shape.* \(3, 8, 8\)"):
+    # 3 images, each with its 2 null images in one forward: 9 maps of 8 x 8 expected
+    with pytest.raises(ValueError, match=r"map function .*wrong_shape.* \(9, 3, 3\).*expected \(9, 8, 8\)"):
         regularize_attention(wrong_shape, x, jax.random.key(0), n_boot=2, params=None, patch=8)
 
     def not_finite(p, imgs):

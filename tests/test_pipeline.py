@@ -426,7 +426,8 @@ def test_options_are_hashable_and_normalised():
     a = ARBOptions(n_boot=np.int64(4), alpha=Percentile(np.float32(10)), beta=np.float32(0.25))
     b = ARBOptions(n_boot=4, alpha=Percentile(10.0), beta=0.25)
     assert a == b and hash(a) == hash(b) and type(a.n_boot) is int
-    assert ARBOptions(n_boot=7, boot_chunk=3).chunk == 3 and ARBOptions(n_boot=2, boot_chunk=5).chunk == 2
+    assert ARBOptions(n_boot=7, boot_chunk=3).chunk == 3 and ARBOptions(n_boot=2, boot_chunk=5).chunk == 3
+    assert ARBOptions(n_boot=4).chunk == 5
 
 
 # ----------------------------------------------------------------------------------- devices

@@ -108,8 +108,9 @@ def add_compute_options(p: argparse.ArgumentParser) -> None:
         "--boot-chunk",
         type=count("--boot-chunk", 1, MAX_N_BOOT),
         default=None,
-        help=f"null forwards run at once (default: all up to {DEFAULT_BOOT_CHUNK}, then "
-        f"{DEFAULT_BOOT_CHUNK} at a time: memory stays bounded for any B)",
+        help="images per input per forward: the input and its null images, the input in the "
+        f"first (default: all 1 + B up to B = {DEFAULT_BOOT_CHUNK - 1}, then {DEFAULT_BOOT_CHUNK} "
+        "at a time: memory stays bounded for any B)",
     )
 
 

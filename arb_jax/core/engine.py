@@ -1,7 +1,7 @@
 """The runner: one jit-compiled ARB function per (architecture, dtype, options, mesh), cached.
 
-Per device, the images run in groups (``image_chunk``) and each image's null images in chunks
-(``boot_chunk``), in loops whose trip counts are traced so XLA compiles their bodies the same
+Per device, the images run in groups (``image_chunk``) and each image with its null images in
+chunks (``boot_chunk``, the image in the first), in loops whose trip counts are traced so XLA compiles their bodies the same
 way for one step as for many (docs/method.md §6). Two caches: compiled functions (LRU, keyed on
 `model_key`, the static options and the mesh; parameters are arguments, never closed over) and
 each bundle's parameters on the device (weakly keyed on the bundle).
@@ -90,44 +90,45 @@ def _group(
     steps: dict[str, jax.Array],
     boot: int | None,
 ) -> dict[str, Any]:
-    """ARB for a group of G images (G, H, W, 3): one observed forward, chunked null forwards.
+    """ARB for a group of G images (G, H, W, 3): the images and their null images, in chunks.
 
-    ``forward(params, images) -> (maps (n, h, w), per-head maps or None)``. The model runs on
-    the G images, then on G·chunk null images per step of a loop over the chunks
-    (`functional.chunked_null_maps`). ``boot``: the size of the "boot" mesh axis (None: no such
-    axis); this device then computes its share of the chunks (padded to a multiple of ``boot``;
-    samples past B are dropped) and all-gathers the null maps over "boot". ``score_range``: also
-    return each image's smallest score and whether all are finite (a user's map function, checked
-    by the caller once the result is concrete).
+    ``forward(params, images) -> (maps (n, h, w), per-head maps or None)``. Each image has
+    1 + B slots, the image itself then its B null images (`functional.bootstrap_chunk`), and the
+    model runs on G·chunk of them per step of a loop over the chunks, so the observed images
+    share the first forward with their first null images. ``boot``: the size of the "boot" mesh
+    axis (None: no such axis); this device then computes its share of the chunks (padded to a
+    multiple of ``boot``; slots past 1 + B are dropped) and all-gathers the maps over "boot".
+    ``score_range``: also return each image's smallest score and whether all are finite (a
+    user's map function, checked by the caller once the result is concrete).
     """
-    G = images.shape[0]
-    attn, heads_obs = forward(params, images)  # (G, h, w), (G, heads, h, w) or None
-    grid = attn.shape[1:]
+    G, H, W, C = images.shape
     chunk, per = _chunks(opts, boot)
     first = 0 if boot is None else jax.lax.axis_index(BOOT) * per
-    null = functional.chunked_null_maps(
-        lambda p, x: forward(p, x)[0],
-        params,
-        images,
-        keys,
-        sampler=opts.sampler,
-        width=values["width"],
-        patch=patch,
-        chunk=chunk,
-        n_chunks=per,
-        first=first,
-        loop=lambda fn, n: _loop(fn, n, steps["chunks"]),
-    )  # (per, G, chunk, h, w)
+
+    def one_chunk(i):
+        start = (first + i) * chunk
+        imgs = functional.bootstrap_chunk(
+            opts.sampler, images, keys, start, chunk, width=values["width"], patch=patch, observed=True
+        ).reshape(G * chunk, H, W, C)
+        maps, heads = forward(params, imgs)  # (G·chunk, h, w), (G·chunk, heads, h, w) or None
+        out = {"maps": maps.reshape((G, chunk) + maps.shape[1:])}
+        if opts.heads:  # the per-head maps of each chunk's first slot (the image, in chunk 0)
+            out["heads"] = heads.reshape((G, chunk) + heads.shape[1:])[:, 0]
+        return out
+
+    got = _loop(one_chunk, per, steps["chunks"])  # maps (per, G, chunk, h, w)
     if boot is not None:
-        null = jax.lax.all_gather(null, BOOT, axis=0, tiled=True, to="invarying")
-    null = jnp.moveaxis(null, 0, 1).reshape((G, -1) + grid)[:, : opts.n_boot]  # (G, B, h, w)
+        got = jax.lax.all_gather(got, BOOT, axis=0, tiled=True, to="invarying")
+    grid = got["maps"].shape[3:]
+    slots = jnp.moveaxis(got["maps"], 0, 1).reshape((G, -1) + grid)  # (G, ≥ 1 + B, h, w)
+    attn, null = slots[:, 0], slots[:, 1 : 1 + opts.n_boot]  # (G, h, w), (G, B, h, w)
     out = jax.vmap(lambda a, an: image_statistics(a, an, opts, values, patch))(attn, null)
     out["attn"] = attn
-    out["attn_heads"] = heads_obs if opts.heads else None
+    out["attn_heads"] = got["heads"][0] if opts.heads else None
     if not opts.return_null:
         out["z_null"] = None
     if score_range:
-        both = jnp.concatenate([attn.reshape(G, -1), null.reshape(G, -1)], axis=1)
+        both = slots[:, : 1 + opts.n_boot].reshape(G, -1)
         out["score_min"] = jnp.min(jnp.where(jnp.isnan(both), jnp.inf, both), axis=1)
         out["score_finite"] = jnp.all(jnp.isfinite(both), axis=1)
     return out
@@ -163,12 +164,14 @@ def _local(
 
 
 def _chunks(opts: ARBOptions, boot: int | None) -> tuple[int, int]:
-    """(null images per image per forward, chunks this device runs).
+    """(slots per image per forward, chunks this device runs), of the 1 + B slots per image.
 
-    The chunk is ``opts.chunk``; without a boot_chunk on a mesh with a "boot" axis, B split over
-    its devices. With a "boot" axis each device runs its share of the chunks (rounded up)."""
-    chunk = math.ceil(opts.n_boot / boot) if opts.boot_chunk is None and boot else opts.chunk
-    n_chunks = math.ceil(opts.n_boot / chunk)
+    The chunk is ``opts.chunk``; without a boot_chunk on a mesh with a "boot" axis, the 1 + B
+    slots split over its devices. With a "boot" axis each device runs its share of the chunks
+    (rounded up)."""
+    slots = 1 + opts.n_boot
+    chunk = math.ceil(slots / boot) if opts.boot_chunk is None and boot else opts.chunk
+    n_chunks = math.ceil(slots / chunk)
     return chunk, n_chunks if boot is None else math.ceil(n_chunks / boot)
 
 

@@ -34,7 +34,15 @@ from arb_jax.core import bootstrap, regularize, stats
 from arb_jax.models.maps import check_map_output
 from arb_jax.registry import Registry
 
-__all__ = ["SCALES", "ARBStats", "arb_stats", "chunked_null_maps", "null_maps", "shrink"]
+__all__ = [
+    "SCALES",
+    "ARBStats",
+    "arb_stats",
+    "bootstrap_chunk",
+    "chunked_null_maps",
+    "null_maps",
+    "shrink",
+]
 
 SCALES: Registry = Registry("scale", "(scores) -> transformed scores, elementwise")
 
@@ -93,6 +101,37 @@ def check_map_shape(map_fn: Callable, scores: Any, images: Any, patch: int) -> N
     check_map_output(_fn_name(map_fn), scores, images, patch)
 
 
+def bootstrap_chunk(
+    sampler: Any,
+    images: jax.Array,
+    keys: jax.Array,
+    start: Any,
+    chunk: int,
+    *,
+    width: Any,
+    patch: int,
+    observed: bool = False,
+) -> jax.Array:
+    """The images of slots ``start … start + chunk − 1`` of each of G images: (G, chunk, H, W, C).
+
+    Slot j is null image j, drawn from ``fold_in(keys[g], j)`` alone (`bootstrap.sample_range`);
+    with ``observed``, slot 0 is the image itself and slot j ≥ 1 its null image j − 1, so one
+    forward can take an image together with its first null images. ``start`` may be traced.
+    """
+
+    def draw(image, key):
+        if not observed:
+            return bootstrap.sample_range(sampler, key, image, start, chunk, width=width, patch=patch)
+        nulls = bootstrap.sample_range(
+            sampler, key, image, jnp.maximum(start - 1, 0), chunk, width=width, patch=patch
+        )
+        first = start == 0  # slots 0 … chunk − 1: the image, then null images 0 … chunk − 2
+        nulls = jnp.where(first, jnp.roll(nulls, 1, axis=0), nulls)
+        return nulls.at[0].set(jnp.where(first, image.astype(nulls.dtype), nulls[0]))
+
+    return jax.vmap(draw)(images, keys)
+
+
 def chunked_null_maps(
     map_fn: Callable,
     params: Any,
@@ -109,19 +148,15 @@ def chunked_null_maps(
 ) -> jax.Array:
     """Null maps of G images, ``chunk`` null images each per call of ``map_fn``.
 
-    Null image b of image g is drawn from ``fold_in(keys[g], b)`` alone (``bootstrap``), for b
-    in ``(first + i)·chunk … (first + i + 1)·chunk − 1``, i = 0 … n_chunks − 1. ``loop(fn, n)``
-    runs ``fn`` over ``arange(n)`` and stacks (default ``jax.lax.map``; the runner passes one
-    whose trip count is traced). Returns (n_chunks, G, chunk, h, w).
+    Null image b of image g is drawn from ``fold_in(keys[g], b)`` alone (`bootstrap_chunk`), for
+    b in ``(first + i)·chunk … (first + i + 1)·chunk − 1``, i = 0 … n_chunks − 1. ``loop(fn, n)``
+    runs ``fn`` over ``arange(n)`` and stacks (default ``jax.lax.map``). Returns
+    (n_chunks, G, chunk, h, w).
     """
     G, H, W, C = images.shape
 
     def one_chunk(i):
-        def draw(image, key):
-            start = (first + i) * chunk
-            return bootstrap.sample_range(sampler, key, image, start, chunk, width=width, patch=patch)
-
-        imgs = jax.vmap(draw)(images, keys)  # (G, chunk, H, W, C)
+        imgs = bootstrap_chunk(sampler, images, keys, (first + i) * chunk, chunk, width=width, patch=patch)
         a = map_fn(params, imgs.reshape(G * chunk, H, W, C))
         check_map_shape(map_fn, a, imgs.reshape(G * chunk, H, W, C), patch)
         return a.reshape((G, chunk) + a.shape[1:])

@@ -147,8 +147,9 @@ class ARBOptions:
     n_boot : int, default 1
         Bootstrap images per input (B >= 1).
     boot_chunk : int or None, default None
-        Null forwards run this many per image at a time (None: all B at once, or B split over a
-        "boot" mesh axis); memory grows with it, the null images do not change.
+        Images per input per forward: the input and its B null images run boot_chunk at a
+        time, the input in the first forward (None: all 1 + B at once, or split over a "boot"
+        mesh axis); memory grows with it, the null images do not change.
     image_chunk : int or None, default None
         Images per step on each device (None: all of a device's images at once); fixing it makes
         results independent of the batch size and the device count, and bounds memory.
@@ -259,8 +260,8 @@ class ARBOptions:
 
     @property
     def chunk(self) -> int:
-        """Null images per image per forward: min(boot_chunk or B, B)."""
-        return min(self.boot_chunk or self.n_boot, self.n_boot)
+        """Images per input per forward (the input and its null images): min(boot_chunk or 1 + B, 1 + B)."""
+        return min(self.boot_chunk or 1 + self.n_boot, 1 + self.n_boot)
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> ARBOptions:

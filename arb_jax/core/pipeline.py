@@ -1,9 +1,10 @@
 """ARB end to end: bootstrap null images → ViT attention → z, p, lfdr, π₀ → shrunk maps.
 
 ``regularize_attention`` runs one jit-compiled function per (model architecture, options): for
-every image it draws ``n_boot`` null images (docs/method.md §2), runs the ViT on the observed image and on
-the null images in chunks of ``boot_chunk`` (so memory stays bounded for large B: only the
-(B, h, w) null maps are kept, which the exact p-values need anyway), and computes every
+every image it draws ``n_boot`` null images (docs/method.md §2), runs the ViT on the observed image and its
+null images in chunks of ``boot_chunk`` images per input, the observed image in the first (so
+memory stays bounded for large B: only the (B, h, w) null maps are kept, which the exact
+p-values need anyway), and computes every
 statistic on device (docs/method.md §3–4). Work is sharded over a ``Mesh`` of devices with an "images"
 axis and optionally a "boot" axis that splits each image's bootstrap chunks (``image_mesh``).
 

@@ -122,7 +122,39 @@ class QKV(nn.Module):
 
 
 ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn")
-ATTENTION_BLOCK = 256  # queries per block of the "blocked" attention
+ATTENTION_BLOCK = 256  # a sequence of up to this many queries is one block of the "blocked" attention
+ATTENTION_TILE_BYTES = 16 * 2**20  # float32 scores one step of the "blocked" attention holds
+
+
+def attention_tiling(
+    pairs: int, queries: int, keys: int, block: int | None = None, tile_bytes: int = ATTENTION_TILE_BYTES
+) -> tuple[int, int]:
+    """How ``blocked_attention`` tiles its work: (pairs per step, queries per block).
+
+    Parameters
+    ----------
+    pairs : int
+        (image, head) pairs, N · heads.
+    queries, keys : int
+        Tokens T of the queries and S of the keys.
+    block : int, optional
+        Queries per block; by default a sequence of up to ``ATTENTION_BLOCK`` queries is one
+        block and a longer one is split into the fewest equal blocks (at least 2) whose float32
+        scores (block × S) fit ``tile_bytes``.
+    tile_bytes : int
+        The float32 scores one step may hold: as many pairs as fit are batched into one step.
+
+    Returns
+    -------
+    (int, int)
+        Pairs batched per step (1 … pairs) and queries per block (1 … queries).
+    """
+    if block is None:
+        blocks = 1 if queries <= ATTENTION_BLOCK else max(2, -(-queries * keys * 4 // tile_bytes))
+        block = -(-queries // blocks)
+    block = max(1, min(block, queries))
+    per_pair = block * keys * 4
+    return max(1, min(pairs, tile_bytes // per_pair)), block
 
 
 def attention_impl(impl: str = "auto", dtype: Dtype = F32) -> str:
@@ -148,14 +180,18 @@ def attention_impl(impl: str = "auto", dtype: Dtype = F32) -> str:
     return "xla"
 
 
-def blocked_attention(q, k, v, block: int):
-    """softmax(q·kᵀ/√d)·v, one (image, head) and ``block`` queries at a time.
+def blocked_attention(q, k, v, block: int | None = None, tile_bytes: int = ATTENTION_TILE_BYTES):
+    """softmax(q·kᵀ/√d)·v, a few (image, head) pairs and one block of queries at a time.
 
-    q: (N, T, heads, d), k, v: (N, S, heads, d). Scores and softmax in float32; the
-    unnormalised exp(s − max) multiplies v and the (block, d) result is divided by the row sums.
+    q: (N, T, heads, d), k, v: (N, S, heads, d) → (N, T, heads, d) in q's dtype. The tiling
+    is ``attention_tiling(N·heads, T, S, block, tile_bytes)``: each step batches that many
+    pairs, so one step's (pairs × block × S) float32 scores stay near the cache between the
+    softmax and the product with v, and the short sequences' small products are few, large
+    batched ones. Scores and softmax in float32; the unnormalised exp(s − max) multiplies v
+    and the (block, d) result is divided by the row sums.
     """
     N, T, H, d = q.shape
-    bs = min(block, T)
+    group, bs = attention_tiling(N * H, T, k.shape[1], block, tile_bytes)
     nb = -(-T // bs)
     qh = jnp.pad(q, ((0, 0), (0, nb * bs - T), (0, 0), (0, 0)))
     qh = qh.transpose(0, 2, 1, 3).reshape(N * H, nb, bs, d)
@@ -173,7 +209,7 @@ def blocked_attention(q, k, v, block: int):
 
         return jax.lax.map(one_block, qq)
 
-    y = jax.lax.map(one_head, (qh, kh, vh))  # (N·H, nb, bs, d)
+    y = jax.lax.map(one_head, (qh, kh, vh), batch_size=group if group > 1 else None)  # (N·H, nb, bs, d)
     return y.reshape(N, H, nb * bs, d)[:, :, :T].transpose(0, 2, 1, 3)
 
 
@@ -185,7 +221,7 @@ def attention(q, k, v, impl: str = "auto"):
     """
     impl = attention_impl(impl, q.dtype)
     if impl == "blocked":
-        return blocked_attention(q, k, v, ATTENTION_BLOCK)
+        return blocked_attention(q, k, v)
     if impl == "cudnn":
         try:
             return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")

@@ -83,9 +83,9 @@ __all__ = [
     "tfds_items",
 ]
 
-DEFAULT_BOOT_CHUNK = 64
-"""Null forwards per step when ``boot_chunk`` is not given: all of them up to B = 64 (results as
-before), at most 64 beyond, so that memory stays bounded for any B."""
+DEFAULT_BOOT_CHUNK = 65
+"""Images per input per forward when ``boot_chunk`` is not given: the input and all its null
+images up to B = 64 (one forward), at most 65 beyond, so that memory stays bounded for any B."""
 
 NOISES = ("square", "diffuse")
 SAMPLERS = tuple(options.SAMPLERS)  # the registries' names
@@ -126,8 +126,8 @@ class SweepConfig:
     resume; another ``batch`` changes them by float32 rounding). size: images are resized to
     ``size × size`` pixels (None: the model's size). dtype: "float32" | "bfloat16". host,
     n_hosts: this host's share ``ids[host::n_hosts]``; distributed: take them from
-    ``jax.distributed.initialize()``. workers: loader threads. boot_chunk: null forwards per
-    step (None: all). placements: K noise placements per image (`placements_of`), each a row
+    ``jax.distributed.initialize()``. workers: loader threads. boot_chunk: images per input
+    per forward, the input and its null images (None: all). placements: K noise placements per image (`placements_of`), each a row
     of its own with its own key. gallery: the first this many images (over all hosts sharing
     ``OUT``, roughly: each host stops when it sees that many files) also keep their maps before
     and after, at the grid's run closest to B = 1, width 1 and α = β = 0.3, in
