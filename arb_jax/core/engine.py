@@ -2,9 +2,10 @@
 
 Per device, the images run in groups (``image_chunk``) and each image with its null images in
 chunks (``boot_chunk``, the image in the first), in loops whose trip counts are traced so XLA
-compiles their bodies the same way for one step as for many (docs/method.md §6). Two caches: compiled functions (LRU, keyed on
-`model_key`, the static options and the mesh; parameters are arguments, never closed over) and
-each bundle's parameters on the device (weakly keyed on the bundle).
+compiles their bodies the same way for one step as for many (docs/method.md §6). Two caches:
+compiled functions (LRU, keyed on `model_key`, the static options and the mesh; parameters are
+arguments, never closed over) and each bundle's parameters on the device (weakly keyed on the
+bundle).
 """
 
 from __future__ import annotations

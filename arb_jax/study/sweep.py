@@ -128,8 +128,9 @@ class SweepConfig:
     n_hosts: this host's share ``ids[host::n_hosts]``; distributed: take them from
     ``jax.distributed.initialize()``. workers: loader threads. boot_chunk: images per input
     per forward, the input and its null images (None: all). placements: K noise placements per
-    image (`placements_of`), each a row of its own with its own key. gallery: the first this many images (over all hosts sharing
-    ``OUT``, roughly: each host stops when it sees that many files) also keep their maps before
+    image (`placements_of`), each a row of its own with its own key. gallery: the first this
+    many images (over all hosts sharing ``OUT``, roughly: each host stops when it sees that many
+    files) also keep their maps before
     and after, at the grid's run closest to B = 1, width 1 and α = β = 0.3, in
     ``OUT/gallery/*.npz`` for the report's gallery (0: none).
     """
