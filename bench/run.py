@@ -271,12 +271,20 @@ def bench_images(n: int, size: int, patch: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def peak_dtypes(preset: Preset) -> tuple[str, ...]:
+    """The dtypes whose matmul peak a run measures: the preset's, and every case's own (a
+    bfloat16 case's MFU is against the bfloat16 peak)."""
+    return tuple(dict.fromkeys([*preset.peak_dtypes, *(c.dtype for c in preset.cases)]))
+
+
 def measure_peaks(preset: Preset, ctx: Context) -> dict[str, Any]:
-    """Peak FLOP/s by dtype from large matmuls of JAX, PyTorch and ONNX Runtime (float32), in
-    this run; ``peaks["best"][dtype]`` is the fastest of them, the MFU denominator."""
+    """Peak FLOP/s by dtype (`peak_dtypes`) from large matmuls of JAX, PyTorch and ONNX Runtime
+    (float32 only), in this run; ``peaks["best"][dtype]`` is the fastest of them, the MFU
+    denominator."""
     peaks: dict[str, Any] = {"jax": {}, "torch": {}, "ort": {}}
     avail = pr.available()
-    for dtype in preset.peak_dtypes:
+    dtypes = peak_dtypes(preset)
+    for dtype in dtypes:
         ctx.log(f"peak: {dtype} {preset.peak_n}³ matmul (jax, torch, onnxruntime)")
         peaks["jax"][dtype] = fl.jax_matmul_peak(dtype, preset.peak_n)
         measures = {
@@ -297,7 +305,7 @@ def measure_peaks(preset: Preset, ctx: Context) -> dict[str, Any]:
             except Exception as e:  # a peer's peak must not stop the run
                 peaks[lib][dtype] = {"error": repr(e)}
     peaks["best"] = {}
-    for dtype in preset.peak_dtypes:
+    for dtype in dtypes:
         got = [
             (peaks[lib][dtype]["flops"], lib)
             for lib in ("jax", "torch", "ort")

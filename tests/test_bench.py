@@ -23,6 +23,7 @@ from bench import baseline as bl
 from bench import cases as bc
 from bench import flops as fl
 from bench import peers as pr
+from bench import run as br
 from bench.cli import main
 from bench.run import PEER_ATTN_TOL, TOLERANCES, compare, jsonable, mask_changes, time_calls
 from bench.tables import to_markdown
@@ -95,6 +96,9 @@ def test_smoke_preset_records(smoke):
     }
     assert {"jax", "torch", "ort"} <= set(libs) and best["flops"] == max(libs.values())
     assert all(r["peak_flops"] == best["flops"] for r in result["records"] if r["dtype"] == "float32")
+    bf16 = result["peaks"]["best"]["bfloat16"]  # the smoke preset has a bfloat16 case
+    assert bf16["library"] in ("jax", "torch") and "bfloat16" not in result["peaks"]["ort"]
+    assert all(r["peak_flops"] == bf16["flops"] for r in result["records"] if r["dtype"] == "bfloat16")
     assert {a["change"] for a in result["ablations"]} == {
         "profile",
         "attention",
@@ -340,6 +344,10 @@ def test_presets_and_bad_input(capsys):
     assert {("dino_vits16", 224, b, "bfloat16") for b in (1, 16, 64, 256, 1024)} <= gpu
     assert {("dino_vits8", 488, b, "bfloat16") for b in (1, 16)} <= gpu
     assert bc.PRESETS["gpu"].peak_dtypes == ("float32", "bfloat16")
+    # a bfloat16 case's MFU is against the bfloat16 peak, measured in the same run
+    assert "bfloat16" in [c.dtype for c in bc.PRESETS["cpu-quick"].cases]
+    assert br.peak_dtypes(bc.PRESETS["cpu-quick"]) == ("float32", "bfloat16")
+    assert br.peak_dtypes(bc.PRESETS["gpu"]) == ("float32", "bfloat16")
     with pytest.raises(ValueError, match="unknown preset 'tpu'"):
         bc.get_preset("tpu")
     with pytest.raises(ValueError, match="no case of preset 'smoke' matches 'nope'"):

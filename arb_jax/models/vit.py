@@ -11,10 +11,12 @@ accumulate in float32; parameters, the residual stream, LayerNorm and softmax st
 
 Attention of the blocks before the last (``attention``): "blocked" on a CPU, XLA's
 ``jax.nn.dot_product_attention`` elsewhere, and its cuDNN (flash) kernel on a GPU in bfloat16.
-"blocked" loops over (image, head) pairs and blocks of ``ATTENTION_BLOCK`` queries, so each
-block's (queries × keys) scores stay in cache between the softmax and the product with the
-values; XLA on a CPU otherwise writes and re-reads all N² scores of every head several times
-(2–3× slower per block at 3722 tokens, see ``bench/README.md``). ``ARB_ATTENTION`` in the
+"blocked" loops over groups of (image, head) pairs and blocks of queries (``attention_tiling``:
+a short sequence is one block with many pairs batched per step, a long one the fewest equal
+blocks whose scores fit ``ATTENTION_TILE_BYTES``), so each step's scores stay near the cache
+between the softmax and the product with the values; XLA on a CPU otherwise writes and re-reads
+all N² scores of every head several times (2–3× slower per block at 3722 tokens, see
+``bench/README.md``). ``ARB_ATTENTION`` in the
 environment (``xla`` | ``blocked`` | ``cudnn``) overrides the automatic choice at trace time.
 """
 
