@@ -46,7 +46,7 @@ from arb_jax.convert.errors import (
     CheckpointKeysError,
     check_conversion,
 )
-from arb_jax.convert.formats import Conversion, canonical_shapes
+from arb_jax.convert.formats import Conversion, canonical_shapes, unflatten
 from arb_jax.io.text import escape
 from arb_jax.models.config import ViTConfig
 
@@ -261,12 +261,7 @@ def big_vision_to_canonical(arrays: Mapping[str, np.ndarray], *, heads: int | No
         f"big_vision ViT (dim={D}, depth={depth}, patch={p})", missing, unexpected, misshaped, nonfinite
     )
     assert set(flat) == set(canonical_shapes(config)), "big_vision mapping incomplete"
-    tree: dict[str, Any] = {}
-    for path, leaf in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = leaf
+    tree = unflatten(flat)
     dtypes = sorted({str(a[k].dtype) for k in used})
     notes += [
         f"heads={n_heads} (the query kernels' shape)",

@@ -55,7 +55,7 @@ from arb_jax.convert.errors import (
 from arb_jax.io.text import brief, escape
 from arb_jax.models.config import CONFIGS, ViTConfig
 
-__all__ = ["Conversion", "canonical_shapes", "flatten_params", "to_canonical"]
+__all__ = ["Conversion", "canonical_shapes", "flatten_params", "to_canonical", "unflatten"]
 
 _DINO_TRAINING_BRANCHES = ("teacher", "student")
 
@@ -149,7 +149,8 @@ def flatten_params(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
     return out
 
 
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    """The nested dict of a flat {path tuple: leaf} mapping (the inverse of flattening a tree)."""
     tree: dict[str, Any] = {}
     for path, leaf in flat.items():
         node = tree
@@ -765,4 +766,4 @@ def to_canonical(
         + notes
         + [f"source dtypes: {', '.join(dtypes)}"]
     )
-    return Conversion(config, _unflatten(flat), names.layout, container, backbone.dropped, notes)
+    return Conversion(config, unflatten(flat), names.layout, container, backbone.dropped, notes)

@@ -122,10 +122,12 @@ def bootstrap_chunk(
     def draw(image, key):
         if not observed:
             return bootstrap.sample_range(sampler, key, image, start, chunk, width=width, patch=patch)
+        # null images max(start − 1, 0) …; in the first chunk (start = 0, possibly a concrete 0,
+        # so never a draw at index −1) shifted one slot up, slot 0 replaced by the image
         nulls = bootstrap.sample_range(
             sampler, key, image, jnp.maximum(start - 1, 0), chunk, width=width, patch=patch
         )
-        first = start == 0  # slots 0 … chunk − 1: the image, then null images 0 … chunk − 2
+        first = start == 0
         nulls = jnp.where(first, jnp.roll(nulls, 1, axis=0), nulls)
         return nulls.at[0].set(jnp.where(first, image.astype(nulls.dtype), nulls[0]))
 
@@ -235,16 +237,6 @@ def null_maps(
 # --------------------------------------------------------------------------------------------
 
 
-def _standardise(t: jax.Array, t0: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """z of the flat scaled scores t (n,) against the scaled null t0 (B, n), as `stats.zstat`:
-    μ₀, σ₀ (ddof 0) over all of t0; z (n,), z_null (B·n,)."""
-    mu0 = jnp.mean(t0)
-    sigma0 = jnp.sqrt(jnp.mean(jnp.square(t0 - mu0[None, None])))
-    z = stats.divide(t - mu0[None], sigma0[None])
-    z_null = stats.divide(t0 - mu0[None, None], sigma0[None, None])
-    return z, z_null.reshape(-1), mu0, sigma0
-
-
 def _check_values(maps: Any, null: Any, scale: Any) -> None:
     for x, name in ((maps, "maps"), (null, "null_maps")):
         if not _is_concrete(x):
@@ -312,7 +304,8 @@ def arb_stats(
     dtype = jnp.promote_types(jnp.result_type(maps, null), jnp.float32)
     flat, flat0 = maps.reshape(-1).astype(dtype), null.reshape(null.shape[0], -1).astype(dtype)
     to_scale = SCALES.resolve(scale)
-    z, zn, mu0, sigma0 = _standardise(to_scale(flat), to_scale(flat0))
+    z, zn, mu0, sigma0 = stats.standardise(to_scale(flat), to_scale(flat0))
+    zn = zn.reshape(-1)
     p = stats.PVALUE_METHODS.resolve(pvalue)(z, zn)
     estimate = stats.PI0_METHODS.resolve(pi0_method)
 

@@ -57,17 +57,7 @@ def image_statistics(
     maps = functional.shrink(
         attn, st, alpha=values["alpha"], beta=values["beta"], z_th=values["z_th"], patch=patch
     )
-    return {
-        "z": st.z,
-        "p": st.p,
-        "lfdr": st.lfdr,
-        "z_null": st.z_null,
-        "pi0": st.pi0,
-        "lfdr_pi0": st.lfdr_pi0,
-        "mu0": st.mu0,
-        "sigma0": st.sigma0,
-        "maps": maps,
-    }
+    return {**st._asdict(), "maps": maps}
 
 
 def arb_statistics(

@@ -2,7 +2,8 @@
 
 One public function per method, each a pure function of arrays:
 
-- ``zstat``:             z of log attention scores against the bootstrap (null) maps (eqs. 1–3)
+- ``zstat``:             z of log attention scores against the bootstrap (null) maps (eqs. 1–3);
+                         ``standardise`` is its step after the log, for any scale
 - ``empirical_pvalues``: p-values of z among the null z's (eq. 4; "upper", "plus_one",
                          "two_sided", "attnreg")
 - ``local_fdr``:         Efron's local FDR, exactly ``statsmodels.stats.multitest.local_fdr``
@@ -57,6 +58,7 @@ __all__ = [
     "qvalues",
     "smoother_matrix",
     "srmsd",
+    "standardise",
     "zstat",
 ]
 
@@ -178,17 +180,24 @@ def _batched(fn: Callable, n_batch: int) -> Callable:
 # --------------------------------------------------------------------------------------------
 
 
+def standardise(t: jax.Array, t0: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """z of scaled scores against their scaled null: μ₀, σ₀ (ddof 0) over all of t0 per map.
+
+    t: (..., n); t0: (..., B, n) or (..., m). Returns z = (t − μ₀)/σ₀ (t's shape), z⁰ (t0's
+    shape), μ₀ and σ₀ (...), with true divisions (`divide`). `zstat` is this of the logs.
+    """
+    axes = tuple(range(t.ndim - 1, t0.ndim))
+    mu0 = jnp.mean(t0, axis=axes)
+    sigma0 = jnp.sqrt(jnp.mean(jnp.square(t0 - jnp.expand_dims(mu0, axes)), axis=axes))
+    z = _div(t - mu0[..., None], sigma0[..., None])
+    z_null = _div(t0 - jnp.expand_dims(mu0, axes), jnp.expand_dims(sigma0, axes))
+    return z, z_null, mu0, sigma0
+
+
 @jax.jit
 def _zstat(attn: jax.Array, attn_null: jax.Array):
     tiny = jnp.finfo(attn.dtype).tiny
-    log_a = jnp.log(jnp.maximum(attn, tiny))
-    log_0 = jnp.log(jnp.maximum(attn_null, tiny))
-    axes = tuple(range(attn.ndim - 1, attn_null.ndim))
-    mu0 = jnp.mean(log_0, axis=axes)
-    sigma0 = jnp.sqrt(jnp.mean(jnp.square(log_0 - jnp.expand_dims(mu0, axes)), axis=axes))
-    z = _div(log_a - mu0[..., None], sigma0[..., None])
-    z_null = _div(log_0 - jnp.expand_dims(mu0, axes), jnp.expand_dims(sigma0, axes))
-    return z, z_null, mu0, sigma0
+    return standardise(jnp.log(jnp.maximum(attn, tiny)), jnp.log(jnp.maximum(attn_null, tiny)))
 
 
 def zstat(attn: Any, attn_null: Any) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
