@@ -13,6 +13,7 @@ from typing import Any
 
 from arb_jax.core.options import (
     LFDR_NULLS,
+    LFDR_PI0_CHOICES,
     PI0_METHODS,
     PRESET_IMAGES,
     PRESETS,
@@ -59,7 +60,7 @@ def add_arb_options(p: argparse.ArgumentParser, *, resize: bool = True) -> None:
     )
     p.add_argument(
         "--lfdr-pi0",
-        type=number_or("--lfdr-pi0", ("estimate", "shared"), 0.0, 1.0, lo_open=True),
+        type=number_or("--lfdr-pi0", LFDR_PI0_CHOICES, 0.0, 1.0, lo_open=True),
         default=None,
         metavar="PI0|estimate|shared",
         help="pi0 in the lfdr (default: the preset's; paper: 1, attnreg: shared): a number in (0, 1]; "
