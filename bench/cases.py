@@ -54,8 +54,8 @@ class Case:
 
 @dataclasses.dataclass(frozen=True)
 class Ablation:
-    """One measured speed-up: ``change`` in ("attention", "cls_only", "dtype", "boot_chunk",
-    "host_round_trip", "profile") on ``model`` at ``image_size``; ``batch`` images per
+    """One measured speed-up: ``change`` in ("attention", "cls_only", "dtype", "cpu_dots",
+    "boot_chunk", "host_round_trip", "profile") on ``model`` at ``image_size``; ``batch`` images per
     forward (forward-level changes) or ``n_boot`` (pipeline-level changes). ``level``: time
     "attention", "dtype" and "cls_only" on a whole forward or on one block."""
 
@@ -173,6 +173,7 @@ def _cpu_ablations(full: bool) -> tuple[Ablation, ...]:
         Ablation("attention", "dino_vits8", 488, batch=1, repeats=r, level=level),
         Ablation("cls_only", "dino_vits8", 488, batch=1, repeats=3, level=level),
         Ablation("dtype", "dino_vits16", 224, batch=17, repeats=r + 1),
+        Ablation("cpu_dots", "dino_vits16", 224, batch=17, repeats=r + 1),
         Ablation("boot_chunk", "dino_vits16", 224, n_boot=16, repeats=r + 1),
         Ablation("host_round_trip", "dino_vits16", 224, n_boot=16, repeats=r + 1),
     )
@@ -348,6 +349,7 @@ def _smoke_ablations() -> tuple[Ablation, ...]:
             ("attention", "forward"),
             ("cls_only", "block"),
             ("dtype", "block"),
+            ("cpu_dots", "forward"),
             ("boot_chunk", "forward"),
             ("host_round_trip", "forward"),
         )

@@ -75,18 +75,23 @@ def _median_time(fn, repeats: int) -> tuple[float, float]:
 def jax_matmul_peak(dtype: str = "float32", n: int = 4096, repeats: int = 5) -> dict[str, Any]:
     """FLOP/s of an n×n×n JAX matmul on the default device (float32 at HIGHEST precision).
 
+    Compiled as arb-jax compiles its forwards (``arb_jax.models.xla_options``: oneDNN's dots on
+    a CPU), so the peak and the forwards use the same kernels.
+
     bfloat16 inputs accumulate in float32 (``preferred_element_type``), as the model's matmuls.
     Returns {"library", "dtype", "n", "flops" (from the median time), "flops_best", "seconds"}.
     """
     import jax
     import jax.numpy as jnp
 
+    from arb_jax.models import xla_options
+
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     rng = np.random.default_rng(0)
     a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32), dtype) for _ in range(2))
     out = jnp.float32 if dtype == "bfloat16" else None
-    fn = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest", preferred_element_type=out))
+    fn = xla_options.jit(lambda x, y: jnp.dot(x, y, precision="highest", preferred_element_type=out))
     fn(a, b).block_until_ready()
     med, best = _median_time(lambda: fn(a, b).block_until_ready(), repeats)
     flops = 2.0 * n**3

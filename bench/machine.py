@@ -51,6 +51,8 @@ def describe() -> dict[str, Any]:
     """The machine as a JSON-serialisable dict (call after the backends are initialised)."""
     import jax
 
+    from arb_jax.models import xla_options
+
     dev = jax.devices()[0]
     info: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -61,6 +63,7 @@ def describe() -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "jax_device": f"{dev.platform}: {dev.device_kind}",
         "jax_device_count": jax.device_count(),
+        "xla_compiler_options": xla_options.compiler_options(),  # oneDNN's dots on a CPU, or {}
         "load_average_start": load_average(),
         "versions": versions(),
     }

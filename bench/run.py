@@ -760,10 +760,19 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _compiled_forward(module, params, x):
+def _compiled_forward(module, params, x, compiler_options: dict[str, Any] | None = None):
+    """The forward compiled as arb-jax compiles it, or with ``compiler_options`` when given."""
     import jax
 
-    return jax.jit(lambda prm, im: module.apply({"params": prm}, im)["attn"]).lower(params, x).compile()
+    from arb_jax.models import xla_options
+
+    fn = lambda prm, im: module.apply({"params": prm}, im)["attn"]  # noqa: E731
+    fwd = (
+        xla_options.jit(fn)
+        if compiler_options is None
+        else jax.jit(fn, compiler_options=compiler_options or None)
+    )
+    return fwd.lower(params, x).compile()
 
 
 def _time_compiled(compiled, *args, repeats: int) -> list[float]:
@@ -799,8 +808,9 @@ class AblationBench:
         )
         self.what = "one forward" if ab.level == "forward" else "one transformer block"
 
-    def forward_time(self, dt: Any, impl: str) -> float:
-        """Median seconds of one compiled forward of the batch (compute dtype ``dt``)."""
+    def forward_time(self, dt: Any, impl: str, compiler_options: dict[str, Any] | None = None) -> float:
+        """Median seconds of one compiled forward of the batch (compute dtype ``dt``; XLA's
+        ``compiler_options``, default arb-jax's own, ``arb_jax.models.xla_options``)."""
         import jax
         import jax.numpy as jnp
 
@@ -809,15 +819,17 @@ class AblationBench:
         ab, c = self.ab, self.config
         x = jax.device_put(bench_images(ab.batch, ab.image_size, c.patch))
         module = VisionTransformer(c, dt, "highest" if dt == jnp.float32 else None, attention=impl)
-        compiled = _compiled_forward(module, self.vit.params, x)
+        compiled = _compiled_forward(module, self.vit.params, x, compiler_options)
         return _median(_time_compiled(compiled, self.vit.params, x, repeats=ab.repeats))
 
     def module_time(self, fn: Callable, *args: Any) -> float:
         """Median seconds of ``jit(fn)(*args)``, compiled once, at "highest" matmul precision."""
         import jax
 
+        from arb_jax.models import xla_options
+
         with jax.default_matmul_precision("highest"):
-            compiled = jax.jit(fn).lower(*args).compile()
+            compiled = xla_options.jit(fn).lower(*args).compile()
             return _median(_time_compiled(compiled, *args, repeats=self.ab.repeats))
 
     def block_time(self, dt: Any, impl: str, i: int = 0) -> float:
@@ -882,6 +894,21 @@ def _ablate_dtype(b: AblationBench) -> list[dict[str, Any]]:
     )
 
 
+def _ablate_cpu_dots(b: AblationBench) -> list[dict[str, Any]]:
+    from arb_jax.models import xla_options
+
+    onednn = xla_options.compiler_options(choice="auto")  # {} off a CPU or without oneDNN
+    before, after = b.forward_time(b.dtype, "auto", {}), b.forward_time(b.dtype, "auto", onednn)
+    return b.speedup(
+        before,
+        after,
+        batch=b.ab.batch,
+        before="XLA's own choice of dot library (YNNPACK in jaxlib 0.10)",
+        after=f"oneDNN runs the dots it supports ({'on' if onednn else 'not available: the same'})",
+        what=b.what,
+    )
+
+
 def _ablate_cls_only(b: AblationBench) -> list[dict[str, Any]]:
     from arb_jax.models.vit import Block, ClsBlock
 
@@ -923,14 +950,14 @@ def _ablate_boot_chunk(b: AblationBench) -> list[dict[str, Any]]:
 
 
 def _ablate_host_round_trip(b: AblationBench) -> list[dict[str, Any]]:
-    import jax
     import jax.numpy as jnp
 
     from arb_jax.core.pipeline import arb_statistics, null_images
+    from arb_jax.models import xla_options
 
     vit, c, B = b.vit, b.config, b.ab.n_boot
     images, key = b.pipeline_images()
-    fwd = jax.jit(lambda prm, im: vit.apply(prm, im)["attn"].mean(1))
+    fwd = xla_options.jit(lambda prm, im: vit.apply(prm, im)["attn"].mean(1))
 
     def split():
         nulls = null_images(key, images, B)[0]
@@ -954,6 +981,7 @@ def _ablate_host_round_trip(b: AblationBench) -> list[dict[str, Any]]:
 ABLATIONS: dict[str, Callable[[AblationBench], list[dict[str, Any]]]] = {
     "attention": _ablate_attention,
     "dtype": _ablate_dtype,
+    "cpu_dots": _ablate_cpu_dots,
     "cls_only": _ablate_cls_only,
     "profile": _ablate_profile,
     "boot_chunk": _ablate_boot_chunk,

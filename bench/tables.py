@@ -42,6 +42,7 @@ def machine_table(result: dict[str, Any]) -> str:
         ),
         ("libraries", ", ".join(f"{k} {val}" for k, val in v.items())),
         ("torch threads / device", f"{m.get('torch_threads')} / {m.get('torch_device', 'cpu')}"),
+        ("our XLA compiler options", f"`{m.get('xla_compiler_options', {})}`"),
     ]
     for lib in ("jax", "torch", "ort"):
         for dtype, p in peaks.get(lib, {}).items():

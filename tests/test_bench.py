@@ -104,6 +104,7 @@ def test_smoke_preset_records(smoke):
         "attention",
         "cls_only",
         "dtype",
+        "cpu_dots",
         "boot_chunk",
         "host_round_trip",
     }

@@ -27,7 +27,6 @@ import argparse
 import collections
 import shutil
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -36,7 +35,7 @@ from _hf import attention_linears, hf_model, perturb  # tests/_hf.py
 from safetensors.torch import load_file, save_file
 
 from arb_jax.convert import convert, load_converted
-from arb_jax.models import build_vit
+from arb_jax.models import build_vit, xla_options
 
 TOL = 1e-5
 N_CLASSES = 5
@@ -192,10 +191,11 @@ _COMPILED = {}
 
 
 def _forward(vit):
-    """One compiled forward per (config, size), shared by every format's parameters."""
+    """One compiled forward per (config, size), shared by every format's parameters, compiled as
+    the bundle's entry points compile (``xla_options``: the same CPU dot library)."""
     key = (vit.config, vit.image_size)
     if key not in _COMPILED:
-        _COMPILED[key] = jax.jit(vit.apply)
+        _COMPILED[key] = xla_options.jit(vit.apply)
     return _COMPILED[key]
 
 

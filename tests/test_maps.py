@@ -31,6 +31,7 @@ from arb_jax.models import (
     get_config,
     random_params,
     rollout_map,
+    xla_options,
 )
 
 ATTN_TOL = 1e-5  # absolute, attention probabilities and rollout (float32 vs float64)
@@ -120,9 +121,9 @@ def test_block_attention_and_rollout_match_hf(case, name):
         np.testing.assert_allclose(mean, ref.mean(1), rtol=0, atol=ATTN_TOL)
         np.testing.assert_allclose(one, ref[:, 1], rtol=0, atol=ATTN_TOL)
         assert ref.std(axis=(2, 3)).min() > 0.1 / ref[0, 0].size  # maps far from uniform
-    # the last block's map is the model's own CLS attention, bit for bit
+    # the last block's map is the model's own CLS attention, bit for bit (compiled alike)
     np.testing.assert_array_equal(
-        jax.jit(cls_attention_map(vit, head="all"))(vit.params, images), vit.cls_attention(images)
+        xla_options.jit(cls_attention_map(vit, head="all"))(vit.params, images), vit.cls_attention(images)
     )
     for fusion in ("mean", "max", "min"):
         ref = _reference_rollout(attentions, c.n_registers, grid, fusion)

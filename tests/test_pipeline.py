@@ -25,7 +25,7 @@ from arb_jax.core.options import split_options
 from arb_jax.core.pipeline import ARBOptions, ARBResult
 from arb_jax.core.regularize import Percentile
 from arb_jax.io import images
-from arb_jax.models import build_vit
+from arb_jax.models import build_vit, xla_options
 
 PATCH = 8
 B = 6
@@ -257,7 +257,8 @@ def test_pipeline_equals_numpy_pixel_level_computation(chunk_runs, vit64, photos
     nearest-upsampled pixel maps, from null maps computed here independently."""
     res = chunk_runs[None][0]
     draw = [bootstrap.sample("normal", k, x, B) for k, x in zip(keys2, photos64, strict=True)]
-    attn_fn = jax.jit(lambda x: vit64.apply(vit64.params, x)["attn"].mean(1))
+    # compiled as the pipeline compiles its forward (the same CPU dot library, xla_options)
+    attn_fn = xla_options.jit(lambda x: vit64.apply(vit64.params, x)["attn"].mean(1))
     null = np.asarray(attn_fn(jnp.concatenate(draw))).reshape(2, B, *vit64.grid)
     attn = np.asarray(attn_fn(photos64))
     np.testing.assert_allclose(res.attn, attn, rtol=1e-6)

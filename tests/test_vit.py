@@ -26,6 +26,7 @@ from arb_jax.models import (
     get_config,
     interpolate_pos_embed,
     random_params,
+    xla_options,
 )
 from arb_jax.models.vit import Block, ClsBlock
 
@@ -143,8 +144,8 @@ def _torch_interpolated(pos: np.ndarray, grid_hw) -> np.ndarray:
 
 
 def _apply(cfg: ViTConfig, params, images, dtype=jnp.float32):
-    """The model, jitted (eager op-by-op dispatch is far slower to test)."""
-    return jax.jit(VisionTransformer(cfg, dtype).apply)({"params": params}, images)
+    """The model, jitted as arb-jax jits it (``xla_options``; eager dispatch is far slower)."""
+    return xla_options.jit(VisionTransformer(cfg, dtype).apply)({"params": params}, images)
 
 
 def _images(n, size, seed=0):
@@ -203,7 +204,7 @@ def test_parity_with_hf_at_interpolated_size(name, grid):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size", [("dino_vits16", (224, 224)), ("dinov2_vits14_reg", (224, 224))])
-def test_parity_with_hf_real_architecture(name, size):
+def test_parity_with_hf_real_architecture(name, size, monkeypatch):
     # The registered architectures (12 blocks, D=384), random init; DINOv2 at 224 (16×16 grid,
     # interpolated from its 37×37 grid).
     cfg = get_config(name)
@@ -220,8 +221,10 @@ def test_parity_with_hf_real_architecture(name, size):
     images = _images(2, size, seed=4)
     attn_ref, feat_ref = _hf_outputs(model, cfg, images)
     vit = build_vit(cfg, params, image_size=size)
-    out = jax.jit(vit.apply)(vit.params, images)
-    _assert_parity(out, attn_ref, feat_ref, grid[0] * grid[1])
+    for dots in ("xla", "onednn"):  # which library runs the CPU's dots (xla_options)
+        monkeypatch.setenv(xla_options.CPU_DOTS_ENV, dots)
+        out = xla_options.jit(vit.apply)(vit.params, images)
+        _assert_parity(out, attn_ref, feat_ref, grid[0] * grid[1])
 
 
 # --------------------------------------------------------------------------- the CLS-only block

@@ -27,6 +27,7 @@ from arb_jax.checks import as_int
 from arb_jax.core import functional
 from arb_jax.core.options import ARBOptions
 from arb_jax.core.statistics import image_statistics
+from arb_jax.models import xla_options
 
 __all__ = [
     "BOOT",
@@ -244,7 +245,8 @@ def model_key(vit: Any) -> tuple:
 def compiled(vit: Any, opts: ARBOptions, mesh: Mesh | None) -> Callable:
     """The jitted ``(params, images (N,H,W,3), keys (N,), values, steps) -> dict`` (LRU cache).
 
-    Keyed on the model architecture and dtype (`model_key`), the static options and the mesh.
+    Keyed on the model architecture and dtype (`model_key`), the static options, the mesh and
+    the compiler options (`arb_jax.models.xla_options`: which library runs a CPU's dots).
     The function closes over the linen module only (config and dtype), never over parameters.
 
     Parameters
@@ -261,7 +263,8 @@ def compiled(vit: Any, opts: ARBOptions, mesh: Mesh | None) -> Callable:
     callable
         The same object for the same architecture, dtype, options and mesh.
     """
-    cache_key = (model_key(vit), opts, mesh)
+    compiler = xla_options.compiler_options(mesh.devices.flat[0].platform if mesh is not None else None)
+    cache_key = (model_key(vit), opts, mesh, tuple(sorted(compiler.items())))
     fn = _COMPILED.get(cache_key)
     if fn is not None:
         _COMPILED.move_to_end(cache_key)
@@ -275,10 +278,11 @@ def compiled(vit: Any, opts: ARBOptions, mesh: Mesh | None) -> Callable:
     boot = mesh.shape[BOOT] if mesh is not None and BOOT in mesh.axis_names else None
     local = functools.partial(_local, forward, patch, user_map, opts, boot)
     if mesh is None:
-        fn = jax.jit(local)
+        fn = jax.jit(local, compiler_options=compiler or None)
     else:
         spec, rep = PartitionSpec(IMAGES), PartitionSpec()
-        fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, rep, rep), out_specs=spec))
+        sharded = jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, rep, rep), out_specs=spec)
+        fn = jax.jit(sharded, compiler_options=compiler or None)
     _COMPILED[cache_key] = fn
     while len(_COMPILED) > _CACHE_SIZE:
         _COMPILED.popitem(last=False)

@@ -12,7 +12,8 @@ default scale, ``"log"``, needs scores > 0), or any signed map with ``scale="ide
 named choices (samplers, p-value and π₀ methods, lfdr nulls, scales) are registries
 (`arb_jax.registry`); a function is accepted wherever a name is. `regularize_attention`
 (`arb_jax.core.pipeline`) runs these same functions, fused in one compiled program, over meshes,
-chunks and padding.
+chunks and padding. On a CPU it compiles with ``arb_jax.models.xla_options.compiler_options()``
+(oneDNN's dots); a caller's own ``jax.jit(..., compiler_options=...)`` can pass the same.
 
 Checks. Shapes, dtypes and names are checked when the functions are traced (one ValueError naming
 the function and the shapes). Values can only be checked on concrete arrays: there, a negative

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arb_jax.models import xla_options
 from arb_jax.models.config import ViTConfig, get_config
 from arb_jax.models.posembed import interpolate_pos_embed
 from arb_jax.models.vit import VisionTransformer, check_images
@@ -91,11 +92,11 @@ class ViT:
 
     @functools.cached_property
     def _attn_fn(self):
-        return jax.jit(lambda params, images: self.apply(params, images)["attn"])
+        return xla_options.jit(lambda params, images: self.apply(params, images)["attn"])
 
     @functools.cached_property
     def _features_fn(self):
-        return jax.jit(lambda params, images: self.apply(params, images)["features"])
+        return xla_options.jit(lambda params, images: self.apply(params, images)["features"])
 
     def cls_attention(self, images: jax.Array) -> jax.Array:
         """Last-block CLS attention, (N, H, W, 3) → (N, heads, h, w) float32 (jitted)."""
@@ -109,7 +110,7 @@ class ViT:
 
     @functools.cached_property
     def _logits_fn(self):
-        return jax.jit(lambda params, images: self.apply(params, images)["logits"])
+        return xla_options.jit(lambda params, images: self.apply(params, images)["logits"])
 
     @property
     def head(self) -> dict | None:

@@ -1,0 +1,75 @@
+"""The XLA compiler options arb-jax compiles its forwards with: which library runs a CPU's dots.
+
+XLA:CPU (jaxlib 0.10) hands its dots to YNNPACK by default. For the 2-D products of a ViT
+(q | k | v, the projection and the MLP at 197–3722 tokens) oneDNN's float32 kernels are faster
+on an x86 CPU, and XLA can route the dots it supports (row-major operands) to oneDNN while the
+attention's batched products stay with YNNPACK. The options are given per compilation
+(``jax.jit(..., compiler_options=...)``), never through the process-wide ``XLA_FLAGS``, so
+importing arb-jax changes nothing else a program compiles. ``bench/README.md`` has the figures.
+
+``ARB_CPU_DOTS`` in the environment chooses: ``auto`` (the default: oneDNN where this jaxlib has
+it, else XLA's own choice), ``onednn`` (an error where it is missing) or ``xla`` (XLA's default
+library). Off a CPU the options are empty.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+CPU_DOTS_ENV = "ARB_CPU_DOTS"
+CPU_DOTS = ("auto", "onednn", "xla")
+ONEDNN_DOTS: dict[str, Any] = {
+    "xla_cpu_use_onednn": True,
+    "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+}
+
+
+def cpu_dots(choice: str | None = None) -> str:
+    """The library the CPU's dots go to: "onednn" or "xla", for ``choice`` (default: ``ARB_CPU_DOTS``).
+
+    Raises ``ValueError`` for a name not in ``CPU_DOTS``, or for "onednn" where this jaxlib
+    cannot compile with it.
+    """
+    if choice is None:
+        choice = os.environ.get(CPU_DOTS_ENV, "auto") or "auto"
+    if choice not in CPU_DOTS:
+        raise ValueError(f"unknown {CPU_DOTS_ENV} {choice!r}; choose one of {CPU_DOTS}")
+    if choice == "xla":
+        return "xla"
+    if _onednn_compiles():
+        return "onednn"
+    if choice == "onednn":
+        raise ValueError(f"{CPU_DOTS_ENV}=onednn, but jaxlib {jax.__version__} has no oneDNN dots here")
+    return "xla"
+
+
+def compiler_options(backend: str | None = None, choice: str | None = None) -> dict[str, Any]:
+    """Options for ``jax.jit(..., compiler_options=...)`` on ``backend`` (default: JAX's default).
+
+    ``ONEDNN_DOTS`` on a CPU when ``cpu_dots(choice)`` is "onednn", else ``{}``.
+    """
+    if (backend or jax.default_backend()) != "cpu":
+        return {}
+    return dict(ONEDNN_DOTS) if cpu_dots(choice) == "onednn" else {}
+
+
+def jit(fn: Callable, **kwargs: Any) -> Callable:
+    """``jax.jit(fn, **kwargs)`` with ``compiler_options()`` (read now, on the default backend)."""
+    return jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
+
+
+@functools.cache
+def _onednn_compiles() -> bool:
+    """Whether this jaxlib compiles a CPU dot with ``ONEDNN_DOTS`` (checked once per process)."""
+    try:
+        x = jax.device_put(jnp.ones((2, 2), jnp.float32), jax.devices("cpu")[0])
+        jax.jit(jnp.dot, compiler_options=ONEDNN_DOTS).lower(x, x).compile()
+    except Exception:  # noqa: BLE001 - an unknown option or a build without oneDNN: fall back
+        return False
+    return True

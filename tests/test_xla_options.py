@@ -1,0 +1,63 @@
+"""Which library runs a CPU's dots (``arb_jax.models.xla_options``): the choice, and its effect.
+
+The forwards' numbers under oneDNN are checked against HF transformers in
+``tests/test_vit.py::test_parity_with_hf_real_architecture`` (both libraries, 1e-5).
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arb_jax.core import engine
+from arb_jax.core.options import ARBOptions
+from arb_jax.models import build_vit, xla_options
+
+
+def _libraries(fn, *args) -> set[str]:
+    """The library fusions (``__onednn_fusion``, ``__ynn_fusion``, …) in fn's compiled HLO."""
+    return set(re.findall(r"__[a-z]+_fusion", fn.lower(*args).compile().as_text()))
+
+
+def test_the_choice_and_its_errors(monkeypatch):
+    monkeypatch.delenv(xla_options.CPU_DOTS_ENV, raising=False)
+    assert jax.default_backend() == "cpu"
+    # This jaxlib (pinned by the project's lock) has oneDNN: "auto" picks it on a CPU.
+    assert xla_options.cpu_dots() == "onednn"
+    assert xla_options.compiler_options() == xla_options.ONEDNN_DOTS
+    assert xla_options.compiler_options(choice="xla") == {}
+    assert xla_options.compiler_options(backend="gpu") == {}  # off a CPU: nothing
+    assert xla_options.compiler_options(backend="tpu", choice="onednn") == {}
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "xla")
+    assert xla_options.cpu_dots() == "xla" and xla_options.compiler_options() == {}
+    assert xla_options.cpu_dots("onednn") == "onednn"  # an explicit choice wins
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "mkl")
+    with pytest.raises(ValueError, match="unknown ARB_CPU_DOTS 'mkl'"):
+        xla_options.compiler_options()
+
+
+def test_onednn_runs_the_2d_dots_and_ynnpack_the_attention(monkeypatch):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 197, 384)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((384, 1536)), jnp.float32)
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "onednn")
+    on = xla_options.jit(lambda a, b: a @ b)
+    assert "__onednn_fusion" in _libraries(on, x, w)
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "xla")
+    off = xla_options.jit(lambda a, b: a @ b)
+    assert "__onednn_fusion" not in _libraries(off, x, w)
+    ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    for fn in (on, off):  # both float32 products of a 384-long sum, against float64
+        np.testing.assert_allclose(np.asarray(fn(x, w)), ref, rtol=0, atol=2e-4 * np.abs(ref).max())
+
+
+def test_the_runner_compiles_with_the_options_and_keys_its_cache_on_them(monkeypatch):
+    vit = build_vit("test_tiny16", None, image_size=32, seed=0)
+    opts = ARBOptions()
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "onednn")
+    with_onednn = engine.compiled(vit, opts, None)
+    assert engine.compiled(vit, opts, None) is with_onednn
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "xla")
+    without = engine.compiled(vit, opts, None)
+    assert without is not with_onednn  # a changed choice never reuses the other's function
