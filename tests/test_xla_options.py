@@ -61,3 +61,33 @@ def test_the_runner_compiles_with_the_options_and_keys_its_cache_on_them(monkeyp
     monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "xla")
     without = engine.compiled(vit, opts, None)
     assert without is not with_onednn  # a changed choice never reuses the other's function
+
+
+def _onednn_fusion_ops(hlo: str) -> list[set[str]]:
+    """The HLO opcodes inside each oneDNN fusion of a compiled module's text."""
+    called = set(re.findall(r"onednn_fusion[.0-9]* = [^\n]*calls=%?([\w.]+)", hlo))
+    out = []
+    for comp in hlo.split("\n\n"):
+        name = re.match(r"\s*%?([\w.]+) ", comp)
+        if name and name.group(1) in called:
+            out.append(set(re.findall(r"\} ([a-z][\w-]*)\(", comp)) - {"parameter"})
+    return out
+
+
+@pytest.mark.parametrize("name", ["test_tiny16", "test_tiny14_reg"])
+def test_each_onednn_call_is_a_lone_dot_and_the_whole_vit_runs(monkeypatch, name):
+    # XLA 0.10.2's DOT fusion type also pulls a dot's elementwise producers into the oneDNN graph;
+    # on the CLS-only last block (2-D rows) oneDNN then fails to compile it and the process dies
+    # (SIGILL). The mode used makes every oneDNN call a dot alone.
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "onednn")
+    vit = build_vit(name, None, seed=0)
+    images = jnp.asarray(np.random.default_rng(2).standard_normal((2, *vit.image_size, 3)), jnp.float32)
+    fn = xla_options.jit(vit.apply)
+    ops = _onednn_fusion_ops(fn.lower(vit.params, images).compile().as_text())
+    assert len(ops) >= 4 * vit.config.depth  # q | kv, proj, fc1, fc2 of every block at least
+    assert all(o <= {"dot", "bitcast"} and "dot" in o for o in ops), ops
+    out = fn(vit.params, images)  # runs (the DOT mode dies here)
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "xla")
+    ref = jax.jit(vit.apply)(vit.params, images)
+    np.testing.assert_allclose(out["attn"], ref["attn"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out["features"], ref["features"], rtol=0, atol=1e-5)
