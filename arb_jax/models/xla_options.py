@@ -3,12 +3,12 @@
 XLA:CPU (jaxlib 0.10) hands its dots to YNNPACK by default. For the 2-D products of a ViT
 (q | k | v, the projection and the MLP at 197–3722 tokens) oneDNN's float32 kernels are faster
 on an x86 CPU, and XLA can route the dots it supports (row-major operands) to oneDNN while the
-attention's q·kᵀ (a column-major right-hand side) stays with YNNPACK. Each dot is its own oneDNN call
-(``INDIVIDUAL_DOT``): the ``DOT`` fusion type also pulls elementwise neighbours into the oneDNN
-graph, which XLA 0.10.2 fails to compile on the CLS-only last block and dies of (SIGILL). The
-options are given per compilation
-(``jax.jit(..., compiler_options=...)``), never through the process-wide ``XLA_FLAGS``, so
-importing arb-jax changes nothing else a program compiles. ``bench/README.md`` has the figures.
+attention's q·kᵀ (a column-major right-hand side) stays with YNNPACK. Each dot is its own
+oneDNN call (``INDIVIDUAL_DOT``): the ``DOT`` fusion type also pulls elementwise neighbours
+into the oneDNN graph, which XLA 0.10.2 fails to compile on the CLS-only last block, and the
+process dies (SIGILL). The options are given per compilation (``jax.jit(...,
+compiler_options=...)``), never through the process-wide ``XLA_FLAGS``, so importing arb-jax
+changes nothing else a program compiles. ``bench/README.md`` has the figures.
 
 ``ARB_CPU_DOTS`` in the environment chooses: ``auto`` (the default: oneDNN where this jaxlib has
 it, else XLA's own choice), ``onednn`` (an error where it is missing) or ``xla`` (XLA's default
