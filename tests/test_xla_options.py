@@ -91,3 +91,21 @@ def test_each_onednn_call_is_a_lone_dot_and_the_whole_vit_runs(monkeypatch, name
     ref = jax.jit(vit.apply)(vit.params, images)
     np.testing.assert_allclose(out["attn"], ref["attn"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(out["features"], ref["features"], rtol=0, atol=1e-5)
+
+
+def test_auto_keeps_the_persistent_compilation_cache_working(monkeypatch, tmp_path):
+    # XLA 0.10.2 cannot serialise an executable with oneDNN calls ("ToProto is not implemented
+    # for thunk kind: onednn-fusion"): with the cache on (the `arb` command), "auto" stays "xla".
+    monkeypatch.delenv(xla_options.CPU_DOTS_ENV, raising=False)
+    assert not xla_options.persistent_cache_on()
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    try:
+        assert xla_options.persistent_cache_on()
+        assert xla_options.cpu_dots() == "xla" and xla_options.compiler_options() == {}
+        assert xla_options.cpu_dots("onednn") == "onednn"  # asked for: the faster dots, no cache
+        monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "onednn")
+        assert xla_options.compiler_options() == xla_options.ONEDNN_DOTS
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert xla_options.cpu_dots("auto") == "onednn"

@@ -12,7 +12,11 @@ changes nothing else a program compiles. ``bench/README.md`` has the figures.
 
 ``ARB_CPU_DOTS`` in the environment chooses: ``auto`` (the default: oneDNN where this jaxlib has
 it, else XLA's own choice), ``onednn`` (an error where it is missing) or ``xla`` (XLA's default
-library). Off a CPU the options are empty.
+library). Off a CPU the options are empty. XLA 0.10.2 cannot store an executable with oneDNN
+calls in JAX's persistent compilation cache ("ToProto is not implemented for thunk kind:
+onednn-fusion"), so "auto" keeps XLA's own choice while that cache is on (the ``arb`` command
+turns it on): a rerun then skips its compiles. ``ARB_CPU_DOTS=onednn`` trades that for the
+faster dots (a long sweep).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ ONEDNN_DOTS: dict[str, Any] = {
 def cpu_dots(choice: str | None = None) -> str:
     """The library the CPU's dots go to: "onednn" or "xla", for ``choice`` (default: ``ARB_CPU_DOTS``).
 
+    "auto" is "xla" while JAX's persistent compilation cache is on (``persistent_cache_on``).
     Raises ``ValueError`` for a name not in ``CPU_DOTS``, or for "onednn" where this jaxlib
     cannot compile with it.
     """
@@ -43,7 +48,7 @@ def cpu_dots(choice: str | None = None) -> str:
         choice = os.environ.get(CPU_DOTS_ENV, "auto") or "auto"
     if choice not in CPU_DOTS:
         raise ValueError(f"unknown {CPU_DOTS_ENV} {choice!r}; choose one of {CPU_DOTS}")
-    if choice == "xla":
+    if choice == "xla" or (choice == "auto" and persistent_cache_on()):
         return "xla"
     if _onednn_compiles():
         return "onednn"
@@ -65,6 +70,11 @@ def compiler_options(backend: str | None = None, choice: str | None = None) -> d
 def jit(fn: Callable, **kwargs: Any) -> Callable:
     """``jax.jit(fn, **kwargs)`` with ``compiler_options()`` (read now, on the default backend)."""
     return jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
+
+
+def persistent_cache_on() -> bool:
+    """Whether JAX writes compiled functions to a persistent compilation cache (a folder is set)."""
+    return bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
 
 
 @functools.cache
