@@ -74,7 +74,11 @@ def jit(fn: Callable, **kwargs: Any) -> Callable:
 
 def persistent_cache_on() -> bool:
     """Whether JAX writes compiled functions to a persistent compilation cache (a folder is set)."""
-    return bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
+    config = jax.config
+    return bool(
+        getattr(config, "jax_enable_compilation_cache", False)
+        and getattr(config, "jax_compilation_cache_dir", None)
+    )
 
 
 @functools.cache
