@@ -762,16 +762,9 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
 
 def _compiled_forward(module, params, x, compiler_options: dict[str, Any] | None = None):
     """The forward compiled as arb-jax compiles it, or with ``compiler_options`` when given."""
-    import jax
-
     from arb_jax.models import xla_options
 
-    fn = lambda prm, im: module.apply({"params": prm}, im)["attn"]  # noqa: E731
-    fwd = (
-        xla_options.jit(fn)
-        if compiler_options is None
-        else jax.jit(fn, compiler_options=compiler_options or None)
-    )
+    fwd = xla_options.jit(lambda prm, im: module.apply({"params": prm}, im)["attn"], compiler_options)
     return fwd.lower(params, x).compile()
 
 

@@ -278,11 +278,11 @@ def compiled(vit: Any, opts: ARBOptions, mesh: Mesh | None) -> Callable:
     boot = mesh.shape[BOOT] if mesh is not None and BOOT in mesh.axis_names else None
     local = functools.partial(_local, forward, patch, user_map, opts, boot)
     if mesh is None:
-        fn = jax.jit(local, compiler_options=compiler or None)
+        fn = xla_options.jit(local, compiler)
     else:
         spec, rep = PartitionSpec(IMAGES), PartitionSpec()
         sharded = jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, rep, rep), out_specs=spec)
-        fn = jax.jit(sharded, compiler_options=compiler or None)
+        fn = xla_options.jit(sharded, compiler)
     _COMPILED[cache_key] = fn
     while len(_COMPILED) > _CACHE_SIZE:
         _COMPILED.popitem(last=False)

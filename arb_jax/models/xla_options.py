@@ -67,9 +67,12 @@ def compiler_options(backend: str | None = None, choice: str | None = None) -> d
     return dict(ONEDNN_DOTS) if cpu_dots(choice) == "onednn" else {}
 
 
-def jit(fn: Callable, **kwargs: Any) -> Callable:
-    """``jax.jit(fn, **kwargs)`` with ``compiler_options()`` (read now, on the default backend)."""
-    return jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
+def jit(fn: Callable, options: dict[str, Any] | None = None, **kwargs: Any) -> Callable:
+    """``jax.jit(fn, **kwargs)`` compiled with ``options``: by default ``compiler_options()``
+    (read now, on the default backend); ``{}`` is XLA's own choice."""
+    if options is None:
+        options = compiler_options()
+    return jax.jit(fn, compiler_options=options or None, **kwargs)
 
 
 def persistent_cache_on() -> bool:
