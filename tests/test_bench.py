@@ -303,6 +303,21 @@ def test_blocked_attention_equals_xla():
     assert vit_module.attention_tiling(6, 37, 37, 19, 1) == (1, 19)
 
 
+def test_blocked_attention_unrolled_equals_loop(monkeypatch):
+    """When one step holds every pair, the query blocks are written out with no loop: the same
+    numbers, bit for bit, as the ``lax.map`` loop over pairs and blocks (a padded last block too)."""
+    rng = np.random.default_rng(7)
+    q, k, v = (jnp.asarray(rng.standard_normal((3, 41, 2, 8)), jnp.float32) for _ in range(3))
+    run = jax.jit(vit_module.blocked_attention, static_argnums=(3,))
+    unrolled = {b: np.asarray(run(q, k, v, b)) for b in (6, 14, 41)}  # 7, 3 and 1 blocks
+    monkeypatch.setattr(vit_module, "ATTENTION_UNROLL", 0)  # every tiling loops
+    run = jax.jit(vit_module.blocked_attention, static_argnums=(3,))
+    for b, out in unrolled.items():
+        np.testing.assert_array_equal(out, run(q, k, v, b))
+    ref = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    np.testing.assert_allclose(unrolled[6], ref, rtol=0, atol=1e-6)
+
+
 def test_attention_tiling():
     """Short sequences: one block, pairs batched; long ones: the fewest equal blocks (>= 2) whose
     scores fit the tile; a step never holds more than the tile unless one block row must."""
@@ -417,6 +432,31 @@ def test_list_and_helpers(capsys):
     assert len(time_calls(lambda: calls.append(1), 5, 0.0)) == 1  # budget spent: one run
     with pytest.raises(dataclasses.FrozenInstanceError):
         bc.PRESETS["smoke"].cases[0].n_boot = 2
+
+
+def test_interleaved_timing_settles_before_every_timed_call(monkeypatch):
+    """Each round times ours, then each peer, and every timed call starts after ``_settle`` (so a
+    library's spinning threads never fall on the next one's time)."""
+    log: list[str] = []
+    monkeypatch.setattr(br, "_settle", lambda: log.append("settle"))
+
+    def peer_run(peer, image, n_boot, seed=0):
+        log.append(peer)
+        return pr.PeerRun(None, None, {}, {"sample": 0.0, "forward": 1.0, "stats": 0.0, "total": 1.0})
+
+    monkeypatch.setattr(br.pr, "run_peer", peer_run)
+
+    class Run(br.CaseRun):
+        def ours_call(self):
+            log.append("ours")
+
+    case = dataclasses.replace(bc.PRESETS["smoke"].cases[0], repeats=2, budget_s=1e9)
+    run = Run(case, br.Context(quiet=True), None, None, np.zeros((1, 8, 8, 3)), None, None, {}, {})
+    run.rec["ours_first_call_s"] = 0.0
+    run.peers, run.peer_runs = {"torch": "torch", "ort": "ort"}, {"torch": [], "ort": []}
+    br._time_ours(run)
+    assert log == ["settle", "ours", "settle", "torch", "settle", "ort"] * 2
+    assert run.rec["ours_repeats"] == 2 and run.rec["best_peer"] in ("torch", "ort")
 
 
 def test_gpu_baseline_batch_fits_8_gib_of_attention_maps():

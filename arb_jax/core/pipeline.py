@@ -138,6 +138,12 @@ class ARBResult:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _fold_in_range(key: jax.Array, n: int) -> jax.Array:
+    """(n,) keys ``fold_in(key, i)``, i = 0 … n − 1 (one compiled call: eager, 2 ms a call)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
 def image_keys(key: Any, n: int) -> jax.Array:
     """(n,) typed per-image keys: image ``i`` gets ``fold_in(key, i)``; n keys pass through.
 
@@ -157,7 +163,7 @@ def image_keys(key: Any, n: int) -> jax.Array:
             )
         key = jax.random.wrap_key_data(key)
     if key.ndim == 0:
-        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+        return _fold_in_range(key, n)
     if key.shape == (n,):
         return key
     raise ValueError(
