@@ -594,7 +594,13 @@ def _load_peers(run: CaseRun) -> None:
 def _time_ours(run: CaseRun) -> None:
     """Step: ours, timed (seconds per image, per forward; peak memory), interleaved call by call
     with the peers (each round: ours, then each peer on one image), so that load from other
-    processes falls on all of them alike; each timed call starts after ``_settle``."""
+    processes falls on all of them alike; each timed call starts after ``_settle``.
+
+    Where the peers had an untimed warm-up (``case.peer_warmup``: their check run, just before),
+    ours has one here too, and the peak memory is measured on it, so that no timed call follows
+    ``PeakMemory``'s ``gc.collect`` (55–140 ms of Python, after which our next call at B = 1 took
+    90 ms against 81; bench/README.md). The long cases (no warm-up) measure it on their timed calls.
+    """
     import jax
 
     case, B, N = run.case, run.case.n_boot, run.case.n_images
@@ -602,14 +608,20 @@ def _time_ours(run: CaseRun) -> None:
     kind = "jax" if jax.default_backend() != "cpu" else "rss"
     times: list[float] = []
     peak_mem = 0
+    if case.peer_warmup:  # as the peers' check runs were theirs, just now
+        with PeakMemory(kind) as mem:
+            run.ours_call()
+        peak_mem = mem.peak
     start = time.perf_counter()
     for r in range(max(1, case.repeats)):
-        with PeakMemory(kind) as mem:
+        probe = None if case.peer_warmup else PeakMemory(kind)
+        with probe or contextlib.nullcontext():
             _settle()
             t0 = time.perf_counter()
             run.ours_call()
             times.append(time.perf_counter() - t0)
-        peak_mem = max(peak_mem, mem.peak)
+        if probe is not None:
+            peak_mem = max(peak_mem, probe.peak)
         for name, peer in run.peers.items():
             if len(run.peer_runs[name]) < max(1, case.repeats):
                 _settle()

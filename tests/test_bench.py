@@ -436,9 +436,24 @@ def test_list_and_helpers(capsys):
 
 def test_interleaved_timing_settles_before_every_timed_call(monkeypatch):
     """Each round times ours, then each peer, and every timed call starts after ``_settle`` (so a
-    library's spinning threads never fall on the next one's time)."""
+    library's spinning threads never fall on the next one's time); ours is warmed up right before
+    its rounds exactly when the peers were (their check run), and then its peak memory is taken on
+    that warm-up, not on a timed call."""
     log: list[str] = []
     monkeypatch.setattr(br, "_settle", lambda: log.append("settle"))
+
+    class Probe:  # PeakMemory: logged, and a peak of 7 bytes
+        def __init__(self, kind):
+            self.peak = 7
+
+        def __enter__(self):
+            log.append("probe")
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(br, "PeakMemory", Probe)
 
     def peer_run(peer, image, n_boot, seed=0):
         log.append(peer)
@@ -450,13 +465,18 @@ def test_interleaved_timing_settles_before_every_timed_call(monkeypatch):
         def ours_call(self):
             log.append("ours")
 
-    case = dataclasses.replace(bc.PRESETS["smoke"].cases[0], repeats=2, budget_s=1e9)
-    run = Run(case, br.Context(quiet=True), None, None, np.zeros((1, 8, 8, 3)), None, None, {}, {})
-    run.rec["ours_first_call_s"] = 0.0
-    run.peers, run.peer_runs = {"torch": "torch", "ort": "ort"}, {"torch": [], "ort": []}
-    br._time_ours(run)
-    assert log == ["settle", "ours", "settle", "torch", "settle", "ort"] * 2
-    assert run.rec["ours_repeats"] == 2 and run.rec["best_peer"] in ("torch", "ort")
+    for warmup in (True, False):  # ours has an untimed warm-up where the peers had one
+        log.clear()
+        case = dataclasses.replace(bc.PRESETS["smoke"].cases[0], repeats=2, budget_s=1e9, peer_warmup=warmup)
+        run = Run(case, br.Context(quiet=True), None, None, np.zeros((1, 8, 8, 3)), None, None, {}, {})
+        run.rec["ours_first_call_s"] = 0.0
+        run.peers, run.peer_runs = {"torch": "torch", "ort": "ort"}, {"torch": [], "ort": []}
+        br._time_ours(run)
+        timed = ["settle", "ours"] if warmup else ["probe", "settle", "ours"]  # no probe on a timed call
+        rounds = [*timed, "settle", "torch", "settle", "ort"] * 2
+        assert log == (["probe", "ours"] if warmup else []) + rounds
+        assert run.rec["ours_repeats"] == 2 and run.rec["best_peer"] in ("torch", "ort")
+        assert run.rec["peak_memory_bytes"] == 7
 
 
 def test_gpu_baseline_batch_fits_8_gib_of_attention_maps():
