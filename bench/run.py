@@ -526,7 +526,7 @@ PEER_ATTN_TOL = 1e-5
 SETTLE_S = 0.02  # pause before each interleaved timed call: the last library's spinning threads stop
 
 
-def _settle() -> None:
+def settle() -> None:
     """Wait ``SETTLE_S`` so that no other library's threads are still spinning on the cores.
 
     ONNX Runtime's intra-op pool spins for 10–20 ms after each run (its default): ours right after
@@ -591,10 +591,10 @@ def _load_peers(run: CaseRun) -> None:
         run.peer_runs[name] = [] if case.peer_warmup else [first]
 
 
-def _time_ours(run: CaseRun) -> None:
+def time_ours(run: CaseRun) -> None:
     """Step: ours, timed (seconds per image, per forward; peak memory), interleaved call by call
     with the peers (each round: ours, then each peer on one image), so that load from other
-    processes falls on all of them alike; each timed call starts after ``_settle``.
+    processes falls on all of them alike; each timed call starts after ``settle``.
 
     Where the peers had an untimed warm-up (``case.peer_warmup``: their check run, just before),
     ours has one here too, and the peak memory is measured on it, so that no timed call follows
@@ -616,7 +616,7 @@ def _time_ours(run: CaseRun) -> None:
     for r in range(max(1, case.repeats)):
         probe = None if case.peer_warmup else PeakMemory(kind)
         with probe or contextlib.nullcontext():
-            _settle()
+            settle()
             t0 = time.perf_counter()
             run.ours_call()
             times.append(time.perf_counter() - t0)
@@ -624,7 +624,7 @@ def _time_ours(run: CaseRun) -> None:
             peak_mem = max(peak_mem, probe.peak)
         for name, peer in run.peers.items():
             if len(run.peer_runs[name]) < max(1, case.repeats):
-                _settle()
+                settle()
                 run.peer_runs[name].append(pr.run_peer(peer, run.images_np[r % N], B, seed=r))
         if time.perf_counter() - start + times[-1] > case.budget_s:
             break
@@ -766,7 +766,7 @@ CASE_STEPS = (
     _load_baseline,
     _check_case,
     _load_peers,
-    _time_ours,
+    time_ours,
     _time_baseline,
     _time_statistics,
     _flops_and_mfu,

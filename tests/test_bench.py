@@ -435,12 +435,12 @@ def test_list_and_helpers(capsys):
 
 
 def test_interleaved_timing_settles_before_every_timed_call(monkeypatch):
-    """Each round times ours, then each peer, and every timed call starts after ``_settle`` (so a
+    """Each round times ours, then each peer, and every timed call starts after ``settle`` (so a
     library's spinning threads never fall on the next one's time); ours is warmed up right before
     its rounds exactly when the peers were (their check run), and then its peak memory is taken on
     that warm-up, not on a timed call."""
     log: list[str] = []
-    monkeypatch.setattr(br, "_settle", lambda: log.append("settle"))
+    monkeypatch.setattr(br, "settle", lambda: log.append("settle"))
 
     class Probe:  # PeakMemory: logged, and a peak of 7 bytes
         def __init__(self, kind):
@@ -471,7 +471,7 @@ def test_interleaved_timing_settles_before_every_timed_call(monkeypatch):
         run = Run(case, br.Context(quiet=True), None, None, np.zeros((1, 8, 8, 3)), None, None, {}, {})
         run.rec["ours_first_call_s"] = 0.0
         run.peers, run.peer_runs = {"torch": "torch", "ort": "ort"}, {"torch": [], "ort": []}
-        br._time_ours(run)
+        br.time_ours(run)
         timed = ["settle", "ours"] if warmup else ["probe", "settle", "ours"]  # no probe on a timed call
         rounds = [*timed, "settle", "torch", "settle", "ort"] * 2
         assert log == (["probe", "ours"] if warmup else []) + rounds
