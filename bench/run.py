@@ -523,6 +523,8 @@ def mask_changes(low: dict[str, np.ndarray], f32: dict[str, np.ndarray]) -> dict
 
 
 PEER_ATTN_TOL = 1e-5
+"""Largest |Δ| of a float32 peer's head-mean CLS attention from ours (maps sum to ≤ 1)."""
+
 SETTLE_S = 0.02  # pause before each interleaved timed call: the last library's spinning threads stop
 
 
@@ -534,9 +536,6 @@ def settle() -> None:
     our own call; the peers' times do not change with the pause (bench/README.md).
     """
     time.sleep(SETTLE_S)
-
-
-"""Largest |Δ| of a float32 peer's head-mean CLS attention from ours (maps sum to ≤ 1)."""
 
 
 def _load_peers(run: CaseRun) -> None:

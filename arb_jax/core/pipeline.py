@@ -140,7 +140,7 @@ class ARBResult:
 
 @functools.partial(jax.jit, static_argnums=1)
 def _fold_in_range(key: jax.Array, n: int) -> jax.Array:
-    """(n,) keys ``fold_in(key, i)``, i = 0 … n − 1 (one compiled call: eager, 2 ms a call)."""
+    """(n,) keys ``fold_in(key, i)``, i = 0 … n − 1, in one compiled call (eagerly: 2 ms a call)."""
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
