@@ -613,13 +613,12 @@ def time_ours(run: CaseRun) -> None:
         peak_mem = mem.peak
     start = time.perf_counter()
     for r in range(max(1, case.repeats)):
-        probe = None if case.peer_warmup else PeakMemory(kind)
-        with probe or contextlib.nullcontext():
+        with contextlib.nullcontext() if case.peer_warmup else PeakMemory(kind) as probe:
             settle()
             t0 = time.perf_counter()
             run.ours_call()
             times.append(time.perf_counter() - t0)
-        if probe is not None:
+        if probe is not None:  # no warm-up: the memory of the timed calls
             peak_mem = max(peak_mem, probe.peak)
         for name, peer in run.peers.items():
             if len(run.peer_runs[name]) < max(1, case.repeats):

@@ -118,11 +118,11 @@ class QKV(nn.Module):
             y = _matmul(tokens, kernel[:, cols], self.dtype) + bias[cols]
             return y.reshape(*y.shape[:2], -1, D // self.heads).astype(self.dtype)
 
-        if not cls_only:  # one product with the whole kernel: slicing it would copy it every call
+        if cls_only:
+            q = project(x[:, :1], slice(0, D))
+            k, v = jnp.split(project(x, slice(D, 3 * D)), 2, axis=2)
+        else:  # one product with the whole kernel: slicing it would copy it on every call
             q, k, v = jnp.split(project(x, slice(None)), 3, axis=2)
-            return q, k, v
-        q = project(x[:, :1], slice(0, D))
-        k, v = jnp.split(project(x, slice(D, 3 * D)), 2, axis=2)
         return q, k, v
 
 
