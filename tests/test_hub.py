@@ -14,6 +14,7 @@ import io
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ class _State:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.cut_after: int | None = None  # body bytes to send before closing, for one response
         self.ignore_range = False
+        self.delay = 0.0  # seconds to wait before sending a body
         self.lock = threading.Lock()
 
 
@@ -69,6 +71,7 @@ def _make_handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
             payload = body[start:] if cut is None else body[start : start + cut]
+            time.sleep(state.delay)
             self.wfile.write(payload)
             self.wfile.flush()
 
@@ -202,6 +205,34 @@ def test_full_download_then_cached_reuse(server, ckpt_bytes):
     again = hub.fetch(NAME, progress=False)
     assert again == path
     assert len(server.requests) == 1  # reused: no second request
+
+
+def test_concurrent_fetches_download_once_and_share_the_file(server, ckpt_bytes, capfd):
+    """Two fetches of one name at once (as the processes of a one-host ``jax.distributed`` run
+    do): the lock beside the file lets one download while the other waits, then reuses it."""
+    server.files[REL] = ckpt_bytes
+    server.delay = 0.5  # the first transfer is still running when the second fetch starts
+    got: dict[int, Path] = {}
+    errors: list[BaseException] = []
+
+    def fetch(i: int) -> None:
+        try:
+            got[i] = hub.fetch(NAME, progress=False)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    assert got[0] == got[1] == hub.raw_path(NAME)
+    assert got[0].read_bytes() == ckpt_bytes
+    assert server.requests == [("/" + REL, None)]  # one download, not two
+    assert not list(got[0].parent.glob("*.part"))
+    assert "waiting for it" in capfd.readouterr().err
 
 
 def test_truncated_transfer_resumes_with_range(server, ckpt_bytes):

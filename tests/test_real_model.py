@@ -16,6 +16,7 @@ import http.server
 import json
 import subprocess
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -138,10 +139,7 @@ def test_cls_attention_equals_hf_dinov2model(converted, hf_model, size):
 def test_load_vit_converts_once_and_reuses(onnx_path, tmp_path, monkeypatch):
     from arb_jax import loading
 
-    monkeypatch.setenv("ARB_CACHE", str(tmp_path))
-    hub.raw_path(NAME).parent.mkdir(parents=True)
-    hub.raw_path(NAME).symlink_to(onnx_path)
-    monkeypatch.setattr(hub, "installed_member", lambda ckpt: None)
+    _cache_with_the_real_file(onnx_path, tmp_path, monkeypatch)
     vit = loading.load_vit(NAME, image_size=280)
     assert vit.image_size == (280, 280) and vit.meta["name"] == NAME
     assert vit.config.name == NAME and vit.meta["licence"] == "MIT"
@@ -155,6 +153,66 @@ def test_load_vit_converts_once_and_reuses(onnx_path, tmp_path, monkeypatch):
     monkeypatch.setattr(arb_jax.convert, "convert", no_convert)
     again = loading.load_vit(NAME, image_size=280)
     np.testing.assert_array_equal(np.asarray(again.params["pos_embed"]), np.asarray(vit.params["pos_embed"]))
+
+
+def _cache_with_the_real_file(onnx_path, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ARB_CACHE", str(tmp_path))
+    hub.raw_path(NAME).parent.mkdir(parents=True)
+    hub.raw_path(NAME).symlink_to(onnx_path)
+    monkeypatch.setattr(hub, "installed_member", lambda ckpt: None)
+
+
+def test_load_vit_redoes_a_killed_conversion(onnx_path, tmp_path, monkeypatch):
+    """What a conversion killed part-way leaves (its temporary folder, or a params folder
+    without the record) does not stop the next load, which removes it."""
+    from arb_jax import loading
+
+    _cache_with_the_real_file(onnx_path, tmp_path, monkeypatch)
+    target = hub.converted_dir(NAME)
+    (target / "params").mkdir(parents=True)
+    (target / "params" / "half-written").write_bytes(b"\0" * 100)
+    stale = target.with_name(f".{target.name}.99999.tmp")
+    (stale / "params").mkdir(parents=True)
+    vit = loading.load_vit(NAME)
+    assert vit.config.name == NAME and (target / "arb_model.json").is_file()
+    assert not (target / "params" / "half-written").exists() and not stale.exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == [f".{NAME}.lock", NAME]
+
+
+def test_concurrent_loads_convert_once(onnx_path, tmp_path, monkeypatch, capfd):
+    """Two loads of the model at once on a fresh cache: one converts while the other waits,
+    then both read the same converted folder."""
+    import arb_jax.convert
+    from arb_jax import loading
+
+    _cache_with_the_real_file(onnx_path, tmp_path, monkeypatch)
+    real_convert, calls = arb_jax.convert.convert, []
+
+    def slow_convert(*a, **k):
+        calls.append(a)
+        time.sleep(1.0)  # the second load arrives while the first converts
+        return real_convert(*a, **k)
+
+    monkeypatch.setattr(arb_jax.convert, "convert", slow_convert)
+    got, errors = {}, []
+
+    def load(i: int) -> None:
+        try:
+            got[i] = loading.load_vit(NAME)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.3)
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert len(calls) == 1
+    a, b = (np.asarray(got[i].params["pos_embed"]) for i in range(2))
+    np.testing.assert_array_equal(a, b)
+    assert "waiting for it" in capfd.readouterr().err
 
 
 def test_arb_models_lists_it(capsys, onnx_path):

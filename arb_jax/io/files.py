@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,8 +62,10 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, name: str = ".arb.lock", what: str = "arb") -> Iterator[Path]:
-    """Hold the output folder ``folder`` for this process, or fail at once.
+def folder_lock(
+    folder: str | os.PathLike, name: str = ".arb.lock", what: str = "arb", *, wait: bool = False
+) -> Iterator[Path]:
+    """Hold the output folder ``folder`` for this process, or fail at once (or wait for it).
 
     An exclusive ``flock`` on ``folder/name`` (created; kept afterwards): the OS releases it
     when the holder exits or is killed, so a killed run never blocks its own resume. The file
@@ -78,6 +81,10 @@ def folder_lock(folder: str | os.PathLike, name: str = ".arb.lock", what: str = 
         The lock file's name (one per writer of the folder, e.g. per host of a sharded sweep).
     what : str
         Who holds it, for the record (e.g. ``"arb sweep"``).
+    wait : bool, default False
+        Wait for another holder to let go instead of failing (one line on stderr says whom
+        this process waits for): for a shared cache that the first process fills and the
+        others then reuse.
 
     Yields
     ------
@@ -96,9 +103,12 @@ def folder_lock(folder: str | os.PathLike, name: str = ".arb.lock", what: str = 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise FolderLockedError(
-                f"{folder} is in use by {holder}; wait for it to finish, or write to another folder"
-            ) from None
+            if not wait:
+                raise FolderLockedError(
+                    f"{folder} is in use by {holder}; wait for it to finish, or write to another folder"
+                ) from None
+            print(f"arb: {path} is held by {holder}; waiting for it ...", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:  # a file system without flock (some network mounts): go on unlocked
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
                 raise
