@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _threads import run_together
 
 from arb_jax.checkpoints import hub
 
@@ -212,22 +213,7 @@ def test_concurrent_fetches_download_once_and_share_the_file(server, ckpt_bytes,
     do): the lock beside the file lets one download while the other waits, then reuses it."""
     server.files[REL] = ckpt_bytes
     server.delay = 0.5  # the first transfer is still running when the second fetch starts
-    got: dict[int, Path] = {}
-    errors: list[BaseException] = []
-
-    def fetch(i: int) -> None:
-        try:
-            got[i] = hub.fetch(NAME, progress=False)
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            errors.append(e)
-
-    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-        time.sleep(0.1)
-    for t in threads:
-        t.join(timeout=30)
-    assert not errors, errors
+    got = run_together(lambda: hub.fetch(NAME, progress=False))
     assert got[0] == got[1] == hub.raw_path(NAME)
     assert got[0].read_bytes() == ckpt_bytes
     assert server.requests == [("/" + REL, None)]  # one download, not two

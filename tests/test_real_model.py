@@ -26,6 +26,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import transformers as tf
+from _threads import run_together
 from safetensors.numpy import save_file
 
 from arb_jax.checkpoints import hub
@@ -194,21 +195,7 @@ def test_concurrent_loads_convert_once(onnx_path, tmp_path, monkeypatch, capfd):
         return real_convert(*a, **k)
 
     monkeypatch.setattr(arb_jax.convert, "convert", slow_convert)
-    got, errors = {}, []
-
-    def load(i: int) -> None:
-        try:
-            got[i] = loading.load_vit(NAME)
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            errors.append(e)
-
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-        time.sleep(0.3)
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors, errors
+    got = run_together(lambda: loading.load_vit(NAME), stagger_s=0.3)
     assert len(calls) == 1
     a, b = (np.asarray(got[i].params["pos_embed"]) for i in range(2))
     np.testing.assert_array_equal(a, b)
