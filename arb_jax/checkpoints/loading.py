@@ -17,7 +17,7 @@ from pathlib import Path
 
 from arb_jax.checkpoints import hub
 from arb_jax.checkpoints.hub import UnknownModelError
-from arb_jax.io.files import folder_lock
+from arb_jax.io.files import path_lock
 from arb_jax.models import CONFIGS, ViT, build_vit
 
 __all__ = ["DEMO", "RANDOM_PREFIX", "UnknownModelError", "known_models", "load_vit"]
@@ -89,14 +89,13 @@ def _converted(name: str, progress: bool) -> Path:
 
     The conversion goes into a temporary folder beside it, renamed into place when complete,
     so a killed conversion leaves nothing that looks converted; the next call removes what it
-    left. One process converts at a time (a lock file beside the
-    folder); another that wants the model meanwhile waits, then reads the result.
+    left. One process converts at a time (``path_lock``); another that wants the model
+    meanwhile waits, then reads the result.
     """
     target = hub.converted_dir(name)
     if (target / "arb_model.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with folder_lock(target.parent, f".{target.name}.lock", what=f"arb conversion of {name}", wait=True):
+    with path_lock(target, f"arb conversion of {name}"):
         if (target / "arb_model.json").is_file():  # converted by another process meanwhile
             return target
         from arb_jax.convert import convert

@@ -121,6 +121,16 @@ def folder_lock(
         os.close(fd)  # releases the lock
 
 
+def path_lock(path: str | os.PathLike, what: str) -> contextlib.AbstractContextManager[Path]:
+    """Wait for, then hold, the lock of one file or folder ``path`` that several processes may
+    want to create (a cache entry): ``folder_lock(parent, ".<name>.lock", what, wait=True)``,
+    the parent folder created first. The one that gets it first creates ``path``; the others,
+    once they hold it, find ``path`` there and reuse it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return folder_lock(path.parent, f".{path.name}.lock", what=what, wait=True)
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files ``write_atomic`` left in ``folder`` when its process was killed.
 
