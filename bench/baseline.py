@@ -236,7 +236,8 @@ def numpy_statistics(
     """ARB statistics of one map over its pixels, in numpy / statsmodels / scipy.
 
     attn: (H, W) float32 upsampled map; attn_null: (B, H, W). Returns z, p, lfdr (H, W),
-    pi0, mu0, sigma0 (floats) and maps {"z", "p", "lfdr", "pi0", "soft"} (H, W).
+    pi0, mu0, sigma0 (floats), z_null_sorted (B·H·W,), the null z-scores in ascending order,
+    and maps {"z", "p", "lfdr", "pi0", "soft"} (H, W).
     """
     from statsmodels.stats.multitest import local_fdr
 
@@ -245,9 +246,9 @@ def numpy_statistics(
     log_0 = np.log(np.maximum(attn_null, tiny))
     mu0, sigma0 = log_0.mean(), log_0.std()
     z = (log_a - mu0) / sigma0
-    z0 = ((log_0 - mu0) / sigma0).ravel()
+    z0 = np.sort(((log_0 - mu0) / sigma0).ravel())
     m = z0.size
-    p = (m - np.searchsorted(np.sort(z0), z.ravel(), side="left")) / m
+    p = (m - np.searchsorted(z0, z.ravel(), side="left")) / m
     lfdr = local_fdr(z.ravel(), null_proportion=1.0, nbins=30, deg=7)
     pi0 = min(max(storey_pi0(p), 0.0), 1.0)  # clipped to [0, 1], as the pipeline does
     keep = z.ravel() >= z_th
@@ -268,6 +269,7 @@ def numpy_statistics(
         "pi0": pi0,
         "mu0": float(mu0),
         "sigma0": float(sigma0),
+        "z_null_sorted": z0,
         "maps": {k: v.reshape(shape) for k, v in maps.items()},
     }
 

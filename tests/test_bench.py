@@ -265,14 +265,52 @@ def test_compare_flags_a_difference():
             "p": np.kron(g, np.ones((2, 2))),
             "lfdr": np.kron(g, np.ones((2, 2))),
             "pi0": 0.5,
+            "z_null_sorted": np.linspace(-5.0, -4.0, 64),  # no null z near an observed one
             "maps": {k: np.kron(v, np.ones((2, 2))) for k, v in maps.items()},
         },
         {},
     )
     ours = {"attn": g, "z": g, "p": g, "lfdr": g, "pi0": 0.5, **{f"map_{k}": v for k, v in maps.items()}}
     assert compare(ours, run, 2)["passed"]
-    bad = compare(dict(ours, z=g + 0.01, pi0=0.6), run, 2)
-    assert not bad["passed"] and bad["failed"] == ["pi0", "z"]
+    bad = compare(dict(ours, z=g + 0.01, pi0=0.6, p=g + 0.01), run, 2)
+    assert not bad["passed"] and bad["failed"] == ["p", "pi0", "z"]
+
+
+def _grid_run(attn: np.ndarray, null: np.ndarray) -> bl.BaselineRun:
+    return bl.BaselineRun(attn, null, bl.numpy_statistics(attn, null), {})
+
+
+def _as_ours(run: bl.BaselineRun) -> dict:
+    s = run.stats
+    return {
+        "attn": run.attn,
+        "z": s["z"],
+        "p": s["p"],
+        "lfdr": s["lfdr"],
+        "pi0": s["pi0"],
+        **{f"map_{k}": v for k, v in s["maps"].items()},
+    }
+
+
+def test_compare_allows_a_rank_swap_of_near_ties_and_no_more():
+    # B = 1 on a 6 x 6 grid: m = 36 null values, so one observed z crossing a null z within
+    # 1e-6 moves its p by 1/36, far above the p tolerance; that swap is explained by the
+    # z tolerance and passes, a p shift with no near tie does not.
+    rng = np.random.default_rng(7)
+    null = rng.dirichlet(np.ones(36), size=1).reshape(1, 6, 6).astype(np.float64)
+    attn = rng.dirichlet(np.ones(36)).reshape(6, 6).astype(np.float64)
+    tie = null[0, 2, 3]
+    ref, ours = attn.copy(), attn.copy()
+    ref[0, 0], ours[0, 0] = tie * (1 + 1e-7), tie * (1 - 1e-7)
+    run, mine = _grid_run(ref, null), _as_ours(_grid_run(ours, null))
+    check = compare(mine, run, 1)
+    assert check["p_max_abs"] == pytest.approx(1 / 36)
+    assert check["passed"] and check["max_diff"]["p"] < 1e-12
+    shifted = dict(mine, p=run.stats["p"] + 0.01 * (np.arange(36).reshape(6, 6) == 20))
+    near = np.abs(run.stats["z_null_sorted"] - run.stats["z"][3, 2]).min()
+    assert near > 2 * TOLERANCES["z"]  # entry 20 has no near tie
+    bad = compare(shifted, run, 1)
+    assert not bad["passed"] and bad["failed"] == ["p"] and bad["max_diff"]["p"] == pytest.approx(0.01)
 
 
 def test_baseline_run_uses_given_null_images_and_checks_their_shape():

@@ -109,3 +109,31 @@ def test_auto_keeps_the_persistent_compilation_cache_working(monkeypatch, tmp_pa
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
     assert xla_options.cpu_dots("auto") == "onednn"
+
+
+def test_the_vector_width_choice_and_its_option(monkeypatch):
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "xla")
+    monkeypatch.delenv(xla_options.VECTOR_WIDTH_ENV, raising=False)
+    assert xla_options.vector_width() is None and xla_options.compiler_options() == {}  # XLA's own
+    monkeypatch.setenv(xla_options.VECTOR_WIDTH_ENV, "512")
+    assert xla_options.vector_width() == 512
+    assert xla_options.compiler_options() == {"xla_cpu_prefer_vector_width": 512}
+    assert xla_options.compiler_options(width="256") == {"xla_cpu_prefer_vector_width": 256}
+    assert xla_options.compiler_options(width="auto") == {}
+    assert xla_options.compiler_options(backend="gpu") == {}  # off a CPU: nothing
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "onednn")
+    assert xla_options.compiler_options() == {**xla_options.ONEDNN_DOTS, "xla_cpu_prefer_vector_width": 512}
+    monkeypatch.setenv(xla_options.VECTOR_WIDTH_ENV, "1024")
+    with pytest.raises(ValueError, match="unknown ARB_CPU_VECTOR_WIDTH '1024'"):
+        xla_options.compiler_options()
+
+
+def test_512_bit_vectors_compile_and_give_the_same_forward(monkeypatch):
+    vit = build_vit("test_tiny14_reg", None, seed=0)
+    images = jnp.asarray(np.random.default_rng(3).standard_normal((2, *vit.image_size, 3)), jnp.float32)
+    out = {
+        w: xla_options.jit(vit.apply, xla_options.compiler_options(width=w))(vit.params, images)
+        for w in ("256", "512")
+    }
+    np.testing.assert_allclose(out["512"]["attn"], out["256"]["attn"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out["512"]["features"], out["256"]["features"], rtol=0, atol=1e-5)

@@ -17,6 +17,13 @@ calls in JAX's persistent compilation cache ("ToProto is not implemented for thu
 onednn-fusion"), so "auto" keeps XLA's own choice while that cache is on (the ``arb`` command
 turns it on): a rerun then skips its compiles. ``ARB_CPU_DOTS=onednn`` trades that for the
 faster dots (a long sweep).
+
+The width of the vectors XLA's own loops (LayerNorm, GELU, the softmax's exps) are compiled
+for: XLA:CPU prefers 256-bit vectors even on an AVX-512 CPU. ``ARB_CPU_VECTOR_WIDTH``
+chooses: ``auto`` (XLA's default), ``256`` or ``512``. On an AMD EPYC (Zen 5) 512 made the
+forwards 1.02–1.09× faster, but the test suite's workers then aborted inside XLA twice in one
+run (none with 256), and on an Intel Xeon it was slower at 3722 tokens (``bench/README.md``):
+so it is offered, not the default.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import jax.numpy as jnp
 
 CPU_DOTS_ENV = "ARB_CPU_DOTS"
 CPU_DOTS = ("auto", "onednn", "xla")
+VECTOR_WIDTH_ENV = "ARB_CPU_VECTOR_WIDTH"
+VECTOR_WIDTHS = ("auto", "256", "512")
 ONEDNN_DOTS: dict[str, Any] = {
     "xla_cpu_use_onednn": True,
     "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
@@ -57,14 +66,32 @@ def cpu_dots(choice: str | None = None) -> str:
     return "xla"
 
 
-def compiler_options(backend: str | None = None, choice: str | None = None) -> dict[str, Any]:
+def vector_width(choice: str | None = None) -> int | None:
+    """The vector width in bits XLA:CPU compiles its loops for, for ``choice`` (default:
+    ``ARB_CPU_VECTOR_WIDTH``): 256 or 512, or None ("auto") for XLA's own default. Raises
+    ``ValueError`` for a name not in ``VECTOR_WIDTHS``."""
+    if choice is None:
+        choice = os.environ.get(VECTOR_WIDTH_ENV, "auto") or "auto"
+    if choice not in VECTOR_WIDTHS:
+        raise ValueError(f"unknown {VECTOR_WIDTH_ENV} {choice!r}; choose one of {VECTOR_WIDTHS}")
+    return None if choice == "auto" else int(choice)
+
+
+def compiler_options(
+    backend: str | None = None, choice: str | None = None, width: str | None = None
+) -> dict[str, Any]:
     """Options for ``jax.jit(..., compiler_options=...)`` on ``backend`` (default: JAX's default).
 
-    ``ONEDNN_DOTS`` on a CPU when ``cpu_dots(choice)`` is "onednn", else ``{}``.
+    On a CPU: ``ONEDNN_DOTS`` when ``cpu_dots(choice)`` is "onednn", and
+    ``xla_cpu_prefer_vector_width`` when ``vector_width(width)`` is not None; else ``{}``.
     """
     if (backend or jax.default_backend()) != "cpu":
         return {}
-    return dict(ONEDNN_DOTS) if cpu_dots(choice) == "onednn" else {}
+    options: dict[str, Any] = dict(ONEDNN_DOTS) if cpu_dots(choice) == "onednn" else {}
+    bits = vector_width(width)
+    if bits is not None:
+        options["xla_cpu_prefer_vector_width"] = bits
+    return options
 
 
 def jit(fn: Callable, options: dict[str, Any] | None = None, **kwargs: Any) -> Callable:
