@@ -21,9 +21,9 @@ faster dots (a long sweep).
 The width of the vectors XLA's own loops (LayerNorm, GELU, the softmax's exps) are compiled
 for: XLA:CPU prefers 256-bit vectors even on an AVX-512 CPU. ``ARB_CPU_VECTOR_WIDTH``
 chooses: ``auto`` (XLA's default), ``256`` or ``512``. On an AMD EPYC (Zen 5) 512 made the
-forwards 1.02–1.09× faster, but the test suite's workers then aborted inside XLA twice in one
-run (none with 256), and on an Intel Xeon it was slower at 3722 tokens (``bench/README.md``):
-so it is offered, not the default.
+forwards 1.02–1.09× faster, but on an Intel Xeon it was slower at 3722 tokens, and it moves a
+result by more than one test's float32 tolerance (``bench/README.md``): so it is offered, not
+the default.
 """
 
 from __future__ import annotations
