@@ -132,3 +132,24 @@ def test_photo_commands_parse(tmp_path, capsys):
     assert "wrote 20 photos" in capsys.readouterr().out
     assert main(["photo-study", "--out", str(tmp_path / "s"), "--runs", "nope"]) == 1
     assert "unknown study runs ['nope']" in capsys.readouterr().err
+
+
+def test_sklearn_photos_are_load_sample_image_without_importing_sklearn():
+    # In a fresh interpreter: the photos equal scikit-learn's own loader, and reading them
+    # imports no sklearn module (whose vendored OpenMP runtime would sit beside torch's).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from arb_jax.study.photos import photo_dataset\n"
+        "got = {n: f() for n, f in photo_dataset()['sklearn_colour'].items()}\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'sklearn'], 'sklearn imported'\n"
+        "from sklearn.datasets import load_sample_image\n"
+        "for n, a in got.items():\n"
+        "    assert np.array_equal(a, load_sample_image(n + '.jpg')), n\n"
+        "print(sorted(got))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['china', 'flower']"

@@ -40,6 +40,18 @@ SKLEARN = ("china", "flower")
 CLASSES = ("skimage_colour", "sklearn_colour", "skimage_grey")
 
 
+def _sklearn_images() -> Path:
+    """scikit-learn's sample-image folder (``sklearn/datasets/images``), found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "scikit-learn is not installed: its sample photos (china, flower) are missing"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "images"
+
+
 def _rgb(a: np.ndarray) -> np.ndarray:
     """``(H, W, 3) uint8`` from a grey, boolean or RGB(A) array."""
     a = np.asarray(a)
@@ -65,9 +77,11 @@ def photo_dataset() -> dict[str, dict[str, Callable[[], np.ndarray]]]:
     colour["stereo_motorcycle_right"] = lambda: _rgb(data.stereo_motorcycle()[1])
 
     def sklearn_photo(name: str) -> np.ndarray:
-        from sklearn.datasets import load_sample_image
-
-        return _rgb(load_sample_image(f"{name}.jpg"))
+        # The JPEG that sklearn.datasets.load_sample_image reads, opened without importing
+        # scikit-learn: its vendored OpenMP runtime beside torch's in one process is a
+        # suspect in aborted test workers (bench/README.md, seventh session).
+        with Image.open(_sklearn_images() / f"{name}.jpg") as im:
+            return _rgb(np.asarray(im.convert("RGB")))
 
     return {
         "skimage_colour": colour,
