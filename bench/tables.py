@@ -23,7 +23,7 @@ def _bytes(x: Any) -> str:
 def _check(rec: dict[str, Any]) -> str:
     c = rec.get("check")
     if not c:
-        return "—"
+        return "not run (budget)" if rec.get("baseline_status", "").startswith("not run") else "—"
     return f"ok (B={c['n_boot']})" if c["passed"] else f"FAILED {','.join(c['failed'])}"
 
 

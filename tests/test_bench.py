@@ -86,6 +86,10 @@ def test_smoke_preset_records(smoke):
             )
     by = {r["case"]: r for r in result["records"]}
     assert by["smoke_size_64"]["baseline_s_per_image"] is None  # a scaling case without baseline
+    assert by["smoke_size_64"]["baseline_status"] == "off"
+    for name in ("smoke_B1", "smoke_B3_batched", "smoke_B3_bf16"):  # their baseline pass ran
+        assert by[name]["baseline_status"] == "done" and by[name]["baseline_projected_s"] > 0
+        assert by[name]["baseline_wall_s"] > 0
     assert by["smoke_B3_batched"]["baseline_batch"] == 2
     m = result["machine"]
     assert m["cpu_cores"] >= 1 and m["versions"]["jax"] == jax.__version__
@@ -427,10 +431,15 @@ def test_budget_skips_what_would_start_late_and_results_are_written_as_they_grow
     snapshots = []
     cases = bc.select(preset, "smoke_size_64,smoke_B1")
     result = run_preset(preset, cases, ablations=False, quiet=True, on_result=snapshots.append)
+    # every case's first pass, then the baseline pass of the one that has a baseline
     assert [[r["case"] for r in s["records"]] for s in snapshots] == [
         ["smoke_B1"],
         ["smoke_B1", "smoke_size_64"],
+        ["smoke_B1", "smoke_size_64"],
     ]
+    assert [s["records"][0]["baseline_status"] for s in snapshots] == ["pending", "pending", "done"]
+    assert snapshots[0]["records"][0]["speedup"] is None  # a snapshot: not filled in later
+    assert result["records"][0]["speedup"] > 0 and result["records"][0]["check"]["passed"]
     assert result["skipped"] == [] and result["budget_s"] is None
     code = main(
         [
@@ -454,6 +463,36 @@ def test_budget_skips_what_would_start_late_and_results_are_written_as_they_grow
     assert "Not run (the 0 s time budget was spent)" in md and "- smoke_B1" in md
     assert bc.PRESETS["gpu"].budget_s == 420 and bc.PRESETS["cpu-quick"].budget_s == 540
     assert bc.PRESETS["gpu"].cases[0].group == "headline"  # the H100 targets' cases run first
+
+
+def test_baseline_forwards_counts_the_check_run_once():
+    case = bc.Case("c", "test_tiny8", 128, 16, baseline_repeats=3)
+    assert br.baseline_forwards(case, 1) == 3 * 17  # the check run is the first timed run
+    assert br.baseline_forwards(case, 4) == 3 * 5  # ceil(17 / 4) forwards a run
+    assert br.baseline_forwards(dataclasses.replace(case, check_boot=2), 1) == 3 + 3 * 17
+    assert br.baseline_forwards(dataclasses.replace(case, check=False), 1) == 3 * 17
+    assert br.baseline_forwards(dataclasses.replace(case, baseline=False), 1) == 17  # the check only
+    assert br.baseline_forwards(dataclasses.replace(case, baseline_repeats=0), 1) == 17
+
+
+@pytest.mark.slow
+def test_a_baseline_that_would_overrun_the_budget_is_not_run(monkeypatch):
+    """The budget cuts the slow reference baseline, not cases: with too little time left for its
+    forwards, a case keeps its comparison with the peers and says why it has no baseline."""
+    from bench.run import run_preset
+
+    preset = bc.PRESETS["smoke"]
+    cases = bc.select(preset, "smoke_B1")
+    monkeypatch.setattr(br, "baseline_forwards", lambda case, batch: 10**9)  # hours at any speed
+    result = run_preset(preset, cases, ablations=False, quiet=True, budget_s=1e6)
+    (rec,) = result["records"]
+    status = rec["baseline_status"]
+    assert status.startswith("not run: about") and "of the budget left" in status
+    assert rec["speedup"] is None and rec["check"] is None and rec["baseline_s_per_image"] is None
+    assert rec["speedup_vs_best_peer"] > 0 and rec["peer_check"]["ort"]["passed"]
+    assert result["skipped"] == ["smoke_B1: reference baseline"]
+    md = to_markdown(jsonable(result))
+    assert "not run (budget)" in md and "- smoke_B1: reference baseline" in md
 
 
 def test_list_and_helpers(capsys):

@@ -202,11 +202,6 @@ def test_parity_with_hf_at_interpolated_size(name, grid):
     _assert_parity(jax.jit(vit.apply)(vit.params, images), attn_ref, feat_ref, grid[0] * grid[1])
 
 
-# On a 2-core AMD EPYC the xdist worker running this test was killed by SIGABRT inside torch's
-# weight init in 3 of 4 full-suite runs (never when run alone; bench/README.md, seventh session).
-# A crashed worker's test is rerun in a fresh one (pytest-rerunfailures); a wrong result still
-# fails every rerun.
-@pytest.mark.flaky(reruns=2)
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size", [("dino_vits16", (224, 224)), ("dinov2_vits14_reg", (224, 224))])
 def test_parity_with_hf_real_architecture(name, size, monkeypatch):

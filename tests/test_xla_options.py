@@ -5,6 +5,9 @@ The forwards' numbers under oneDNN are checked against HF transformers in
 """
 
 import re
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +53,50 @@ def test_onednn_runs_the_2d_dots_and_ynnpack_the_attention(monkeypatch):
     ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
     for fn in (on, off):  # both float32 products of a 384-long sum, against float64
         np.testing.assert_allclose(np.asarray(fn(x, w)), ref, rtol=0, atol=2e-4 * np.abs(ref).max())
+
+
+_DROP_LOOP = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp
+    from arb_jax.models import xla_options
+
+    x, w = jnp.ones((394, 384)), jnp.ones((384, 1536))
+    for i in range(200):  # a new function each time, dropped right after its call
+        f = xla_options.jit(lambda a, b: jnp.tanh(a @ b) @ b.T, xla_options.ONEDNN_DOTS)
+        y = f(x, w)
+        del f
+    y.block_until_ready()
+    print("retired", len(xla_options._retired))
+    """
+)
+
+
+@pytest.mark.slow
+def test_dropping_a_function_with_onednn_dots_right_after_its_call_does_not_abort():
+    """XLA:CPU 0.10.2 aborts when an executable with oneDNN calls is freed just after it ran
+    (``jax.jit`` with these options died within 3–10 calls of this loop, three tries);
+    ``xla_options.jit`` keeps the last ``RETIRED_MAX`` dropped functions until their last
+    execution is over. A fresh interpreter: the abort would kill a test worker."""
+    out = subprocess.run([sys.executable, "-c", _DROP_LOOP], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    retired = int(out.stdout.split()[-1])
+    assert 1 <= retired <= xla_options.RETIRED_MAX + 1  # bounded: older ones were released
+
+
+def test_kept_alive_jit_is_the_jitted_function_for_its_callers(monkeypatch):
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "onednn")
+    fn = xla_options.jit(lambda a: {"y": a * 2, "s": a.sum()})
+    assert isinstance(fn, xla_options.KeptAliveJit)
+    x = jnp.arange(6.0).reshape(2, 3)
+    out = fn(x)
+    np.testing.assert_array_equal(np.asarray(out["y"]), np.asarray(x) * 2)
+    assert fn._last() is out["s"]  # the smallest output marks the call's end
+    assert "stablehlo.multiply" in fn.lower(x).as_text()  # attributes pass through: lower
+    before = len(xla_options._retired)
+    del fn, out
+    assert len(xla_options._retired) == before + 1  # retired, not freed
+    monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "xla")
+    assert not isinstance(xla_options.jit(lambda a: a), xla_options.KeptAliveJit)  # plain jax.jit
 
 
 def test_the_runner_compiles_with_the_options_and_keys_its_cache_on_them(monkeypatch):

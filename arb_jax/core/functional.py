@@ -13,7 +13,9 @@ named choices (samplers, p-value and π₀ methods, lfdr nulls, scales) are regi
 (`arb_jax.registry`); a function is accepted wherever a name is. `regularize_attention`
 (`arb_jax.core.pipeline`) runs these same functions, fused in one compiled program, over meshes,
 chunks and padding. On a CPU it compiles with ``arb_jax.models.xla_options.compiler_options()``
-(oneDNN's dots); a caller's own ``jax.jit(..., compiler_options=...)`` can pass the same.
+(oneDNN's dots); a caller's own jit can use the same through ``xla_options.jit`` (not
+``jax.jit(..., compiler_options=...)``: XLA:CPU 0.10.2 aborts when such an executable is freed
+just after it ran, which ``xla_options.jit`` prevents).
 
 Checks. Shapes, dtypes and names are checked when the functions are traced (one ValueError naming
 the function and the shapes). Values can only be checked on concrete arrays: there, a negative

@@ -28,8 +28,11 @@ the default.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -96,10 +99,82 @@ def compiler_options(
 
 def jit(fn: Callable, options: dict[str, Any] | None = None, **kwargs: Any) -> Callable:
     """``jax.jit(fn, **kwargs)`` compiled with ``options``: by default ``compiler_options()``
-    (read now, on the default backend); ``{}`` is XLA's own choice."""
+    (read now, on the default backend); ``{}`` is XLA's own choice.
+
+    With oneDNN's dots the jitted function comes wrapped in a `KeptAliveJit` (the same calls
+    and attributes), so that its executables outlive their last execution (see there)."""
     if options is None:
         options = compiler_options()
-    return jax.jit(fn, compiler_options=options or None, **kwargs)
+    jitted = jax.jit(fn, compiler_options=options or None, **kwargs)
+    return KeptAliveJit(jitted) if options.get("xla_cpu_use_onednn") else jitted
+
+
+RETIRED_MAX = 32
+"""Jitted functions with oneDNN's dots kept alive after their last user dropped them."""
+
+RELEASE_PAUSE_S = 0.01
+"""Pause between the end of a retired function's last execution and its release."""
+
+_retired: collections.deque[tuple[Callable, weakref.ref | None]] = collections.deque()
+# (no lock: a deque's append and popleft are atomic, and a lock taken in __del__, which the
+# garbage collector may run while this thread holds it, would deadlock)
+
+
+class KeptAliveJit:
+    """A jitted function whose executables are freed well after their last execution ends.
+
+    XLA:CPU 0.10.2 aborts the process (``Check failed: available_.size() == num_created_``
+    in ``ObjectPool`` under ``OneDnnFusionThunk``'s destructor) when an executable with oneDNN
+    calls is destroyed right after one of its executions, even a finished one: the thunk
+    returns its oneDNN runtime to its pool in a callback that runs after the execution's
+    result is ready. ``jax.jit(f, compiler_options=ONEDNN_DOTS)(x)`` with ``f`` then dropped
+    hits it within a few hundred calls (bench/README.md). So when this wrapper is dropped its
+    jitted function is not: it joins the last ``RETIRED_MAX`` retired ones, and the oldest is
+    released at a later call of any wrapper, once its last execution has ended
+    (``block_until_ready`` on a weak reference to that call's smallest output, then
+    ``RELEASE_PAUSE_S``). Calls, ``lower`` and every other attribute are the jitted function's.
+    """
+
+    __slots__ = ("__weakref__", "_fn", "_last")
+
+    def __init__(self, jitted: Callable):
+        self._fn = jitted
+        self._last: weakref.ref | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _release_overflow()
+        out = self._fn(*args, **kwargs)
+        leaves = [
+            x for x in jax.tree.leaves(out) if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+        ]
+        self._last = weakref.ref(min(leaves, key=lambda x: x.size)) if leaves else None
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fn, name)
+
+    def __del__(self) -> None:
+        fn = getattr(self, "_fn", None)
+        if fn is not None:
+            _retired.append((fn, getattr(self, "_last", None)))
+
+
+def _release_overflow() -> None:
+    """Release the oldest retired functions beyond ``RETIRED_MAX``, each after its last execution."""
+    while len(_retired) > RETIRED_MAX:
+        try:
+            fn, last = _retired.popleft()
+        except IndexError:  # another thread took it
+            return
+        marker = last() if last is not None else None
+        if marker is not None:
+            try:
+                if not marker.is_ready():
+                    marker.block_until_ready()
+                    time.sleep(RELEASE_PAUSE_S)
+            except RuntimeError:  # deleted or donated: its execution is over
+                pass
+        del fn  # the executables go here, on this thread, after their last execution
 
 
 def persistent_cache_on() -> bool:
