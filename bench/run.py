@@ -721,17 +721,24 @@ def _peer_record(run: CaseRun) -> None:
     rec["speedup_vs_best_peer"] = None if best is None else eligible[best] / ours_s
 
 
+NO_BASELINE: dict[str, Any] = {
+    "baseline_s_per_image": None,
+    "baseline_repeats": 0,
+    "baseline_stage_s": None,
+    "baseline_peak_memory_bytes": None,
+    "speedup": None,
+    "baseline_images_per_s": None,
+    "ours_stats_s_per_image": None,
+    "baseline_stats_s_per_image": None,
+    "stats_speedup": None,
+}
+"""A record's baseline fields before (or without) its baseline pass."""
+
+
 def _time_baseline(run: CaseRun) -> None:
     """Step 4: the baseline, timed (its first run may be the check's)."""
     case, ctx, B, N = run.case, run.ctx, run.case.n_boot, run.case.n_images
-    run.rec.update(
-        baseline_s_per_image=None,
-        baseline_repeats=0,
-        baseline_stage_s=None,
-        baseline_peak_memory_bytes=None,
-        speedup=None,
-        baseline_images_per_s=None,
-    )
+    run.rec.update(NO_BASELINE)
     if not case.baseline:
         return
     base_runs = run.base_runs
@@ -826,16 +833,8 @@ def _defer_baseline(run: CaseRun) -> None:
     case = run.case
     if case.check:
         run.ours_float32(case.check_boot or case.n_boot)
-    run.rec.update(
-        check=None,
-        baseline_status="pending" if case.check or case.baseline else "off",
-        baseline_s_per_image=None,
-        baseline_repeats=0,
-        speedup=None,
-        ours_stats_s_per_image=None,
-        baseline_stats_s_per_image=None,
-        stats_speedup=None,
-    )
+    status = "pending" if case.check or case.baseline else "off"
+    run.rec.update(NO_BASELINE, check=None, baseline_status=status)
 
 
 CASE_STEPS = (_compile_ours, _load_peers, time_ours, _flops_and_mfu, _defer_baseline)

@@ -66,7 +66,7 @@ _DROP_LOOP = textwrap.dedent(
         y = f(x, w)
         del f
     y.block_until_ready()
-    print("retired", len(xla_options._retired))
+    print("retired", xla_options.retired_count())
     """
 )
 
@@ -90,11 +90,11 @@ def test_kept_alive_jit_is_the_jitted_function_for_its_callers(monkeypatch):
     x = jnp.arange(6.0).reshape(2, 3)
     out = fn(x)
     np.testing.assert_array_equal(np.asarray(out["y"]), np.asarray(x) * 2)
-    assert fn._last() is out["s"]  # the smallest output marks the call's end
+    assert fn.last_output is out["s"]  # the smallest output marks the call's end
     assert "stablehlo.multiply" in fn.lower(x).as_text()  # attributes pass through: lower
-    before = len(xla_options._retired)
+    before = xla_options.retired_count()
     del fn, out
-    assert len(xla_options._retired) == before + 1  # retired, not freed
+    assert xla_options.retired_count() == before + 1  # retired, not freed
     monkeypatch.setenv(xla_options.CPU_DOTS_ENV, "xla")
     assert not isinstance(xla_options.jit(lambda a: a), xla_options.KeptAliveJit)  # plain jax.jit
 

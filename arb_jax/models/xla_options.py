@@ -150,6 +150,11 @@ class KeptAliveJit:
         self._last = weakref.ref(min(leaves, key=lambda x: x.size)) if leaves else None
         return out
 
+    @property
+    def last_output(self) -> jax.Array | None:
+        """The smallest output of the last call, while it is alive (None before a call)."""
+        return None if self._last is None else self._last()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fn, name)
 
@@ -157,6 +162,11 @@ class KeptAliveJit:
         fn = getattr(self, "_fn", None)
         if fn is not None:
             _retired.append((fn, getattr(self, "_last", None)))
+
+
+def retired_count() -> int:
+    """How many dropped `KeptAliveJit` functions are kept alive now (≤ ``RETIRED_MAX`` + 1)."""
+    return len(_retired)
 
 
 def _release_overflow() -> None:
