@@ -1,13 +1,14 @@
 """Run a benchmark preset: ours (``regularize_attention``) against the best peers and the
 PyTorch reference baseline.
 
-Two passes. First, every case: build the model, call ``regularize_attention`` once (compile +
+Three passes. First, every case: build the model, call ``regularize_attention`` once (compile +
 warm-up, excluded), check the peers' maps and statistics equal to ours on the same null images,
 time ours interleaved with the peers (median), and derive FLOPs, achieved FLOP/s and MFU against
 the peak measured at the start of the same run. Then, as the time budget allows, each case's
 reference baseline (the authors' way, which costs 3–4× ours and the most time on a CPU): check
 our statistics equal to its on the same null images, time it, and time the statistics stage
-alone (ours on the device vs numpy / statsmodels on pixels). See ``bench/README.md``.
+alone (ours on the device vs numpy / statsmodels on pixels). Last, the preset's ablations.
+See ``bench/README.md``.
 """
 
 from __future__ import annotations

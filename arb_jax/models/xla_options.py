@@ -128,7 +128,7 @@ class KeptAliveJit:
     calls is destroyed right after one of its executions, even a finished one: the thunk
     returns its oneDNN runtime to its pool in a callback that runs after the execution's
     result is ready. ``jax.jit(f, compiler_options=ONEDNN_DOTS)(x)`` with ``f`` then dropped
-    hits it within a few hundred calls (bench/README.md). So when this wrapper is dropped its
+    hit it within 3–10 calls in three tries (bench/README.md). So when this wrapper is dropped its
     jitted function is not: it joins the last ``RETIRED_MAX`` retired ones, and the oldest is
     released at a later call of any wrapper, once its last execution has ended
     (``block_until_ready`` on a weak reference to that call's smallest output, then
