@@ -786,8 +786,7 @@ def _time_statistics(run: CaseRun) -> None:
 
     from arb_jax.core.pipeline import arb_statistics
 
-    run.rec.update(ours_stats_s_per_image=None, baseline_stats_s_per_image=None, stats_speedup=None)
-    if not run.base_runs:
+    if not run.base_runs:  # its fields stay as `_time_baseline` left them: NO_BASELINE's
         return
     p, budget = run.config.patch, run.case.budget_s
     last = run.base_runs[-1]

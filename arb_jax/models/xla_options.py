@@ -158,10 +158,12 @@ class KeptAliveJit:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fn, name)
 
-    def __del__(self) -> None:
+    def __del__(self, retired: collections.deque = _retired) -> None:
+        # ``retired`` is bound here, not read from the module: at interpreter exit the module's
+        # globals are cleared before the last wrappers are collected
         fn = getattr(self, "_fn", None)
         if fn is not None:
-            _retired.append((fn, getattr(self, "_last", None)))
+            retired.append((fn, getattr(self, "_last", None)))
 
 
 def retired_count() -> int:
